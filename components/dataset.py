@@ -1,0 +1,127 @@
+"""The dataset on disk: SPLIT/CLASS/image files, checked and hashed by content."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.errors import BadImagesError, DatasetError
+from components.images import check_image, is_image_name
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path      # absolute path of the file
+    relpath: str    # path relative to the dataset root, e.g. train/cat/1.jpg
+    label: int
+    size: int
+    sha1: str       # hash of the bytes: the identity of the image for caches
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    root: Path
+    class_names: tuple[str, ...]
+    records: tuple[ImageRecord, ...]
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the manifest (relative path, size, byte hash, label) and class names."""
+        digest = hashlib.sha256(json.dumps(self.class_names).encode())
+        for r in self.records:
+            digest.update(f"{r.relpath}\0{r.size}\0{r.sha1}\0{r.label}\n".encode())
+        return digest.hexdigest()
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.class_names, 0)
+        for r in self.records:
+            counts[self.class_names[r.label]] += 1
+        return counts
+
+    def without(self, relpaths: set[str]) -> "Split":
+        return Split(self.name, self.root, self.class_names,
+                     tuple(r for r in self.records if r.relpath not in relpaths))
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files below `folder` (recursively, links followed once), hidden ones left out."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise DatasetError(f"{dirpath}: symbolic link loop (already visited as {real})")
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(Path(f)))
+    return found
+
+
+def scan_split(root: Path, name: str) -> Split:
+    folder = root / name
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: split folder missing (expected {', '.join(SPLITS)} under {root})")
+    class_names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not class_names:
+        raise DatasetError(f"{folder}: no class folders (expected one sub-folder per class)")
+    if len(class_names) < 2:
+        raise DatasetError(f"{folder}: only one class ({class_names[0]}); at least two are needed")
+    records = []
+    for label, class_name in enumerate(class_names):
+        files = _image_files(folder / class_name)
+        if not files:
+            raise DatasetError(f"{folder / class_name}: class folder has no images")
+        for path in files:
+            records.append(ImageRecord(path=path, relpath=path.relative_to(root).as_posix(), label=label,
+                                       size=path.stat().st_size, sha1=file_sha1(path)))
+    return Split(name, root, class_names, tuple(records))
+
+
+def scan_dataset(root: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Split]:
+    """Scan every split and check they share the same class names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found (set data.root in params.yaml)")
+    scanned = {name: scan_split(root, name) for name in splits}
+    reference = scanned[splits[0]].class_names
+    for name, split in scanned.items():
+        if split.class_names != reference:
+            raise DatasetError(
+                f"{root / name}: classes {list(split.class_names)} differ from {splits[0]}'s {list(reference)}")
+    return scanned
+
+
+def find_bad_images(split: Split, max_pixels: int, workers: int = 4) -> dict[str, str]:
+    """relpath -> reason for every record that does not decode; decoded in parallel threads."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = pool.map(lambda r: check_image(r.path, max_pixels), split.records)
+        return {r.relpath: reason for r, reason in zip(split.records, reasons) if reason}
+
+
+def screen_split(split: Split, max_pixels: int, on_bad_image: str) -> tuple[Split, dict[str, str]]:
+    """Apply data.on_bad_image: raise listing every bad file, or drop them and return what was dropped."""
+    bad = find_bad_images(split, max_pixels)
+    if not bad:
+        return split, {}
+    if on_bad_image == "error":
+        lines = "\n".join(f"  {split.root / rel}: {reason}" for rel, reason in sorted(bad.items()))
+        raise BadImagesError(f"{len(bad)} bad image(s) in {split.root / split.name} "
+                             f"(set data.on_bad_image: skip to leave them out):\n{lines}")
+    kept = split.without(set(bad))
+    for class_name, count in kept.counts().items():
+        if count == 0:
+            raise DatasetError(f"{split.root / split.name / class_name}: no usable images left after skipping bad ones")
+    return kept, bad

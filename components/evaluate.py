@@ -1,0 +1,70 @@
+"""Test-split metrics of a trained head, written as DVC metrics and plot data."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from components.features import FeatureSet
+from components.files import write_text_atomic
+
+
+def class_probabilities(model, features: np.ndarray) -> np.ndarray:
+    """(N, C) probabilities whatever the head's output (one sigmoid unit for two classes)."""
+    out = np.asarray(model.predict(features, batch_size=256, verbose=0), dtype=np.float64)
+    if out.shape[1] == 1:
+        return np.hstack([1.0 - out, out])
+    return out
+
+
+def evaluate_head(model, test: FeatureSet) -> tuple[dict, np.ndarray]:
+    """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities."""
+    from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, roc_auc_score
+
+    probabilities = class_probabilities(model, test.features)
+    labels = test.labels
+    predicted = probabilities.argmax(axis=1)
+    classes = list(range(test.num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes,
+                                                                     zero_division=0)
+    metrics = {
+        "count": int(len(labels)),
+        "loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=classes)),
+        "accuracy": float((predicted == labels).mean()),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(test.class_names)},
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
+    }
+    if len(set(labels.tolist())) == test.num_classes:
+        if test.num_classes == 2:
+            metrics["roc_auc"] = float(roc_auc_score(labels, probabilities[:, 1]))
+        else:
+            metrics["roc_auc"] = float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
+    return metrics, probabilities
+
+
+def write_predictions_csv(path: Path, test: FeatureSet, probabilities: np.ndarray) -> None:
+    """One row per test image: the data behind DVC's confusion plot and the error grid."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "actual", "predicted", "probability"])
+    for rel, label, row in zip(test.paths, test.labels, probabilities):
+        guess = int(row.argmax())
+        writer.writerow([rel, test.class_names[label], test.class_names[guess], f"{row[guess]:.6f}"])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_roc_csv(path: Path, test: FeatureSet, probabilities: np.ndarray) -> None:
+    """ROC points of the positive class (binary) for DVC's linear plot."""
+    from sklearn.metrics import roc_curve
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["fpr", "tpr", "threshold"])
+    if test.num_classes == 2 and len(set(test.labels.tolist())) == 2:
+        fpr, tpr, thresholds = roc_curve(test.labels, probabilities[:, 1])
+        for a, b, t in zip(fpr, tpr, thresholds):
+            writer.writerow([f"{a:.6f}", f"{b:.6f}", f"{min(t, 1.0):.6f}"])
+    write_text_atomic(path, buffer.getvalue())

@@ -1,0 +1,160 @@
+"""HDF5 feature files: written through a resumable partial file and renamed, read whole into memory."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from components.errors import FFXError, LockedError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray         # float32 (N, D)
+    labels: np.ndarray           # int64 (N,)
+    paths: list[str]             # relative source paths
+    class_names: list[str]
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+@contextlib.contextmanager
+def output_lock(path: Path):
+    """Refuse a second writer of the same output at once (the first keeps the lock until done)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise LockedError(f"{path}: another process is writing it ({handle.read().strip() or 'unknown'}); "
+                              "wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class FeatureWriter:
+    """Writes one split's features batch by batch into `<name>.partial`, renamed on `finish()`.
+
+    Progress is flushed after every batch; a writer opened on the same inputs (same `key`) after a
+    crash continues from the last flushed row instead of starting over.
+    """
+
+    def __init__(self, path: Path, key: str, labels: np.ndarray, paths: list[str], sha1s: list[str],
+                 feature_dim: int, attrs: dict):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.count = len(paths)
+        self.file = self._open_resumable(key)
+        if self.file is None:
+            self.file = self._create(key, labels, paths, sha1s, feature_dim, attrs)
+
+    def _open_resumable(self, key: str):
+        if not self.partial.exists():
+            return None
+        try:
+            handle = h5py.File(self.partial, "r+")
+            if handle.attrs.get("key") == key and handle["features"].shape[0] == self.count:
+                return handle
+            handle.close()
+        except (OSError, KeyError):
+            pass  # unreadable after a hard kill: start over
+        self.partial.unlink()
+        return None
+
+    def _create(self, key, labels, paths, sha1s, feature_dim, attrs):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = h5py.File(self.partial, "w")
+        chunk_rows = max(1, min(self.count, max(1, (4 << 20) // (4 * feature_dim))))
+        handle.create_dataset("features", shape=(self.count, feature_dim), dtype="float32",
+                              chunks=(chunk_rows, feature_dim) if self.count else None)
+        handle.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        handle.create_dataset("paths", data=np.array(paths, dtype=object), dtype=h5py.string_dtype())
+        handle.create_dataset("sha1", data=np.array(sha1s, dtype="S40"))
+        for name, value in attrs.items():
+            handle.attrs[name] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        handle.attrs["format_version"] = FORMAT_VERSION
+        handle.attrs["key"] = key
+        handle.attrs["rows_done"] = 0
+        handle.flush()
+        return handle
+
+    @property
+    def rows_done(self) -> int:
+        return int(self.file.attrs["rows_done"])
+
+    def write(self, start: int, features: np.ndarray) -> None:
+        self.file["features"][start:start + len(features)] = features
+        self.file.attrs["rows_done"] = start + len(features)
+        self.file.flush()
+
+    def finish(self) -> None:
+        if self.rows_done != self.count:
+            raise AssertionError(f"{self.partial}: {self.rows_done} of {self.count} rows written")
+        del self.file.attrs["rows_done"]
+        self.file.attrs["complete"] = True
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+
+def read_attrs(path: Path) -> dict:
+    with h5py.File(path, "r") as handle:
+        return {k: _attr(v) for k, v in handle.attrs.items()}
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def read_features(path: Path) -> FeatureSet:
+    """Load a complete feature file into memory."""
+    path = Path(path)
+    if not path.is_file():
+        raise FFXError(f"{path}: feature file not found (run `ffx extract` first)")
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = {k: _attr(v) for k, v in handle.attrs.items()}
+            if not attrs.get("complete"):
+                raise FFXError(f"{path}: incomplete feature file (run `ffx extract` again)")
+            return FeatureSet(
+                features=handle["features"][()],
+                labels=handle["labels"][()],
+                paths=[p.decode() if isinstance(p, bytes) else p for p in handle["paths"][()]],
+                class_names=list(attrs["class_names"]),
+                attrs=attrs,
+            )
+    except OSError as exc:
+        raise FFXError(f"{path}: not a readable HDF5 feature file ({exc})") from None

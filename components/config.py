@@ -17,6 +17,7 @@ CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "backbone.name": ("vgg16", "vgg19", "resnet50", "mobilenet_v2", "efficientnet_b0",
                       "inception_v3", "xception", "densenet121"),
+    "extract.precision": ("float32", "bfloat16"),
     "tuner.algorithm": ("bayesian", "random", "hyperband"),
     "tuner.objective": ("val_accuracy", "val_loss", "accuracy", "loss"),
     "registry.promote": ("always", "if_better"),
@@ -41,11 +42,13 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class ExtractConfig:
     batch_size: int
+    precision: str
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
     dir: Path
+    cache_dir: Path
 
     def path(self, split: str) -> Path:
         return self.dir / f"{split}.h5"
@@ -67,6 +70,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     normalize: bool
+    early_stopping_patience: int
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    dir: Path
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
     dir: Path
 
 
@@ -111,6 +120,17 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class OrchestrationConfig:
+    results_dir: Path
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    cron: str
+    timezone: str
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig
     backbone: BackboneConfig
@@ -121,9 +141,12 @@ class Config:
     space: SpaceConfig
     model: ModelConfig
     metrics: MetricsConfig
+    reports: ReportsConfig
     mlflow: MlflowConfig
     registry: RegistryConfig
     predict: PredictConfig
+    orchestration: OrchestrationConfig
+    schedule: ScheduleConfig
     root: Path  # folder of the params file: relative paths resolve against it
     source: Path
 
@@ -263,6 +286,9 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError("params: 'space.extra_units' must hold positive layer sizes")
     if not 0 <= space.dropout_min <= space.dropout_max < 1:
         raise ConfigError("params: 'space.dropout_min' and 'space.dropout_max' must satisfy 0 <= min <= max < 1")
+    if config.train.early_stopping_patience < 0:
+        raise ConfigError("params: 'train.early_stopping_patience' must be 0 (off) or more epochs, "
+                          f"got {config.train.early_stopping_patience}")
     if space.dropout_step <= 0:
         raise ConfigError("params: 'space.dropout_step' must be greater than 0")
     if not config.tuner.directory.name:

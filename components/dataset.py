@@ -63,7 +63,9 @@ def _image_files(folder: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
-            raise DatasetError(f"{dirpath}: symbolic link loop (already visited as {real})")
+            loop = any(os.path.realpath(p) == real for p in Path(dirpath).parents)  # a link back up its own path
+            what = "symbolic link loop" if loop else "folder reached twice through symbolic links"
+            raise DatasetError(f"{dirpath}: {what} (it is {real}); remove the link")
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(Path(f)))

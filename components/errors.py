@@ -25,5 +25,9 @@ class ModelNotFoundError(FFXError):
     """A model reference (path or registry URI) does not resolve."""
 
 
+class UnsafeModelError(FFXError):
+    """A model file would need unsafe deserialisation (Python code inside it) to load."""
+
+
 class LockedError(FFXError):
     """Another process is writing the same output."""

@@ -34,7 +34,8 @@ def check_space(space: SpaceConfig) -> list[int]:
 
 class HeadHyperModel(kt.HyperModel):
     def __init__(self, space: SpaceConfig, train: TrainConfig, input_dim: int, num_classes: int,
-                 statistics: tuple[np.ndarray, np.ndarray] | None, steps_per_execution: int = 1):
+                 statistics: tuple[np.ndarray, np.ndarray] | None, steps_per_execution: int = 1,
+                 objective: str = "val_accuracy"):
         super().__init__(name="ffx_head")
         self.space = space
         self.train_config = train
@@ -42,6 +43,7 @@ class HeadHyperModel(kt.HyperModel):
         self.num_classes = num_classes
         self.statistics = statistics
         self.steps_per_execution = steps_per_execution
+        self.objective = objective
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         space = self.space
@@ -58,7 +60,8 @@ class HeadHyperModel(kt.HyperModel):
 
     def fit(self, hp, model, *args, **kwargs):
         timer = EpochTimer()
-        kwargs["callbacks"] = list(kwargs.get("callbacks", [])) + [timer]
+        kwargs["callbacks"] = list(kwargs.get("callbacks", [])) + [timer] + early_stopping(
+            self.objective, self.train_config.early_stopping_patience)
         history = model.fit(*args, **kwargs)
         history.epoch_seconds = timer.seconds  # read back by the tuner for MLflow
         return history
@@ -84,6 +87,17 @@ def build_head(input_dim: int, num_classes: int, units: int, dropout: float, ext
                   loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
     return model
+
+
+def early_stopping(objective: str, patience: int) -> list[keras.callbacks.Callback]:
+    """Stop an execution once the objective has not improved for `patience` epochs (0: never).
+
+    The trial's score is each execution's best epoch, so epochs after a plateau only cost time.
+    """
+    if patience <= 0:
+        return []
+    mode = "min" if objective.endswith("loss") else "max"
+    return [keras.callbacks.EarlyStopping(monitor=objective, mode=mode, patience=patience)]
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -50,7 +50,7 @@ def load_predictor(config: Config, model: str | None = None) -> Predictor:
     spec = metadata["backbone"]
     backbone_config = BackboneConfig(name=spec["name"], weights=spec["weights"], input_size=int(spec["input_size"]),
                                      seed=int(spec["seed"]))
-    backbone = build_backbone(backbone_config, config.root)
+    backbone = build_backbone(backbone_config, config.root, spec.get("precision", "float32"))
     if backbone.weights_id != metadata["weights_id"]:
         raise FFXError(f"{reference}: trained on backbone weights {metadata['weights_id']} but "
                        f"backbone.weights '{spec['weights']}' now resolves to {backbone.weights_id}")

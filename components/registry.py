@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import Config
-from components.errors import ModelNotFoundError
+from components.errors import ModelNotFoundError, UnsafeModelError
 from components.files import write_json_atomic
 from components.tracking import setup_mlflow
 
@@ -43,7 +43,24 @@ def load_head(path: Path):
         raise ModelNotFoundError(f"{model_path}: no head model here (expected {HEAD_FILE} and {METADATA_FILE}; "
                                  "run `ffx tune` first)")
     # compile=False: prediction needs no optimizer state (and the tuner checkpoint has none built).
-    return keras.models.load_model(model_path, compile=False), json.loads(metadata_path.read_text())
+    try:
+        metadata = json.loads(metadata_path.read_text())
+    except ValueError as exc:
+        raise ModelNotFoundError(f"{metadata_path}: not valid JSON ({exc})") from None
+    model = _refusing_unsafe(model_path, lambda: keras.models.load_model(model_path, compile=False, safe_mode=True))
+    return model, metadata
+
+
+def _refusing_unsafe(source, load):
+    """Run `load` (a Keras load in safe_mode) and turn a refused or unreadable model into one clear error."""
+    try:
+        return load()
+    except ValueError as exc:
+        if "safe_mode" in str(exc):
+            raise UnsafeModelError(
+                f"{source}: refused: loading this model would run Python code stored in it (e.g. a Lambda layer); "
+                "ffx loads models with Keras safe_mode. Use a head saved by `ffx tune`") from None
+        raise ModelNotFoundError(f"{source}: not a loadable Keras model ({str(exc).splitlines()[0]})") from None
 
 
 @dataclass
@@ -55,6 +72,7 @@ class Registration:
     score: float
     champion_score: float | None   # the previous champion's score, if there was one
     run_id: str
+    decision: str                  # why the alias moved or stayed, with both scores
 
 
 def register_head(config: Config, model, metadata: dict, test_metrics: dict, features_sample: np.ndarray,
@@ -94,7 +112,7 @@ def register_head(config: Config, model, metadata: dict, test_metrics: dict, fea
     client.set_tag(run_id, "promotion", decision)
     if promoted:
         client.set_registered_model_alias(name, alias, version)
-    return Registration(name, version, alias, promoted, score, champion_score, run_id)
+    return Registration(name, version, alias, promoted, score, champion_score, run_id, decision)
 
 
 def load_registered_head(config: Config, reference: str):
@@ -105,7 +123,9 @@ def load_registered_head(config: Config, reference: str):
     setup_mlflow(config)
     try:
         info = mlflow.models.get_model_info(reference)
-        return mlflow.keras.load_model(reference), info.metadata or {}
+        model = _refusing_unsafe(reference, lambda: mlflow.keras.load_model(
+            reference, load_model_kwargs={"safe_mode": True}))
+        return model, info.metadata or {}
     except MlflowException as exc:
         raise ModelNotFoundError(f"{reference}: not found in the MLflow registry at {config.mlflow.tracking_uri} "
                                  f"({exc.message.splitlines()[0]}); run `ffx evaluate` to register one") from None

@@ -1,16 +1,22 @@
 """The pipeline's stages as plain functions: the CLI, dvc.yaml and the Prefect flows all call these."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from components.backbone import resolve_weights
+from components.backbone import backbone_identity, resolve_weights
 from components.config import Config
 from components.errors import FFXError
+from components.dataset import Split, file_sha1
 from components.evaluate import evaluate_head, write_predictions_csv, write_roc_csv
+from components.extract import extraction_key, output_is_current
 from components.features import FeatureSet, read_features
 from components.files import write_json_atomic
 from components.registry import Registration, head_paths, load_head, register_head, save_head
+from components.report import write_evaluation_plots, write_model_card, write_search_report
+from components.tracking import setup_mlflow
+from components.tune import search_key
 
 PREDICTIONS_FILE = "test_predictions.csv"
 ROC_FILE = "roc.csv"
@@ -20,8 +26,10 @@ def load_split_features(config: Config, split: str) -> FeatureSet:
     """Read a split's features and refuse them if they were made with other backbone settings."""
     features = read_features(config.features.path(split))
     _, weights_id = resolve_weights(config.backbone, config.root)
-    expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size}
+    expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size,
+                "precision": config.extract.precision}
     found = {k: features.attrs.get(k) for k in expected}
+    found["precision"] = features.attrs.get("precision", "float32")  # files from before the option are float32
     if found != expected:
         raise FFXError(f"{config.features.path(split)}: made with {found}, but params.yaml asks for {expected}; "
                        "run `ffx extract` again")
@@ -37,7 +45,8 @@ def tune_stage(config: Config, progress=None):
     metadata = {
         "class_names": train.class_names,
         "backbone": {"name": config.backbone.name, "weights": config.backbone.weights,
-                     "input_size": config.backbone.input_size, "seed": config.backbone.seed},
+                     "input_size": config.backbone.input_size, "seed": config.backbone.seed,
+                     "precision": config.extract.precision},
         "weights_id": train.attrs["weights"],
         "feature_shape": train.attrs["feature_shape"],
         "features_key": {"train": train.attrs["key"], "valid": valid.attrs["key"]},
@@ -47,6 +56,10 @@ def tune_stage(config: Config, progress=None):
                    "trials": len(result.trials)},
     }
     save_head(result.model, metadata, config)
+    # Trial comparison, read back from MLflow, logged to the search's parent run next to its trials.
+    client, _ = setup_mlflow(config)
+    for path in write_search_report(config, result.parent_run_id):
+        client.log_artifact(result.parent_run_id, str(path), "search")
     return result
 
 
@@ -56,8 +69,11 @@ class EvaluationResult:
     registration: Registration
 
 
-def evaluate_stage(config: Config) -> EvaluationResult:
-    """Score the saved head on the test split, write metrics and plot data, register it in MLflow."""
+def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationResult:
+    """Score the saved head on the test split, write metrics, plots and the model card, register it in MLflow.
+
+    `command` is how this evaluation was started, quoted in the model card.
+    """
     model, metadata = load_head(head_paths(config)[0])
     test = load_split_features(config, "test")
     if test.class_names != metadata["class_names"]:
@@ -67,6 +83,37 @@ def evaluate_stage(config: Config) -> EvaluationResult:
     write_json_atomic(metrics_dir / "test.json", metrics)
     write_predictions_csv(metrics_dir / PREDICTIONS_FILE, test, probabilities)
     write_roc_csv(metrics_dir / ROC_FILE, test, probabilities)
+    figures = write_evaluation_plots(config, test, probabilities, metrics)
+    card = write_model_card(config, metadata, metrics, test, probabilities, command)
     registration = register_head(config, model, metadata, metrics, test.features[:5],
-                                 artifacts=[metrics_dir / PREDICTIONS_FILE, metrics_dir / ROC_FILE])
+                                 artifacts=[metrics_dir / PREDICTIONS_FILE, metrics_dir / ROC_FILE, *figures, card])
     return EvaluationResult(metrics, registration)
+
+
+# Cache keys for orchestrators (Prefect): (key, current). The key names a stage's inputs; `current` says
+# whether the stage's output exists and was made from those inputs, so a deleted or stale output re-runs.
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def extraction_cache_key(config: Config, split: Split) -> tuple[str, bool]:
+    _, weights_id = resolve_weights(config.backbone, config.root)
+    key = extraction_key(split, backbone_identity(config.backbone, weights_id))
+    return f"extract-{key}", output_is_current(config.features.path(split.name), key)
+
+
+def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str, bool]:
+    project = f"search-{search_key(config, train_key, valid_key)}"
+    model_path, metadata_path = head_paths(config)
+    current = (model_path.is_file() and metadata_path.is_file()
+               and json.loads(metadata_path.read_text()).get("search", {}).get("project") == project)
+    return f"tune-{_digest({'project': project, 'model': config.section('model')})}", current
+
+
+def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
+    model_path, _ = head_paths(config)
+    head = file_sha1(model_path) if model_path.is_file() else "missing"
+    key = _digest({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
+                   "registry": config.section("registry"), "metrics": config.section("metrics")})
+    return f"evaluate-{key}", (config.metrics.dir / "test.json").is_file()

@@ -5,6 +5,34 @@ import subprocess
 from pathlib import Path
 
 from components.config import Config, tracking_uri
+from components.errors import FFXError
+
+SERVER_TIMEOUT_S = 5
+
+
+def check_tracking_server(config: Config) -> None:
+    """Fail fast when an http(s) tracking server does not answer (MLflow itself retries for minutes).
+
+    Called before extraction too, so a dead server is found before an hour of backbone work, not after.
+    A local store (SQLite, files) needs no check.
+    """
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(config)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+        return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:
+            return  # it answered (a login or a proxy path in front of MLflow): reachable
+        reason = f"HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise FFXError(f"mlflow.tracking_uri: {uri} does not answer ({reason}); start the server "
+                   "(mlflow server --host HOST --port PORT) or set mlflow.tracking_uri: sqlite:///mlruns/mlflow.db")
 
 
 def setup_mlflow(config: Config):
@@ -12,6 +40,7 @@ def setup_mlflow(config: Config):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    check_tracking_server(config)
     uri = tracking_uri(config)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

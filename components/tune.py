@@ -18,6 +18,7 @@ from components.errors import FFXError
 from components.features import FeatureSet
 from components.hypermodel import (HP_NAMES, HeadHyperModel, check_space, feature_statistics, make_dataset,
                                    steps_per_execution)
+from components.files import write_text_atomic
 from components.tracking import git_commit, setup_mlflow
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -62,13 +63,14 @@ class MlflowTrialLogging:
                 self._experiment_id, run_name=f"trial-{trial.trial_id}",
                 tags={"mlflow.parentRunId": self._parent_run_id, "ffx_trial_id": trial.trial_id})
             run_id = run.info.run_id
-            hp = trial.hyperparameters
-            values = {name: (hp.values[name] if name in hp.values and hp.is_active(name) else "inactive")
-                      for name in HP_NAMES}
-            values.update({k: v for k, v in hp.values.items() if k not in values})
-            self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
         else:
             self._client.update_run(run_id, status="RUNNING")
+        # Logged on a re-run too (same values, so MLflow accepts them): a kill may have come before they were.
+        hp = trial.hyperparameters
+        values = {name: (hp.values[name] if name in hp.values and hp.is_active(name) else "inactive")
+                  for name in HP_NAMES}
+        values.update({k: v for k, v in hp.values.items() if k not in values})
+        self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
         self._trial_runs[trial.trial_id] = (run_id, time.perf_counter())
 
     def run_trial(self, trial, *args, **kwargs):
@@ -91,7 +93,19 @@ class MlflowTrialLogging:
         return histories
 
     def on_trial_end(self, trial):
-        super().on_trial_end(trial)  # the oracle scores the trial here
+        try:
+            super().on_trial_end(trial)  # the oracle scores the trial here (and raises after too many failures)
+        finally:
+            seconds = self._close_trial_run(trial)  # recorded, with its error, even when the oracle raises
+        if self._progress:
+            best = self.oracle.get_best_trials(1)
+            self._progress({
+                "trial_id": trial.trial_id, "done": len(self.oracle.trials), "total": self.oracle.max_trials,
+                "status": str(trial.status), "score": trial.score, "best": best[0].score if best else None,
+                "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
+            })
+
+    def _close_trial_run(self, trial) -> float:
         run_id, started = self._trial_runs.pop(trial.trial_id)
         seconds = time.perf_counter() - started
         self._client.log_metric(run_id, "trial_seconds", seconds)
@@ -104,13 +118,7 @@ class MlflowTrialLogging:
             self._client.set_tag(run_id, "error", trial.message[-4000:])
             self._client.log_text(run_id, trial.message, "error.txt")
         self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
-        if self._progress:
-            best = self.oracle.get_best_trials(1)
-            self._progress({
-                "trial_id": trial.trial_id, "done": len(self.oracle.trials), "total": self.oracle.max_trials,
-                "status": status, "score": trial.score, "best": best[0].score if best else None,
-                "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
-            })
+        return seconds
 
 
 class BayesianTuner(MlflowTrialLogging, kt.BayesianOptimization):
@@ -130,9 +138,9 @@ def objective(config: Config) -> kt.Objective:
     return kt.Objective(name, direction="min" if name.endswith("loss") else "max")
 
 
-def search_key(config: Config, train: FeatureSet, valid: FeatureSet) -> str:
-    """Same features and search settings -> same KerasTuner project, so a re-run resumes it."""
-    payload = {"train": train.attrs.get("key"), "valid": valid.attrs.get("key"),
+def search_key(config: Config, train_key: str, valid_key: str) -> str:
+    """Same features (by extraction key) and search settings -> same KerasTuner project, so a re-run resumes it."""
+    payload = {"train": train_key, "valid": valid_key,
                "tuner": {k: v for k, v in config.section("tuner").items() if k != "directory"},
                "train_cfg": config.section("train"), "space": config.section("space")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -150,11 +158,27 @@ def make_tuner(config: Config, hypermodel: HeadHyperModel, project: str):
     common = dict(objective=objective(config), executions_per_trial=config.tuner.executions_per_trial,
                   seed=config.tuner.seed, directory=str(config.tuner.directory), project_name=project,
                   overwrite=False)
-    if config.tuner.algorithm == "bayesian":
-        return BayesianTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
-    if config.tuner.algorithm == "random":
-        return RandomTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
-    return HyperbandTuner(hypermodel, max_epochs=config.train.epochs, **common)
+    resuming = (config.tuner.directory / project / "oracle.json").exists()
+    try:
+        if config.tuner.algorithm == "bayesian":
+            return BayesianTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+        if config.tuner.algorithm == "random":
+            return RandomTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+        return HyperbandTuner(hypermodel, max_epochs=config.train.epochs, **common)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        if not resuming:
+            raise
+        # KerasTuner writes its state files in place: a kill mid-write can leave one unreadable.
+        raise FFXError(f"{config.tuner.directory / project}: saved search state is unreadable "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); delete this "
+                       "folder to start the search over") from None
+
+
+def _close_open_trials(client, experiment_id: str, parent_run_id: str, status: str) -> None:
+    """Trial runs still RUNNING under the parent (their process was killed or stopped): closed with `status`."""
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                   "and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, status)
 
 
 def _parent_run(client, experiment_id: str, project_dir: Path, config: Config, tags: dict) -> str:
@@ -169,13 +193,10 @@ def _parent_run(client, experiment_id: str, project_dir: Path, config: Config, t
         if run_id:
             client.update_run(run_id, status="RUNNING")
             # Trials left RUNNING by a killed process: closed as KILLED; a retried one re-opens its run.
-            for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "
-                                                           "and attributes.status = 'RUNNING'"):
-                client.set_terminated(run.info.run_id, "KILLED")
+            _close_open_trials(client, experiment_id, run_id, "KILLED")
             return run_id
     run = client.create_run(experiment_id, run_name=f"search-{project_dir.name}", tags=tags)
-    project_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run.info.run_id)
+    write_text_atomic(marker, run.info.run_id)
     return run.info.run_id
 
 
@@ -190,33 +211,44 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
                        "could never be chosen")
     started = time.perf_counter()
     client, experiment_id = setup_mlflow(config)
-    project = f"search-{search_key(config, train, valid)}"
+    project = f"search-{search_key(config, train.attrs.get('key'), valid.attrs.get('key'))}"
     project_dir = config.tuner.directory / project
     tags = {"ffx_kind": "search", "git_commit": git_commit(config.root),
             "train_content_hash": str(train.attrs.get("content_hash")),
             "valid_content_hash": str(valid.attrs.get("content_hash")),
             "train_features_key": str(train.attrs.get("key")), "valid_features_key": str(valid.attrs.get("key")),
             "backbone": str(train.attrs.get("backbone")), "weights": str(train.attrs.get("weights")),
-            "input_size": str(train.attrs.get("input_size"))}
+            "input_size": str(train.attrs.get("input_size")),
+            "precision": str(train.attrs.get("precision", "float32"))}
     parent_run_id = _parent_run(client, experiment_id, project_dir, config, tags)
     if not client.get_run(parent_run_id).data.params:
         params = {f"{section}.{k}": v for section in ("tuner", "train", "space")
                   for k, v in config.section(section).items() if k != "directory"}
         client.log_batch(parent_run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    skipped = {"train": train.attrs.get("skipped") or {}, "valid": valid.attrs.get("skipped") or {}}
+    if any(skipped.values()):  # data.on_bad_image: skip left these out of the features
+        client.log_dict(parent_run_id, skipped, "skipped_images.json")
+        client.set_tag(parent_run_id, "skipped_images", str(sum(len(v) for v in skipped.values())))
 
     keras.utils.set_random_seed(config.tuner.seed)
     batch_size = config.train.batch_size
     statistics = feature_statistics(train) if config.train.normalize else None
     hypermodel = HeadHyperModel(config.space, config.train, train.features.shape[1], train.num_classes,
-                                statistics, steps_per_execution(len(train.labels), batch_size))
+                                statistics, steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
     tuner = make_tuner(config, hypermodel, project)
     tuner.attach_mlflow(client, experiment_id, parent_run_id, progress)
     try:
         tuner.search(make_dataset(train, batch_size, config.tuner.seed),
                      validation_data=make_dataset(valid, batch_size, None),
                      epochs=config.train.epochs, shuffle=False, verbose=0)
-    except BaseException:
-        client.set_terminated(parent_run_id, "FAILED")
+    except BaseException as exc:
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"  # Ctrl-C: the search resumes on a re-run
+        _close_open_trials(client, experiment_id, parent_run_id, status)
+        client.set_terminated(parent_run_id, status)
+        if isinstance(exc, RuntimeError) and "consecutive failures" in str(exc):
+            last = [line for line in str(exc).splitlines() if line.strip()][-1]
+            raise FFXError(f"tuning stopped: {str(exc).splitlines()[0]} Last error: {last.strip()} "
+                           "(each failed trial's error is in its MLflow run)") from None
         raise
 
     trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,

@@ -62,7 +62,9 @@ def _progress_bars(quiet: bool):
             if done[0] >= total:
                 bar.close()
                 if not interactive:
-                    _say(quiet, f"extract {split}: {total} images in {time.perf_counter() - started:.1f}s")
+                    seconds = time.perf_counter() - started
+                    _say(quiet, f"extract {split}: {total} images in {seconds:.1f}s "
+                                f"({total / max(seconds, 1e-9):.1f} img/s)")
         return advance
     return progress_for
 
@@ -71,11 +73,13 @@ def _progress_bars(quiet: bool):
 def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
     """Run every image of train/valid/test once through the backbone; write features/SPLIT.h5."""
     from components.extract import extract_all
+    from components.tracking import check_tracking_server
 
     config = _config(params, set_)
+    check_tracking_server(config)  # the tune stage needs it: find a dead server before the backbone work
     results = extract_all(config, progress_for=_progress_bars(quiet))
     for result in results.values():
-        note = "up to date" if result.cached else f"{result.computed} computed"
+        note = "up to date" if result.cached else f"{result.computed} computed, {result.count - result.computed} from cache"
         skipped = f", {len(result.skipped)} bad image(s) skipped" if result.skipped else ""
         _say(quiet, f"{result.split}: {result.count} images -> {result.path} ({note}, {result.seconds:.1f}s{skipped})")
 
@@ -93,9 +97,9 @@ def _trial_printer(quiet: bool):
 @app.command()
 def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
     """Search the dense head's hyperparameters (each trial logged to MLflow); save the best head."""
+    config = _config(params, set_)  # a params error shows at once, before the slow imports below
     from components.stages import tune_stage
 
-    config = _config(params, set_)
     result = tune_stage(config, _trial_printer(quiet))
     _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
                 f"({len(result.trials)} trials, {result.seconds:.0f}s, MLflow run {result.parent_run_id})")
@@ -103,11 +107,13 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
 
 @app.command()
 def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
-    """Score the best head on the test split, write metrics/test.json, register it in MLflow."""
+    """Score the best head on the test split; write metrics, plots and reports/model_card.md; register it in MLflow."""
+    import shlex
+
     from components.stages import evaluate_stage
 
     config = _config(params, set_)
-    result = evaluate_stage(config)
+    result = evaluate_stage(config, command=shlex.join(["ffx", *sys.argv[1:]]))
     reg = result.registration
     auc = f", ROC AUC {result.metrics['roc_auc']:.4f}" if "roc_auc" in result.metrics else ""
     _say(quiet, f"test accuracy {result.metrics['accuracy']:.4f}, loss {result.metrics['loss']:.4f}{auc}")
@@ -140,6 +146,56 @@ def predict(paths: Annotated[list[Path], typer.Argument(help="image files and fo
         raise typer.Exit(1)
 
 
+@app.command()
+def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
+         searches: Annotated[int, typer.Option("--searches", "-n", min=1, help="recent searches to list")] = 5,
+         top: Annotated[int, typer.Option("--top", "-t", min=1, help="best trials to show")] = 10,
+         search: Annotated[Optional[str], typer.Option(help="run id (or prefix) of the search whose trials to show; "
+                                                             "default: the latest")] = None):
+    """Recent searches and the best trials of one, read from the MLflow store: compare without a browser."""
+    from components.runs import (find_search, maximises, recent_searches, search_trials, searches_table,
+                                 store_client, top_trials, trials_table)
+
+    config = _config(params, set_)
+    client, experiment_id = store_client(config)
+    listed = recent_searches(client, experiment_id, searches)
+    if not listed:
+        typer.echo(f"no searches yet in experiment '{config.mlflow.experiment}'; run `ffx tune`", err=True)
+        return
+    typer.echo(f"Recent searches (experiment '{config.mlflow.experiment}'):")
+    typer.echo(searches_table(listed))
+    chosen = find_search(client, experiment_id, search) if search else listed[0]
+    trials = search_trials(client, experiment_id, chosen.run_id)
+    best = top_trials(trials, maximises(chosen.objective), top)
+    typer.echo(f"\nTop {len(best)} of {len(trials)} trials of search {chosen.run_id} "
+               f"(by {chosen.objective or 'score'}):")
+    typer.echo(trials_table(best))
+
+
+@app.command()
+def pipeline(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False,
+             as_json: Annotated[bool, typer.Option("--json", help="print the run's summary as JSON")] = False):
+    """Run the whole pipeline as a Prefect flow (cached tasks; visible in the Prefect UI)."""
+    from flows.pipeline import pipeline as pipeline_flow
+
+    started = time.perf_counter()
+    summary = pipeline_flow(params_file=str(params.resolve()), overrides=list(set_ or []))
+    if as_json:
+        typer.echo(json.dumps(dict(summary, seconds=time.perf_counter() - started), default=str))
+    computed = sum(r["computed"] for r in summary["extract"].values())
+    _say(quiet, f"pipeline done in {time.perf_counter() - started:.1f}s: {computed} image(s) through the backbone, "
+                f"best {summary['tune']['score']:.4f}, test accuracy {summary['evaluate']['accuracy']:.4f}; "
+                f"{summary['evaluate']['decision']}")
+
+
+@app.command()
+def serve(params: ParamsOption = Path("params.yaml"), set_: SetOption = None):
+    """Serve the `ffx-pipeline` deployment with the schedule from params.yaml (needs `prefect server start`)."""
+    from flows.pipeline import serve as serve_flow
+
+    serve_flow(params, list(set_ or []))
+
+
 @app.command("demo-data")
 def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
               force: Annotated[bool, typer.Option(help="rewrite an existing folder")] = False):
@@ -155,7 +211,11 @@ def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
             typer.echo(f"{root} already holds data; keeping it (use --force to regenerate)", err=True)
             return
         shutil.rmtree(root)
-    counts = make_demo_dataset(root)
+    # Made in a sibling folder and renamed: a run killed half-way leaves no half dataset that looks complete.
+    partial = root.with_name(f".{root.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    counts = make_demo_dataset(partial)
+    partial.rename(root)
     typer.echo(f"demo dataset written to {root}: {counts}", err=True)
 
 

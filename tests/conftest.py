@@ -71,3 +71,21 @@ def project(tmp_path) -> Path:
     make_dataset(tmp_path / "data")
     write_params(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """extract -> tune (3 trials) -> evaluate once per session on a tiny two-class dataset; tests only read it."""
+    from types import SimpleNamespace
+
+    from components.config import load_config
+    from components.extract import extract_all
+    from components.stages import evaluate_stage, tune_stage
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    make_dataset(root / "data")
+    config = load_config(write_params(root))
+    extract_all(config)
+    search = tune_stage(config)
+    evaluation = evaluate_stage(config, command="ffx evaluate --params params.yaml")
+    return SimpleNamespace(root=root, config=config, search=search, evaluation=evaluation)

@@ -51,3 +51,16 @@ def test_local_weights_file_is_used_and_identified_by_content(tmp_path):
     assert loaded.weights_id.startswith("file:mine.weights.h5:")
     images = np.zeros((1, 32, 32, 3), np.uint8) + 100
     np.testing.assert_allclose(loaded.features(images), source.features(images), rtol=1e-5)
+
+
+def test_bfloat16_precision_keeps_float32_features_its_own_key_and_the_global_policy(tmp_path):
+    import keras
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    full = build_backbone(_config(), tmp_path)
+    half = build_backbone(_config(), tmp_path, precision="bfloat16")
+    features = half.features(images)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert features.dtype == np.float32 and features.shape == (2, 512)
+    assert half.identity["precision"] == "bfloat16" and half.key != full.key
+    np.testing.assert_allclose(features, full.features(images), rtol=0.1, atol=0.1 * float(np.abs(features).max()))

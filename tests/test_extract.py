@@ -7,7 +7,7 @@ from components.config import load_config
 from components.dataset import scan_dataset
 from components.errors import BadImagesError, LockedError
 from components.extract import extract_all, extract_split
-from components.features import FeatureWriter, output_lock, partial_path, read_features
+from components.features import output_lock, partial_path, read_features
 
 
 def test_extraction_writes_features_labels_paths_and_attributes(project):
@@ -51,23 +51,48 @@ def test_skip_mode_reports_bad_images(project):
     assert len(read_features(config.features.path("test")).labels) == 12
 
 
-def test_interrupted_extraction_resumes_to_the_same_file(project):
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(images: int):
+    done = [0]
+
+    def progress(count: int) -> None:
+        done[0] += count
+        if done[0] >= images:
+            raise _Interrupt()
+    return progress
+
+
+def test_interrupted_extraction_resumes_without_redoing_batches(project):
     config = load_config(project / "params.yaml")
     backbone = build_backbone(config.backbone, config.root)
     split = scan_dataset(config.data.root)["train"]
-    reference = extract_split(split, backbone, project / "ref.h5", 8, 10**8)
+    reference = extract_split(split, backbone, project / "ref.h5", project / "cache-a", 8, 10**8)
     target = project / "resumed.h5"
-    # Simulate a run killed after its first batch: the partial file holds 8 flushed rows.
-    first = extract_split.__globals__["extraction_key"](split, backbone.identity)
-    writer = FeatureWriter(target, first, np.array([r.label for r in split.records]),
-                           [r.relpath for r in split.records], [r.sha1 for r in split.records], 512,
-                           {"class_names": list(split.class_names)})
-    rows = read_features(reference.path).features
-    writer.write(0, rows[:8])
-    writer.close()
-    resumed = extract_split(split, backbone, target, 8, 10**8)
+    with pytest.raises(_Interrupt):  # stopped right after the first batch of 8 was flushed
+        extract_split(split, backbone, target, project / "cache-b", 8, 10**8, progress=_interrupt_after(8))
+    assert not target.exists()
+    resumed = extract_split(split, backbone, target, project / "cache-b", 8, 10**8)
     assert resumed.computed == 16  # the first batch was not recomputed
-    np.testing.assert_array_equal(read_features(target).features, rows)
+    np.testing.assert_array_equal(read_features(target).features, read_features(reference.path).features)
+
+
+def test_only_new_images_go_through_the_backbone(project):
+    from conftest import COLOURS, make_image
+
+    config = load_config(project / "params.yaml")
+    extract_all(config)
+    make_image(project / "data" / "train" / "red" / "new.jpg", COLOURS["red"], (30, 30), seed=999)
+    results = extract_all(config)
+    assert results["train"].computed == 1 and results["valid"].cached and results["test"].cached
+    train = read_features(config.features.path("train"))
+    assert len(train.labels) == 25 and "train/red/new.jpg" in train.paths
+    (project / "data" / "train" / "red" / "new.jpg").unlink()
+    again = extract_all(config)
+    assert again["train"].computed == 0 and not again["train"].cached  # file rebuilt from the cache
+    assert len(read_features(config.features.path("train")).labels) == 24
 
 
 def test_a_second_writer_of_the_same_output_is_refused(tmp_path):

@@ -1,0 +1,411 @@
+"""Side-by-side benchmark, in one process run: the original recipe vs the ffx path vs the hardware limit.
+
+    python -m bench.run [--quick] [--out bench/results/bench.json] [--data DIR]
+
+Timed paths run in interleaved rounds on the same images, so a busy neighbour on the machine slows every
+path alike and the printed ratios stay meaningful even when absolute figures do not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = REPO.parent / "shared" / "datasets" / "faces"
+TARGETS = {"extract_vs_baseline": 2.3, "extract_vs_limit": 0.9, "head_epoch_speedup": 4.0,
+           "cache_hit_fraction": 0.10, "rss_growth_4n": 1.2, "bf16_vs_fp32": 1.6, "bf16_vs_baseline": 4.5}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    extract_images: int        # images each extraction path runs on (the same images for every path)
+    rounds: int                # interleaved rounds over those images
+    rss_images: int            # N for the peak-RSS check, run at N and 4N
+    pipeline_per_class: int    # images per class and split in the cache-check project; 0: the whole dataset
+    head_rows: int             # train rows for head timing (extracted rows repeated when fewer were extracted)
+    head_epochs: int
+    search_trials: int         # trials of the small search in the cache-check pipeline
+
+
+QUICK = Sizes(extract_images=64, rounds=2, rss_images=32, pipeline_per_class=8, head_rows=1611, head_epochs=10,
+              search_trials=2)
+FULL = Sizes(extract_images=256, rounds=2, rss_images=128, pipeline_per_class=0, head_rows=0, head_epochs=50,
+             search_trials=4)
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def source_dataset(data: Path | None, work: Path, sizes: Sizes) -> tuple[Path, str]:
+    """The face dataset when present, otherwise generated demo images (enough for every section)."""
+    for candidate in ([data] if data else [FACES]):
+        if candidate and (candidate / "train").is_dir():
+            return candidate, str(candidate)
+    from components.sampledata import make_demo_dataset
+
+    per_class = max(sizes.extract_images, 4 * sizes.rss_images) // 2
+    evaluation = max(sizes.pipeline_per_class, 8)
+    root = work / "generated"
+    make_demo_dataset(root, {"train": max(per_class, evaluation), "valid": evaluation, "test": evaluation})
+    return root, "generated (components.sampledata)"
+
+
+def train_records(root: Path, count: int):
+    """`count` train images, classes interleaved, with the hashes the ffx path needs."""
+    from components.dataset import Split, scan_split
+
+    split = scan_split(root, "train")
+    by_class = [[r for r in split.records if r.label == label] for label in range(len(split.class_names))]
+    chosen = [r for group in zip(*by_class) for r in group][:count]
+    if len(chosen) < count:
+        raise SystemExit(f"{root}/train: {len(chosen)} images usable, {count} needed")
+    return Split("train", split.root, split.class_names, tuple(chosen))
+
+
+def subset_project(source: Path, folder: Path, per_class: int) -> Path:
+    """A dataset of links to the first `per_class` images of each class and split (never copies)."""
+    if per_class == 0:
+        return source
+    from components.images import is_image_name
+
+    root = folder / "data"
+    for split in ("train", "valid", "test"):
+        for class_dir in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for path in sorted(p for p in class_dir.iterdir() if is_image_name(p))[:per_class]:
+                (target / path.name).symlink_to(path.resolve())
+    return root
+
+
+def write_bench_params(folder: Path, data_root: Path, backbone: dict, sizes: Sizes, batch_size: int) -> Path:
+    from components.config import DEFAULTS_FILE
+
+    params = yaml.safe_load(DEFAULTS_FILE.read_text())
+    params["data"]["root"] = str(data_root)
+    params["backbone"].update(backbone)
+    params["extract"]["batch_size"] = batch_size
+    params["tuner"].update(algorithm="random", max_trials=sizes.search_trials, executions_per_trial=1)
+    params["train"].update(epochs=5)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- extraction
+
+def bench_extraction(split, backbones: dict, batch_size: int, rounds: int, work: Path) -> dict:
+    """images/s of the recipe's per-image loop, the ffx extraction path (fp32 and bf16) and the forward-pass limit."""
+    from bench.baseline import baseline_extract
+    from components.dataset import Split
+    from components.extract import decode_batch, extract_split
+
+    fp32 = backbones["float32"]
+    size = fp32.config.input_size
+    max_pixels = 89478485
+    records = list(split.records)
+    chunk = len(records) // rounds
+    chunks = [records[i * chunk:(i + 1) * chunk] for i in range(rounds)]
+    decoded = [[decode_batch([r.path for r in c[i:i + batch_size]], size, max_pixels)
+                for i in range(0, len(c), batch_size)] for c in chunks]
+
+    def baseline(index: int, c) -> None:
+        baseline_extract([r.path for r in c], [r.label for r in c], fp32.model, fp32.preprocess, size,
+                         work / f"baseline-{index}.h5")
+
+    def ffx(precision: str):
+        def run(index: int, c) -> None:
+            folder = work / f"ffx-{precision}-{index}"  # fresh output and feature cache: nothing is reused
+            extract_split(Split("train", split.root, split.class_names, tuple(c)), backbones[precision],
+                          folder / "train.h5", folder / "cache", batch_size, max_pixels)
+        return run
+
+    def limit(index: int, c) -> None:
+        for batch in decoded[index]:
+            fp32.features(batch)
+
+    paths = {"baseline": baseline, "ffx": ffx("float32"), "limit": limit}
+    if "bfloat16" in backbones:
+        paths["ffx_bfloat16"] = ffx("bfloat16")
+    log("  warm-up (graph tracing, first predict) ...")
+    baseline(-1, records[:1])
+    for backbone in backbones.values():
+        backbone.features(decoded[0][0])
+    seconds = dict.fromkeys(paths, 0.0)
+    names = list(paths)
+    for index, c in enumerate(chunks):
+        for name in names[index % len(names):] + names[:index % len(names)]:  # rotate the order every round
+            started = time.perf_counter()
+            paths[name](index, c)
+            seconds[name] += time.perf_counter() - started
+            log(f"  round {index + 1}/{rounds} {name}: {len(c) / (time.perf_counter() - started):.1f} images/s")
+    count = chunk * rounds
+    result = {f"{name}_images_per_s": count / s for name, s in seconds.items()}
+    result["images"] = count
+    result["ffx_vs_baseline"] = result["ffx_images_per_s"] / result["baseline_images_per_s"]
+    result["ffx_vs_limit"] = result["ffx_images_per_s"] / result["limit_images_per_s"]
+    if "ffx_bfloat16_images_per_s" in result:
+        result["bf16_vs_fp32"] = result["ffx_bfloat16_images_per_s"] / result["ffx_images_per_s"]
+        result["bf16_vs_baseline"] = result["ffx_bfloat16_images_per_s"] / result["baseline_images_per_s"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+def bench_pipeline_cache(params_file: Path) -> tuple[dict, object]:
+    """The extract + tune stages cold, then re-run on unchanged inputs (feature cache and finished search hit)."""
+    from components.config import load_config
+    from components.extract import extract_all
+    from components.stages import tune_stage
+
+    config = load_config(params_file)
+    timings = {}
+    for run in ("cold", "rerun"):
+        started = time.perf_counter()
+        results = extract_all(config)
+        extracted = time.perf_counter()
+        tune_stage(config)
+        finished = time.perf_counter()
+        timings[run] = {"extract_s": extracted - started, "tune_s": finished - extracted,
+                        "total_s": finished - started, "computed_images": sum(r.computed for r in results.values())}
+        log(f"  {run}: extract {timings[run]['extract_s']:.1f}s ({timings[run]['computed_images']} images "
+            f"computed), tune {timings[run]['tune_s']:.1f}s")
+    timings["images"] = sum(r.count for r in results.values())
+    timings["rerun_fraction"] = timings["rerun"]["total_s"] / timings["cold"]["total_s"]
+    timings["extract_rerun_fraction"] = timings["rerun"]["extract_s"] / timings["cold"]["extract_s"]
+    return timings, config
+
+
+# ---------------------------------------------------------------------------------------------- head
+
+def head_data(config, rows: int, work: Path):
+    """train/valid features of the pipeline run; train rows repeated up to `rows` when fewer were extracted."""
+    import h5py
+
+    from components.features import FeatureSet
+    from components.stages import load_split_features
+
+    train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
+    if rows and rows > len(train.labels):
+        index = np.resize(np.arange(len(train.labels)), rows)
+        train = FeatureSet(train.features[index], train.labels[index], [train.paths[i] for i in index],
+                           train.class_names, train.attrs)
+    paths = {}
+    for name, data in (("train", train), ("valid", valid)):  # the recipe's generator reads its own HDF5 file
+        paths[name] = work / f"head-{name}.h5"
+        with h5py.File(paths[name], "w") as store:
+            store.create_dataset("features", data=data.features)
+            store.create_dataset("labels", data=data.labels)
+    return train, valid, paths
+
+
+def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> dict:
+    """Same head (Dense 64 relu, Dropout 0.5, sigmoid, RMSprop) and data: the recipe's HDF5 generator fit vs
+    the tuner path (cached in-memory tf.data, steps_per_execution), epoch time and a whole trial."""
+    import dataclasses
+
+    import keras
+
+    from bench.baseline import baseline_fit
+    from components.hypermodel import (EpochTimer, HeadHyperModel, build_head, feature_statistics,
+                                       make_dataset, steps_per_execution)
+
+    batch_size = config.train.batch_size
+    statistics = feature_statistics(train) if config.train.normalize else None
+    dim, classes = train.features.shape[1], train.num_classes
+
+    def baseline_trial() -> tuple[float, list[float]]:
+        started = time.perf_counter()
+        model = build_head(dim, classes, 64, 0.5, 0, statistics, config.train.learning_rate)
+        timer = EpochTimer()
+        baseline_fit(model, paths["train"], paths["valid"], batch_size, epochs, [timer])
+        return time.perf_counter() - started, timer.seconds
+
+    def project_epochs() -> tuple[float, list[float]]:
+        import keras_tuner as kt
+
+        train_config = dataclasses.replace(config.train, early_stopping_patience=0)
+        hypermodel = HeadHyperModel(config.space, train_config, dim, classes, statistics,
+                                    steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
+        hp = kt.HyperParameters()
+        hp.Fixed("units", 64)
+        hp.Fixed("dropout", 0.5)
+        started = time.perf_counter()
+        model = hypermodel.build(hp)
+        history = hypermodel.fit(hp, model, make_dataset(train, batch_size, 0),
+                                 validation_data=make_dataset(valid, batch_size, None), epochs=epochs, verbose=0)
+        return time.perf_counter() - started, history.epoch_seconds
+
+    keras.utils.set_random_seed(0)
+    result = {"train_rows": len(train.labels), "valid_rows": len(valid.labels), "features": dim, "epochs": epochs}
+    fits = {"baseline": [], "ffx": []}
+    for index in range(2):  # interleaved, the order swapped in the second round
+        for name in (("baseline", "ffx") if index == 0 else ("ffx", "baseline")):
+            seconds, epoch_seconds = baseline_trial() if name == "baseline" else project_epochs()
+            fits[name].append((seconds, epoch_seconds))
+            log(f"  {name} fit: {seconds:.1f}s, median epoch {1000 * np.median(epoch_seconds[1:]):.0f} ms")
+    for name, runs in fits.items():
+        # Steady-state epoch: the first epoch of a fit also traces the graph, counted in the fit time instead.
+        result[f"{name}_epoch_ms"] = 1000 * float(np.median([s for _, e in runs for s in e[1:]]))
+        result[f"{name}_fit_s"] = float(min(s for s, _ in runs))
+    result["epoch_speedup"] = result["baseline_epoch_ms"] / result["ffx_epoch_ms"]
+    result["fit_speedup"] = result["baseline_fit_s"] / result["ffx_fit_s"]
+    result.update(bench_trial(config, train, valid, epochs, work, result["baseline_fit_s"]))
+    return result
+
+
+def bench_trial(config, train, valid, epochs: int, work: Path, baseline_trial_s: float) -> dict:
+    """One real tuner trial (KerasTuner + MLflow run) of the same head; then the same with early stopping."""
+    import dataclasses
+
+    from components.tune import run_search
+
+    out = {}
+    for label, patience in (("trial", 0), ("trial_early_stopping", config.train.early_stopping_patience)):
+        trial_config = dataclasses.replace(
+            config,
+            tuner=dataclasses.replace(config.tuner, max_trials=1, executions_per_trial=1,
+                                      directory=work / f"tuner-{label}"),
+            train=dataclasses.replace(config.train, epochs=epochs, early_stopping_patience=patience),
+            space=dataclasses.replace(config.space, units=[64], dropout_min=0.5, dropout_max=0.5, extra_units=[]))
+        seen: list[dict] = []
+        run_search(trial_config, train, valid, seen.append)
+        out[f"ffx_{label}_s"] = float(seen[-1]["trial_seconds"])
+        log(f"  tuner {label.replace('_', ' ')} (patience {patience}): {out[f'ffx_{label}_s']:.1f}s")
+    out["baseline_trial_s"] = baseline_trial_s
+    out["trial_speedup"] = baseline_trial_s / out["ffx_trial_s"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+def bench_rss(source: Path, backbone: dict, count: int, batch_size: int, work: Path) -> dict:
+    """Peak RSS of extraction at N and 4N images, each in a fresh process (bench.rss)."""
+    peaks = {}
+    for images in (count, 4 * count):
+        command = [sys.executable, "-m", "bench.rss", "--data", str(source), "--images", str(images),
+                   "--batch-size", str(batch_size), "--out", str(work / f"rss-{images}"),
+                   "--backbone", json.dumps(backbone)]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"bench.rss failed:\n{done.stderr[-3000:]}")
+        peaks[images] = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+        log(f"  {images} images: peak RSS {peaks[images]:.0f} MB")
+    return {"n": count, "peak_rss_mb_n": peaks[count], "peak_rss_mb_4n": peaks[4 * count],
+            "growth_4n": peaks[4 * count] / peaks[count]}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def checks(figures: dict) -> dict:
+    e, h, c, m = figures["extraction"], figures["head"], figures["cache"], figures["rss"]
+    result = {
+        "extract_vs_baseline": (e["ffx_vs_baseline"], ">=", TARGETS["extract_vs_baseline"]),
+        "extract_vs_limit": (e["ffx_vs_limit"], ">=", TARGETS["extract_vs_limit"]),
+        "head_epoch_speedup": (h["epoch_speedup"], ">=", TARGETS["head_epoch_speedup"]),
+        "cache_hit_fraction": (c["rerun_fraction"], "<=", TARGETS["cache_hit_fraction"]),
+        "rss_growth_4n": (m["growth_4n"], "<=", TARGETS["rss_growth_4n"]),
+    }
+    if "bf16_vs_fp32" in e:
+        result["bf16_vs_fp32"] = (e["bf16_vs_fp32"], ">=", TARGETS["bf16_vs_fp32"])
+        result["bf16_vs_baseline"] = (e["bf16_vs_baseline"], ">=", TARGETS["bf16_vs_baseline"])
+    return {name: {"value": v, "target": f"{op} {t}", "met": bool(v >= t if op == ">=" else v <= t)}
+            for name, (v, op, t) in result.items()}
+
+
+def print_table(figures: dict) -> None:
+    e, h, c, m = figures["extraction"], figures["head"], figures["cache"], figures["rss"]
+    rows = [("extraction images/s", "baseline loop", f"{e['baseline_images_per_s']:.1f}"),
+            ("", "ffx extract path", f"{e['ffx_images_per_s']:.1f}  ({e['ffx_vs_baseline']:.2f}x baseline, "
+                                     f"{e['ffx_vs_limit']:.2f}x limit)"),
+            ("", "limit (forward pass only)", f"{e['limit_images_per_s']:.1f}")]
+    if "ffx_bfloat16_images_per_s" in e:
+        rows.append(("", "ffx path, bfloat16", f"{e['ffx_bfloat16_images_per_s']:.1f}  ({e['bf16_vs_fp32']:.2f}x fp32, "
+                                               f"{e['bf16_vs_baseline']:.2f}x baseline)"))
+    rows += [("head epoch (ms)", "baseline HDF5 generator", f"{h['baseline_epoch_ms']:.0f}"),
+             ("", "ffx tuner path", f"{h['ffx_epoch_ms']:.0f}  ({h['epoch_speedup']:.1f}x faster)"),
+             (f"head trial, {h['epochs']} epochs (s)", "baseline fit", f"{h['baseline_trial_s']:.1f}"),
+             ("", "ffx tuner trial (KerasTuner+MLflow)", f"{h['ffx_trial_s']:.1f}  ({h['trial_speedup']:.1f}x faster)"),
+             ("", "  with early stopping", f"{h['ffx_trial_early_stopping_s']:.1f}"),
+             ("pipeline extract+tune (s)", "cold", f"{c['cold']['total_s']:.1f}"),
+             ("", "cache-hit re-run", f"{c['rerun']['total_s']:.1f}  ({100 * c['rerun_fraction']:.1f}% of cold)"),
+             ("extraction peak RSS (MB)", f"N={m['n']}", f"{m['peak_rss_mb_n']:.0f}"),
+             ("", f"4N={4 * m['n']}", f"{m['peak_rss_mb_4n']:.0f}  ({m['growth_4n']:.2f}x)")]
+    log("")
+    for section, path, value in rows:
+        log(f"{section:<28} {path:<36} {value}")
+    log("")
+    for name, check in figures["checks"].items():
+        log(f"{'MET ' if check['met'] else 'MISS'} {name:<22} {check['value']:.3f} (target {check['target']})")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a subset: finishes in under 3 minutes on 2 cores")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "bench.json")
+    parser.add_argument("--data", type=Path, default=None, help=f"dataset root (default: {FACES} if present)")
+    parser.add_argument("--backbone", default="vgg19")
+    parser.add_argument("--weights", default="none", help="speed does not depend on weights; none needs no download")
+    parser.add_argument("--input-size", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-bfloat16", action="store_true", help="skip the reduced-precision path")
+    parser.add_argument("--sizes", type=json.loads, default=None, help=argparse.SUPPRESS)  # tests: tiny sizes
+    args = parser.parse_args(argv)
+    sizes = Sizes(**{**asdict(QUICK if args.quick else FULL), **(args.sizes or {})})
+    backbone = {"name": args.backbone, "weights": args.weights, "input_size": args.input_size, "seed": 0}
+
+    from components.backbone import build_backbone, cpu_supports_bfloat16
+    from components.config import BackboneConfig
+    from components.files import write_json_atomic
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ffx-bench-") as tmp:
+        work = Path(tmp)
+        source, source_name = source_dataset(args.data, work, sizes)
+        log(f"data: {source_name}; backbone {args.backbone} ({args.weights}) at {args.input_size}px, "
+            f"batch {args.batch_size}; {os.cpu_count()} CPUs; sizes {asdict(sizes)}")
+        precisions = ("float32",) if args.no_bfloat16 else ("float32", "bfloat16")
+        backbones = {p: build_backbone(BackboneConfig(**backbone), REPO, p) for p in precisions}
+        figures: dict = {"data": source_name, "backbone": backbone, "batch_size": args.batch_size,
+                         "sizes": asdict(sizes), "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
+                                                             "bfloat16_native": cpu_supports_bfloat16()}}
+        log(f"extraction ({sizes.extract_images} images, {sizes.rounds} interleaved rounds):")
+        figures["extraction"] = bench_extraction(train_records(source, sizes.extract_images), backbones,
+                                                 args.batch_size, sizes.rounds, work)
+        log("pipeline cold vs cache-hit re-run:")
+        project = work / "project"
+        project.mkdir()
+        data_root = subset_project(source, project, sizes.pipeline_per_class)
+        figures["cache"], config = bench_pipeline_cache(
+            write_bench_params(project, data_root, backbone, sizes, args.batch_size))
+        log("head training:")
+        train, valid, paths = head_data(config, sizes.head_rows, work)
+        figures["head"] = bench_head(config, train, valid, paths, sizes.head_epochs, work)
+        log("extraction memory:")
+        figures["rss"] = bench_rss(source, backbone, sizes.rss_images, args.batch_size, work)
+    figures["checks"] = checks(figures)
+    figures["seconds"] = time.perf_counter() - started
+    print_table(figures)
+    write_json_atomic(args.out, figures)
+    log(f"\n{figures['seconds']:.0f}s in all; figures in {args.out}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

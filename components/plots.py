@@ -1,0 +1,296 @@
+"""PNG figures people look at after a run: evaluation plots and trial comparison. Matplotlib, Agg backend."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+FIGSIZE = (10, 6.25)  # inches; at DPI 100 a 1000x625 PNG, readable on a laptop screen without zooming
+DPI = 100
+INACTIVE = "inactive"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in CI or under DVC
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.titlesize": 15,
+                         "axes.grid": False})
+    return plt
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write `figure` as PNG via a temp file in the same folder + rename, then free it."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        figure.savefig(tmp, dpi=DPI, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(figure)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=int)[labels]
+
+
+def _curve_targets(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]):
+    """(name, 0/1 truth, score) per curve: the positive class for two classes, one-vs-rest otherwise."""
+    if len(class_names) == 2:
+        return [(class_names[1], (labels == 1).astype(int), probabilities[:, 1])]
+    truth = _one_hot(labels, len(class_names))
+    return [(name, truth[:, i], probabilities[:, i]) for i, name in enumerate(class_names)]
+
+
+def confusion_matrix_png(path: Path, matrix, class_names: Sequence[str]) -> Path:
+    """Counts and row-normalised (recall per true class) side by side."""
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    figure, axes = plt.subplots(1, 2, figsize=FIGSIZE, layout="constrained")
+    for ax, values, title, fmt in ((axes[0], counts, "Counts", "{:.0f}"),
+                                   (axes[1], normalised, "Normalised by true class", "{:.2f}")):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
+        ticks = range(len(class_names))
+        ax.set_xticks(ticks, class_names, rotation=45 if len(class_names) > 4 else 0, ha="right"
+                      if len(class_names) > 4 else "center")
+        ax.set_yticks(ticks, class_names)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(title)
+        threshold = values.max() / 2
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, fmt.format(value), ha="center", va="center",
+                    color="white" if value > threshold else "black")
+        figure.colorbar(image, ax=ax, shrink=0.8)
+    figure.suptitle(f"Confusion matrix on the test split ({int(counts.sum())} images)")
+    return save_figure(figure, path)
+
+
+def roc_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
+    from sklearn.metrics import auc, roc_curve
+
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    for name, truth, score in _curve_targets(labels, probabilities, class_names):
+        if truth.min() == truth.max():
+            continue  # a class absent from the test split has no curve
+        fpr, tpr, _ = roc_curve(truth, score)
+        ax.plot(fpr, tpr, linewidth=2, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title("ROC curve" + (" (one vs rest)" if len(class_names) > 2 else f" (positive class: {class_names[1]})"))
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return save_figure(figure, path)
+
+
+def precision_recall_png(path: Path, labels: np.ndarray, probabilities: np.ndarray,
+                         class_names: Sequence[str]) -> Path:
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    for name, truth, score in _curve_targets(labels, probabilities, class_names):
+        if truth.max() == 0:
+            continue
+        precision, recall, _ = precision_recall_curve(truth, score)
+        ax.plot(recall, precision, linewidth=2, drawstyle="steps-post",
+                label=f"{name} (AP {average_precision_score(truth, score):.3f}, base rate {truth.mean():.2f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+    ax.set_title("Precision-recall curve" + (" (one vs rest)" if len(class_names) > 2
+                                             else f" (positive class: {class_names[1]})"))
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    return save_figure(figure, path)
+
+
+def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> Path:
+    """Reliability of the predicted class's probability: accuracy per confidence bin, with bin sizes below."""
+    plt = _pyplot()
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    filled = counts > 0
+    mean_confidence = np.bincount(which, confidence, bins)[filled] / counts[filled]
+    accuracy = np.bincount(which, correct.astype(float), bins)[filled] / counts[filled]
+    gap = float(np.sum(counts[filled] * np.abs(accuracy - mean_confidence)) / max(len(labels), 1))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=FIGSIZE, height_ratios=(3, 1), sharex=True,
+                                         layout="constrained")
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    top.plot(mean_confidence, accuracy, marker="o", linewidth=2, label="model")
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy in bin")
+    top.set_title(f"Calibration of the predicted class's probability (expected calibration error {gap:.3f})")
+    top.legend(loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.bar((edges[:-1] + edges[1:]) / 2, counts, width=1 / bins * 0.9, color="tab:grey")
+    bottom.set(xlabel="predicted probability of the chosen class", ylabel="images")
+    return save_figure(figure, path)
+
+
+def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: Sequence[str],
+                         predicted: Sequence[str], probability: Sequence[float], names: Sequence[str],
+                         total_errors: int) -> Path:
+    """A grid of misclassified images (most confident first) with true/predicted labels and probability."""
+    plt = _pyplot()
+    count = len(images)
+    if count == 0:
+        figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No misclassified test images", ha="center", va="center", fontsize=16)
+        figure.suptitle("Most confidently wrong test images")
+        return save_figure(figure, path)
+    columns = min(count, 6)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(FIGSIZE[0], max(3.2, 2.9 * rows)), squeeze=False,
+                                layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, t, p, prob, name in zip(axes.flat, images, true, predicted, probability, names):
+        if image is None:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.imshow(image)
+        ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{_shorten(name, 24)}", fontsize=9)
+    figure.suptitle(f"Most confidently wrong test images ({count} of {total_errors} errors)")
+    return save_figure(figure, path)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _axis_positions(values: Sequence, categories_up_to: int = 6) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Values placed on [0, 1] for a parallel-coordinates axis, and (position, label) ticks.
+
+    A few distinct values are evenly spaced categories; more numbers are spread linearly. Text (e.g.
+    `inactive`) gets its own slot at the bottom.
+    """
+    numbers = sorted({float(v) for v in values if _is_number(v)})
+    words = sorted({str(v) for v in values if not _is_number(v)})
+    if len(numbers) <= categories_up_to:
+        slots = [*words, *numbers]
+        spacing = 1 / max(len(slots) - 1, 1)
+        where = {slot: i * spacing for i, slot in enumerate(slots)}
+        positions = np.array([where[float(v)] if _is_number(v) else where[str(v)] for v in values])
+        return positions, [(where[s], _label(s)) for s in slots]
+    base = 0.15 if words else 0.0  # room for the text slots below the numbers
+    where_word = {w: i * base / max(len(words), 1) for i, w in enumerate(words)}
+    low, high = numbers[0], numbers[-1]
+    span = (high - low) or 1.0
+
+    def place(v):
+        return base + (1 - base) * (float(v) - low) / span if _is_number(v) else where_word[str(v)]
+    positions = np.array([place(v) for v in values])
+    ticks = [(place(t), _label(float(t))) for t in np.linspace(low, high, 5)]
+    return positions, ticks + [(where_word[w], w) for w in words]
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
+
+
+def _label(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Sequence[str], objective: str,
+                             maximise: bool) -> Path:
+    """One line per completed trial across the hyperparameter axes to the objective, coloured by objective."""
+    plt = _pyplot()
+    from matplotlib import cm, colors
+
+    scored = [t for t in trials if t.get("score") is not None]
+    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    columns = [*hp_names, objective]
+    if not scored:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No completed trial to compare", ha="center", va="center", fontsize=16)
+        return save_figure(figure, path)
+    scores = np.array([t["score"] for t in scored], dtype=float)
+    axes_positions = [_axis_positions([t["params"].get(name, INACTIVE) for t in scored]) for name in hp_names]
+    axes_positions.append(_axis_positions(scores.tolist(), categories_up_to=0))
+    norm = colors.Normalize(scores.min(), scores.max() if scores.max() > scores.min() else scores.min() + 1e-9)
+    colormap = cm.viridis if maximise else cm.viridis_r
+    order = np.argsort(scores if maximise else -scores)  # best drawn last, on top
+    x = np.arange(len(columns))
+    for row in order:
+        ax.plot(x, [positions[row] for positions, _ in axes_positions], color=colormap(norm(scores[row])),
+                linewidth=2.2, alpha=0.85)
+    for column, (_, ticks) in enumerate(axes_positions):
+        ax.axvline(column, color="black", linewidth=1)
+        for position, label in ticks:
+            ax.text(column + 0.03, position, label, va="center", fontsize=9,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
+    ax.set_xticks(x, columns)
+    ax.set_yticks([])
+    ax.set_xlim(-0.1, len(columns) - 0.6)
+    ax.set_ylim(-0.06, 1.06)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    figure.colorbar(cm.ScalarMappable(norm=norm, cmap=colormap), ax=ax, label=objective)
+    ax.set_title(f"Hyperparameters vs {objective} ({len(scored)} completed trials; "
+                 f"{'higher' if maximise else 'lower'} is better)")
+    return save_figure(figure, path)
+
+
+def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective: str, maximise: bool) -> Path:
+    """Each trial's score in the order trials ran, failed trials marked, and the best-so-far line."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    numbers = np.arange(1, len(scores) + 1)
+    done = np.array([s is not None for s in scores], dtype=bool)
+    values = np.array([np.nan if s is None else s for s in scores], dtype=float)
+    best, running = [], None
+    for value in values:
+        if not np.isnan(value) and (running is None or (value > running if maximise else value < running)):
+            running = value
+        best.append(np.nan if running is None else running)
+    ax.scatter(numbers[done], values[done], s=40, zorder=3, label="trial")
+    ax.step(numbers, best, where="post", color="tab:orange", linewidth=2, label="best so far")
+    if (~done).any():
+        floor = np.nanmin(values) if done.any() else 0.0
+        ax.scatter(numbers[~done], np.full((~done).sum(), floor), marker="x", color="tab:red", s=60,
+                   label="failed", zorder=3)
+    ax.set(xlabel="trial (in the order run)", ylabel=objective)
+    ax.set_title(f"{objective} by trial ({'higher' if maximise else 'lower'} is better)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return save_figure(figure, path)
+
+
+def learning_curves_png(path: Path, history: dict[str, Sequence[float]], title: str) -> Path:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=FIGSIZE, layout="constrained")
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for name, style in ((metric, "-"), (f"val_{metric}", "--")):
+            values = history.get(name)
+            if values:
+                ax.plot(np.arange(1, len(values) + 1), values, style, marker="o", markersize=3, linewidth=2,
+                        label="validation" if name.startswith("val_") else "train")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric.capitalize())
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    figure.suptitle(title)
+    return save_figure(figure, path)

@@ -1,0 +1,135 @@
+"""Prefect orchestration of the pipeline: the same stage functions as `dvc repro`, as cached tasks.
+
+Tasks are cached by content (image hashes, backbone settings, feature keys, params) with results persisted
+under `orchestration.results_dir`; a task whose output file is missing or stale is never a cache hit.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.filesystems import LocalFileSystem
+
+from components.config import Config, load_config
+from components.extract import ExtractionPlan, extract_planned, plan_extraction, write_skipped_report
+from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, tune_cache_key,
+                               tune_stage)
+
+DEPLOYMENT_NAME = "ffx-pipeline"
+
+
+def _cache_key(config: Config, key: str, current: bool) -> str:
+    """The stage's input key; when its output is missing or stale, forget the cached result so the task runs."""
+    if not current:
+        (Path(config.orchestration.results_dir).resolve() / key).unlink(missing_ok=True)
+    return key
+
+
+def _extract_key(context, parameters) -> str:
+    config = parameters["config"]
+    return _cache_key(config, *extraction_cache_key(config, parameters["plan"].splits[parameters["split"]]))
+
+
+def _tune_key(context, parameters) -> str:
+    config, keys = parameters["config"], parameters["feature_keys"]
+    return _cache_key(config, *tune_cache_key(config, keys["train"], keys["valid"]))
+
+
+def _evaluate_key(context, parameters) -> str:
+    config = parameters["config"]
+    return _cache_key(config, *evaluate_cache_key(config, parameters["feature_keys"]["test"]))
+
+
+@task(name="plan-extraction", cache_policy=NO_CACHE)
+def plan_task(config: Config) -> ExtractionPlan:
+    """Scan and hash every image, refuse bad ones: always runs, it is what detects changes."""
+    plan = plan_extraction(config)
+    write_skipped_report(config, plan)
+    return plan
+
+
+@task(name="extract", cache_key_fn=_extract_key, persist_result=True, task_run_name="extract-{split}")
+def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
+    logger = get_run_logger()
+    total = len(plan.splits[split].records)
+    done = [0]
+
+    def progress(count: int) -> None:
+        done[0] += count
+        logger.info("extract %s: %d/%d images", split, done[0], total)
+
+    result = extract_planned(config, plan, split, progress=progress)
+    logger.info("%s: %d images, %d through the backbone, %.1fs", split, result.count, result.computed,
+                result.seconds)
+    return {"split": split, "key": result.key, "count": result.count, "computed": result.computed,
+            "path": str(result.path)}
+
+
+@task(name="tune", cache_key_fn=_tune_key, persist_result=True)
+def tune_task(config: Config, feature_keys: dict) -> dict:
+    logger = get_run_logger()
+
+    def progress(info: dict) -> None:
+        logger.info("trial %s/%s: score %s, best %s, elapsed %.0fs", info["done"], info["total"], info["score"],
+                    info["best"], info["elapsed"])
+
+    result = tune_stage(config, progress)
+    return {"score": result.score, "hyperparameters": result.hyperparameters,
+            "parent_run_id": result.parent_run_id, "trials": len(result.trials), "seconds": result.seconds}
+
+
+@task(name="evaluate-and-register", cache_key_fn=_evaluate_key, persist_result=True)
+def evaluate_task(config: Config, feature_keys: dict) -> dict:
+    logger = get_run_logger()
+    result = evaluate_stage(config)
+    reg = result.registration
+    logger.info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
+                reg.decision)
+    return {"accuracy": result.metrics["accuracy"], "version": reg.version, "promoted": reg.promoted,
+            "decision": reg.decision}
+
+
+def _with_storage(config: Config, *tasks):
+    """Tasks persisting results and cache records under orchestration.results_dir (a block Prefect requires saved)."""
+    basepath = str(Path(config.orchestration.results_dir).resolve())
+    storage = LocalFileSystem(basepath=basepath)
+    storage.save(f"ffx-results-{hashlib.sha1(basepath.encode()).hexdigest()[:10]}", overwrite=True)
+    return [t.with_options(result_storage=storage) for t in tasks]
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+    """extract (one task per split) -> tune -> evaluate and register, each skipped when its inputs are unchanged.
+
+    Returns each task's result and final state name ("Cached" for a cache hit).
+    """
+    config = load_config(params_file, overrides or [])
+    extract, tune, evaluate = _with_storage(config, extract_task, tune_task, evaluate_task)
+    plan = plan_task(config)
+    summary: dict = {"states": {}, "extract": {}}
+
+    def run(name: str, task_, *args):
+        state = task_(*args, return_state=True)
+        summary["states"][name] = state.name
+        return state.result()
+
+    for split in plan.splits:
+        result = run(f"extract-{split}", extract, config, plan, split)
+        summary["extract"][split] = dict(result, computed=0 if summary["states"][f"extract-{split}"] == "Cached"
+                                         else result["computed"])
+    keys = {split: result["key"] for split, result in summary["extract"].items()}
+    summary["tune"] = run("tune", tune, config, keys)
+    summary["evaluate"] = run("evaluate", evaluate, config, keys)
+    return summary
+
+
+def serve(params_file: str | Path, overrides: list[str] | None = None) -> None:
+    """Serve the `ffx-pipeline` deployment on the cron schedule from params.yaml (blocks until stopped)."""
+    from prefect.schedules import Cron
+
+    config = load_config(params_file, overrides or [])
+    pipeline.serve(name=DEPLOYMENT_NAME,
+                   schedules=[Cron(config.schedule.cron, timezone=config.schedule.timezone)],
+                   parameters={"params_file": str(Path(params_file).resolve()), "overrides": list(overrides or [])})

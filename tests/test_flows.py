@@ -1,0 +1,129 @@
+"""Prefect: a real server on 127.0.0.1, cached tasks across runs, incremental extraction, a served schedule."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import COLOURS, make_dataset, make_image, write_params
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """`prefect server start` on loopback with its own home; stopped at the end of the module."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="false")
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError("prefect server did not start")
+            time.sleep(1)
+        yield {"url": url, "env": {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _env(api) -> dict:
+    return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="3", **api["env"])
+
+
+def _pipeline(project: Path, api) -> dict:
+    result = subprocess.run(["ffx", "pipeline", "--json", "--quiet"], cwd=project, env=_env(api),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _task_states(api, flow_run_id: str) -> dict:
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 50}
+    runs = httpx.post(f"{api['url']}/task_runs/filter", json=body, timeout=30).json()
+    return {run["name"]: run["state"]["name"] for run in runs}
+
+
+def _latest_flow_run(api) -> dict:
+    body = {"sort": "EXPECTED_START_TIME_DESC", "limit": 1}
+    return httpx.post(f"{api['url']}/flow_runs/filter", json=body, timeout=30).json()[0]
+
+
+def test_second_run_is_cached_and_a_new_image_is_extracted_alone(tmp_path, prefect_api):
+    make_dataset(tmp_path / "data")
+    write_params(tmp_path)
+    first = _pipeline(tmp_path, prefect_api)
+    assert set(first["states"].values()) == {"Completed"}
+    assert sum(r["computed"] for r in first["extract"].values()) == 48
+
+    second = _pipeline(tmp_path, prefect_api)
+    assert second["states"] == {"extract-train": "Cached", "extract-valid": "Cached", "extract-test": "Cached",
+                                "tune": "Cached", "evaluate": "Cached"}
+    server_states = _task_states(prefect_api, _latest_flow_run(prefect_api)["id"])
+    assert server_states["extract-train"] == "Cached" and list(server_states.values()).count("Cached") == 5
+    print(f"cold run {first['seconds']:.1f}s, cached run {second['seconds']:.1f}s")
+
+    make_image(tmp_path / "data" / "train" / "red" / "new.png", COLOURS["red"], (25, 25), seed=4242)
+    third = _pipeline(tmp_path, prefect_api)
+    assert third["states"]["extract-train"] == "Completed" and third["extract"]["train"]["computed"] == 1
+    assert third["states"]["extract-valid"] == "Cached" and third["states"]["extract-test"] == "Cached"
+    assert third["states"]["tune"] == "Completed"
+
+    (tmp_path / "features" / "valid.h5").unlink()  # a deleted output is never a cache hit
+    fourth = _pipeline(tmp_path, prefect_api)
+    assert fourth["states"]["extract-valid"] == "Completed" and fourth["extract"]["valid"]["computed"] == 0
+
+
+def test_served_deployment_has_the_cron_schedule_and_a_triggered_run_completes(tmp_path, prefect_api):
+    make_dataset(tmp_path / "data")
+    write_params(tmp_path, schedule={"cron": "30 3 * * *", "timezone": "Europe/Paris"})
+    env = _env(prefect_api)
+    served = subprocess.Popen(["ffx", "serve"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"{prefect_api['url']}/deployments/name/pipeline/ffx-pipeline"
+        deadline = time.time() + 180
+        while (response := httpx.get(url, timeout=10)).status_code != 200:
+            assert time.time() < deadline and served.poll() is None, "deployment never appeared"
+            time.sleep(2)
+        schedules = response.json()["schedules"]
+        assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in schedules] == [("30 3 * * *",
+                                                                                           "Europe/Paris")]
+        trigger = subprocess.run(["prefect", "deployment", "run", "pipeline/ffx-pipeline"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert trigger.returncode == 0, trigger.stderr
+        flow_run_id = next(line.split()[-1] for line in trigger.stdout.splitlines() if "UUID" in line)
+        deadline = time.time() + 600
+        while True:
+            state = httpx.get(f"{prefect_api['url']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            assert time.time() < deadline, f"run still {state['type']}"
+            time.sleep(3)
+        assert state["type"] == "COMPLETED", state
+        assert (tmp_path / "metrics" / "test.json").is_file()
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        served.wait(timeout=60)

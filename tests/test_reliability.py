@@ -1,0 +1,205 @@
+"""What a user sees when data, params, models or the tracking server are wrong, and how failed trials are kept."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.config import load_config, tracking_uri
+from components.errors import FFXError, UnsafeModelError
+from conftest import make_dataset, write_params
+
+FFX = Path(sys.executable).parent / "ffx"
+
+
+def ffx(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([str(FFX), *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit code 2, no traceback, exactly one `error:` line holding every fragment."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _link_loop(project):
+    os.symlink("..", project / "data" / "train" / "blue" / "loop")  # train/blue/loop -> train
+
+
+def _no_classes_in_valid(project):
+    for folder in (project / "data" / "valid").iterdir():
+        shutil.rmtree(folder)
+
+
+def _all_red_train_images_corrupt(project):
+    for path in (project / "data" / "train" / "red").iterdir():
+        path.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+
+def _corrupt_weights_file(project):
+    (project / "corrupt.weights.h5").write_bytes(b"\0" * 64)
+
+
+CLI_FAILURES = {
+    "symlink_loop": (_link_loop, ["extract"], ["data/train/blue/loop", "symbolic link loop"]),
+    "split_without_classes": (_no_classes_in_valid, ["extract"], ["data/valid", "no class folders"]),
+    "class_empty_after_skipping": (_all_red_train_images_corrupt, ["extract", "--set", "data.on_bad_image=skip"],
+                                   ["data/train/red", "no usable images left"]),
+    "input_size_below_minimum": (None, ["extract", "--set", "backbone.input_size=16"],
+                                 ["'backbone.input_size' 16", "minimum of 32"]),
+    "unreadable_weights_file": (_corrupt_weights_file, ["extract", "--set", "backbone.weights=corrupt.weights.h5"],
+                                ["'backbone.weights'", "corrupt.weights.h5"]),
+    "empty_search_space": (None, ["tune", "--set", "space.units=[]"], ["'space.units'", "non-empty"]),
+    "unreachable_tracking_server": (None, ["extract", "--set", "mlflow.tracking_uri=http://127.0.0.1:{port}"],
+                                    ["mlflow.tracking_uri", "does not answer"]),
+}
+
+
+@pytest.mark.parametrize("case", CLI_FAILURES)
+def test_cli_refuses_before_any_work_with_one_line_naming_the_culprit(project, case):
+    breakage, args, fragments = CLI_FAILURES[case]
+    if breakage:
+        breakage(project)
+    args = [a.format(port=closed_port()) for a in args]
+    assert_one_line_error(ffx(project, *args), *fragments)
+    assert not (project / "features").exists()  # nothing extracted, nothing half-written
+
+
+def test_debug_flag_shows_the_traceback(project):
+    result = ffx(project, "--debug", "extract", "--set", "backbone.input_size=16")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_links_to_one_folder_from_two_places_are_refused_as_duplicates(project, tmp_path_factory):
+    from components.dataset import scan_dataset
+    from components.errors import DatasetError
+
+    outside = tmp_path_factory.mktemp("outside")
+    shutil.copy(next((project / "data" / "train" / "blue").glob("*.jpg")), outside / "x.jpg")
+    for name in ("a", "b"):
+        os.symlink(outside, project / "data" / "train" / "blue" / name)
+    with pytest.raises(DatasetError, match=r"train/blue/b: folder reached twice through symbolic links"):
+        scan_dataset(project / "data")
+
+
+def _save_lambda_head(folder: Path):
+    import keras
+
+    inputs = keras.Input((4,), name="features")
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)  # Python code stored in the file
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.Model(inputs, outputs).save(folder / "head.keras")
+    metadata = {"class_names": ["blue", "red"], "weights_id": "none(seed=0)",
+                "backbone": {"name": "vgg19", "weights": "none", "input_size": 32, "seed": 0}}
+    (folder / "head.json").write_text(json.dumps(metadata))
+    return folder / "head.keras"
+
+
+def test_predict_refuses_a_model_that_needs_unsafe_deserialisation(project):
+    from components.registry import load_head
+
+    model_path = _save_lambda_head(project / "elsewhere")
+    with pytest.raises(UnsafeModelError, match="Lambda layer"):
+        load_head(model_path)
+    image = next((project / "data" / "test" / "blue").glob("*.jpg"))
+    assert_one_line_error(ffx(project, "predict", str(image), "--model", str(model_path)),
+                          "elsewhere/head.keras", "refused", "safe_mode")
+
+
+def test_registered_model_is_loaded_in_safe_mode(project):
+    import keras
+    import mlflow
+
+    from components.registry import load_registered_head
+    from components.tracking import setup_mlflow
+
+    config = load_config(project / "params.yaml")
+    _, experiment_id = setup_mlflow(config)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1.0)(inputs))
+    with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.keras.log_model(model, name="head", registered_model_name="unsafe-head", pip_requirements=[])
+    with pytest.raises(UnsafeModelError, match="models:/unsafe-head/1: refused"):
+        load_registered_head(config, "models:/unsafe-head/1")
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    """A project with features extracted once, shared by the tuning tests (each uses its own experiment)."""
+    from components.extract import extract_all
+
+    root = tmp_path_factory.mktemp("extracted")
+    make_dataset(root / "data")
+    write_params(root, tuner={"algorithm": "random", "max_trials": 3, "executions_per_trial": 1})
+    extract_all(load_config(root / "params.yaml"))
+    return root
+
+
+def _search_with_failing_fits(project: Path, experiment: str, failing_calls: set[int], monkeypatch):
+    """run_search where the given calls of the head's fit raise (a fault injected into real training)."""
+    from components.hypermodel import HeadHyperModel
+    from components.stages import load_split_features
+    from components.tune import run_search
+
+    real_fit, calls = HeadHyperModel.fit, []
+
+    def fit(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) in failing_calls:
+            raise RuntimeError(f"injected failure in fit call {len(calls)}")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(HeadHyperModel, "fit", fit)
+    config = load_config(project / "params.yaml", [f"mlflow.experiment={experiment}",
+                                                    f"tuner.directory=.ffx/tuner-{experiment}"])
+    train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
+    client = MlflowClient(tracking_uri(config))
+    try:
+        return config, client, run_search(config, train, valid)
+    except FFXError as error:
+        return config, client, error
+
+
+def _runs(client, config, kind_filter: str):
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    return client.search_runs([experiment.experiment_id], kind_filter)
+
+
+def test_failing_trial_is_recorded_failed_with_its_error_and_the_search_goes_on(extracted, monkeypatch):
+    config, client, result = _search_with_failing_fits(extracted, "one-fails", {1}, monkeypatch)
+    assert not isinstance(result, FFXError), result
+    trials = _runs(client, config, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert sorted(r.info.status for r in trials) == ["FAILED", "FINISHED", "FINISHED"]
+    (failed,) = [r for r in trials if r.info.status == "FAILED"]
+    assert "injected failure in fit call 1" in failed.data.tags["error"]
+    assert failed.data.tags["trial_status"] == "FAILED"
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 1
+
+
+def test_search_whose_trials_all_fail_stops_with_a_clear_error_and_leaves_no_run_open(extracted, monkeypatch):
+    config, client, result = _search_with_failing_fits(extracted, "all-fail", {1, 2, 3}, monkeypatch)
+    assert isinstance(result, FFXError) and "tuning stopped" in str(result)
+    assert "injected failure in fit call 3" in str(result)
+    runs = _runs(client, config, "attributes.status != 'FAILED'")
+    assert runs == []  # parent and all three trials closed as FAILED, none left RUNNING
+    trials = _runs(client, config, "tags.ffx_trial_id != ''")
+    assert len(trials) == 3 and all("injected failure" in r.data.tags["error"] for r in trials)

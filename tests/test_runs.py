@@ -1,0 +1,74 @@
+"""`ffx runs` and the trial table: searches and trials read back from a real MLflow store."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.errors import FFXError
+from components.runs import find_search, format_table, search_trials, store_client
+from conftest import write_params
+
+BIN = Path(sys.executable).parent
+
+
+def _ffx(args, cwd):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(["ffx", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ffx_runs_prints_the_search_and_its_trials_best_first(tiny_run):
+    result = _ffx(["runs", "--top", "2"], tiny_run.root)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    searches, trials = out.split("\nTop ")
+    assert tiny_run.search.parent_run_id[:12] in searches and "FINISHED" in searches
+    assert f"2 of 3 trials of search {tiny_run.search.parent_run_id}" in trials
+    header, _, *rows = trials.splitlines()[1:]
+    assert header.split()[:5] == ["rank", "trial_id", "dropout", "extra_units", "units"]
+    scores = [float(row.split()[5]) for row in rows]
+    assert len(rows) == 2 and scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(tiny_run.search.score, abs=1e-4)
+
+
+def test_ffx_runs_picks_a_search_by_run_id_prefix_and_names_an_unknown_one(tiny_run):
+    chosen = _ffx(["runs", "--search", tiny_run.search.parent_run_id[:8]], tiny_run.root)
+    assert chosen.returncode == 0 and "3 of 3 trials" in chosen.stdout
+    unknown = _ffx(["runs", "--search", "zzzz"], tiny_run.root)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "error: --search zzzz: no search runs match; `ffx runs` lists them"
+
+
+def test_ffx_runs_without_a_store_says_to_tune_first(tmp_path):
+    write_params(tmp_path)
+    result = _ffx(["runs"], tmp_path)
+    assert result.returncode == 2
+    assert "no MLflow store here yet" in result.stderr and "ffx tune" in result.stderr
+    assert not (tmp_path / "mlruns").exists()  # reading made nothing
+
+
+def test_trials_are_read_in_the_order_they_ran_with_the_same_param_names(tiny_run):
+    client, experiment_id = store_client(tiny_run.config)
+    trials = search_trials(client, experiment_id, tiny_run.search.parent_run_id)
+    assert [t.trial_id for t in trials] == ["0", "1", "2"]
+    assert all(set(t.params) == {"units", "dropout", "extra_units"} for t in trials)
+    assert all(t.status == "COMPLETED" and t.score is not None and t.seconds > 0 for t in trials)
+    with pytest.raises(FFXError, match="no search runs match"):
+        find_search(client, experiment_id, "not-a-run")
+
+
+def test_trial_table_csv_has_one_row_per_trial_and_html_escapes_nothing_away(tiny_run):
+    folder = tiny_run.config.reports.dir / "search"
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert [r["trial_id"] for r in rows] == ["0", "1", "2"]
+    assert {"units", "dropout", "extra_units", "score", "seconds", "run_id"} <= set(rows[0])
+    assert max(float(r["score"]) for r in rows) == pytest.approx(tiny_run.search.score, abs=1e-4)
+    page = (folder / "trials.html").read_text()
+    assert page.count("<tr>") == 1 + len(rows) and all(r["run_id"] in page for r in rows)
+
+
+def test_terminal_table_pads_columns_to_the_widest_cell():
+    table = format_table(["a", "long_header"], [["wide cell", "1"], ["x", "22"]]).splitlines()
+    assert table == ["a          long_header", "---------  -----------", "wide cell  1", "x          22"]

@@ -151,8 +151,9 @@ class Backbone:
         if self._forward is None:
             import tensorflow as tf
 
+            model = self.model  # built here, eagerly: weights loaded inside a graph trace would not stick
             # Cast inside the graph: bfloat16 activations come back as float32 features.
-            self._forward = tf.function(lambda x: tf.cast(self.model(x, training=False), tf.float32),
+            self._forward = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
                                         reduce_retracing=True)
         batch = self.preprocess(images.astype(np.float32))
         out = self._forward(batch).numpy()

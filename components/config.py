@@ -21,6 +21,8 @@ CHOICES = {
     "tuner.algorithm": ("bayesian", "random", "hyperband"),
     "tuner.objective": ("val_accuracy", "val_loss", "accuracy", "loss"),
     "registry.promote": ("always", "if_better"),
+    "registry.compare_split": ("test", "valid"),
+    "registry.compare_metric": ("accuracy", "roc_auc", "loss"),
 }
 
 
@@ -110,6 +112,7 @@ class MlflowConfig:
 class RegistryConfig:
     alias: str
     promote: str
+    compare_split: str
     compare_metric: str
 
 
@@ -291,8 +294,26 @@ def _check_ranges(config: Config) -> None:
                           f"got {config.train.early_stopping_patience}")
     if space.dropout_step <= 0:
         raise ConfigError("params: 'space.dropout_step' must be greater than 0")
+    _check_schedule(config.schedule)
     if not config.tuner.directory.name:
         raise ConfigError("params: 'tuner.directory' must name a folder")
+
+
+def _check_schedule(schedule: ScheduleConfig) -> None:
+    import datetime
+    import zoneinfo
+
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(schedule.cron, datetime.datetime.now())
+    except CronSimError as exc:
+        raise ConfigError(f"params: 'schedule.cron' is not a cron expression: {schedule.cron!r} ({exc})") from None
+    try:
+        zoneinfo.ZoneInfo(schedule.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"params: 'schedule.timezone' unknown: {schedule.timezone!r} (an IANA name such as "
+                          "UTC or Europe/Paris)") from None
 
 
 def tracking_uri(config: Config) -> str:

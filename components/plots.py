@@ -137,6 +137,7 @@ def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, b
     top.grid(alpha=0.3)
     bottom.bar((edges[:-1] + edges[1:]) / 2, counts, width=1 / bins * 0.9, color="tab:grey")
     bottom.set(xlabel="predicted probability of the chosen class", ylabel="images")
+    bottom.yaxis.get_major_locator().set_params(integer=True)
     return save_figure(figure, path)
 
 
@@ -163,7 +164,7 @@ def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: 
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.imshow(image)
-        ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{_shorten(name, 24)}", fontsize=9)
+        ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{_shorten(Path(name).name, 20)}", fontsize=9)
     figure.suptitle(f"Most confidently wrong test images ({count} of {total_errors} errors)")
     return save_figure(figure, path)
 
@@ -267,9 +268,9 @@ def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective
     ax.scatter(numbers[done], values[done], s=40, zorder=3, label="trial")
     ax.step(numbers, best, where="post", color="tab:orange", linewidth=2, label="best so far")
     if (~done).any():
-        floor = np.nanmin(values) if done.any() else 0.0
-        ax.scatter(numbers[~done], np.full((~done).sum(), floor), marker="x", color="tab:red", s=60,
-                   label="failed", zorder=3)
+        worst = (np.nanmin(values) if maximise else np.nanmax(values)) if done.any() else 0.0
+        ax.scatter(numbers[~done], np.full((~done).sum(), worst), marker="x", color="tab:red", s=60,
+                   label="failed (no score)", zorder=3)
     ax.set(xlabel="trial (in the order run)", ylabel=objective)
     ax.set_title(f"{objective} by trial ({'higher' if maximise else 'lower'} is better)")
     ax.xaxis.get_major_locator().set_params(integer=True)

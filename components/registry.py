@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import Config
-from components.errors import ModelNotFoundError, UnsafeModelError
+from components.errors import FFXError, ModelNotFoundError, UnsafeModelError
 from components.files import write_json_atomic
 from components.tracking import setup_mlflow
 
@@ -75,6 +75,24 @@ class Registration:
     decision: str                  # why the alias moved or stayed, with both scores
 
 
+def _requirements() -> list[str]:
+    import importlib.metadata
+
+    return [f"{package}=={importlib.metadata.version(package)}" for package in ("tensorflow", "keras")]
+
+
+def comparison_score(config: Config, metadata: dict, test_metrics: dict) -> tuple[str, float, bool]:
+    """(tag name, score, lower is better) used to decide champion vs challenger."""
+    if config.registry.compare_split == "valid":
+        objective = metadata["search"]["objective"]
+        return f"valid_{objective}", float(metadata["search"]["score"]), objective.endswith("loss")
+    metric = config.registry.compare_metric
+    if metric not in test_metrics:
+        raise FFXError(f"params: 'registry.compare_metric' {metric} is not among the test metrics "
+                       f"({', '.join(k for k, v in test_metrics.items() if isinstance(v, float))})")
+    return f"test_{metric}", float(test_metrics[metric]), metric == "loss"
+
+
 def register_head(config: Config, model, metadata: dict, test_metrics: dict, features_sample: np.ndarray,
                   artifacts: list[Path] = ()) -> Registration:
     """Log the head to the search's parent run, register a new version, and move the alias per registry.promote."""
@@ -83,9 +101,9 @@ def register_head(config: Config, model, metadata: dict, test_metrics: dict, fea
     from mlflow.models import infer_signature
 
     client, experiment_id = setup_mlflow(config)
-    name, alias, metric = config.mlflow.registered_model, config.registry.alias, config.registry.compare_metric
+    name, alias = config.mlflow.registered_model, config.registry.alias
     run_id = metadata["search"]["parent_run_id"]
-    score = float(test_metrics[metric])
+    score_tag, score, lower_is_better = comparison_score(config, metadata, test_metrics)
     flat = {f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, (int, float))}
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
         mlflow.log_metrics(flat)
@@ -93,23 +111,28 @@ def register_head(config: Config, model, metadata: dict, test_metrics: dict, fea
         for path in artifacts:
             mlflow.log_artifact(str(path), "evaluation")
         signature = infer_signature(features_sample, model.predict(features_sample, verbose=0))
+        # Explicit requirements: MLflow's inference would re-load the model in a subprocess (slow).
         info = mlflow.keras.log_model(model, name="head", signature=signature, registered_model_name=name,
-                                      metadata=metadata)
+                                      metadata=metadata, pip_requirements=_requirements())
     version = str(info.registered_model_version)
-    champion_score = None
-    try:
-        champion = client.get_model_version_by_alias(name, alias)
-        champion_score = float(champion.tags[f"test_{metric}"]) if f"test_{metric}" in champion.tags else None
-    except MlflowException:
-        champion = None
     for key, value in flat.items():
         client.set_model_version_tag(name, version, key, str(value))
-    promoted = (config.registry.promote == "always" or champion is None or champion_score is None
-                or score > champion_score)
-    decision = (f"{'promoted' if promoted else 'kept champion'}: test {metric} {score:.4f} vs champion "
-                f"{'none' if champion_score is None else f'{champion_score:.4f}'} (promote: {config.registry.promote})")
+    client.set_model_version_tag(name, version, score_tag, str(score))
+    try:
+        champion = client.get_model_version_by_alias(name, alias)
+        champion_score = float(champion.tags[score_tag]) if score_tag in champion.tags else None
+    except MlflowException:
+        champion, champion_score = None, None
+    promoted = config.registry.promote == "always" or champion_score is None or (
+        score < champion_score if lower_is_better else score > champion_score)
+    decision = (f"{'promoted' if promoted else 'kept champion'}: version {version} {score_tag} {score:.4f} vs "
+                f"champion {'none' if champion_score is None else f'v{champion.version} {champion_score:.4f}'} "
+                f"(promote: {config.registry.promote})")
     client.set_model_version_tag(name, version, "promotion", decision)
     client.set_tag(run_id, "promotion", decision)
+    client.log_metric(run_id, "challenger_score", score)
+    if champion_score is not None:
+        client.log_metric(run_id, "champion_score", champion_score)
     if promoted:
         client.set_registered_model_alias(name, alias, version)
     return Registration(name, version, alias, promoted, score, champion_score, run_id, decision)

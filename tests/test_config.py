@@ -69,3 +69,10 @@ def test_project_params_list_every_default_key():
     project = yaml.safe_load((REPO / "params.yaml").read_text())
     assert keys(project) == keys(defaults)
     load_config(REPO / "params.yaml")
+
+
+def test_schedule_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="'schedule.cron' is not a cron expression"):
+        load_config(_write(tmp_path, "schedule: {cron: '61 * * * *'}\n"))
+    with pytest.raises(ConfigError, match="'schedule.timezone' unknown"):
+        load_config(_write(tmp_path, "schedule: {timezone: Mars/Olympus}\n"))

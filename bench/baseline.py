@@ -43,6 +43,8 @@ def hdf5_batches(path: Path, batch_size: int) -> Iterator[tuple[np.ndarray, np.n
     while True:
         with h5py.File(path, "r") as store:
             count = len(store["labels"])
+            if count < batch_size:
+                raise ValueError(f"{path}: {count} rows, fewer than one batch of {batch_size}")
             for start in range(0, count - batch_size + 1, batch_size):
                 yield (store["features"][start:start + batch_size],
                        store["labels"][start:start + batch_size].astype(np.float32))

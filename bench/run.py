@@ -38,6 +38,7 @@ class Sizes:
     head_rows: int             # train rows for head timing (extracted rows repeated when fewer were extracted)
     head_epochs: int
     search_trials: int         # trials of the small search in the cache-check pipeline
+    head_batch_size: int = 32  # the recipe's
 
 
 QUICK = Sizes(extract_images=64, rounds=2, rss_images=32, pipeline_per_class=8, head_rows=1611, head_epochs=10,
@@ -102,7 +103,7 @@ def write_bench_params(folder: Path, data_root: Path, backbone: dict, sizes: Siz
     params["backbone"].update(backbone)
     params["extract"]["batch_size"] = batch_size
     params["tuner"].update(algorithm="random", max_trials=sizes.search_trials, executions_per_trial=1)
-    params["train"].update(epochs=5)
+    params["train"].update(epochs=5, batch_size=sizes.head_batch_size)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path

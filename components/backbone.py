@@ -1,6 +1,7 @@
 """The pretrained convolutional base: building it, loading its weights, running it on image batches."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -40,6 +41,28 @@ ARCHITECTURES = {
 HED_WEIGHTS = "hed-vgg16"
 PRECISIONS = ("float32", "bfloat16")  # extract.precision: the backbone's compute type; features are stored as float32
 VGG16_BLOCK_CONVS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
+POOLINGS = ("flatten", "avg", "max", "avg+max")  # backbone.pooling
+LAST_LAYER = "last"                               # backbone.layer: the base's own output
+
+
+def pool_feature_map(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """(N, H, W, C) feature maps -> (N, D) features: flattened (the recipe), or averaged and/or maxed over H, W.
+
+    A flattened map can be reshaped back and pooled later, so one extraction serves every pooling.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if pooling == "flatten" or maps.ndim != 4:
+        return maps.reshape(len(maps), -1)
+    pooled = {"avg": [maps.mean(axis=(1, 2))], "max": [maps.max(axis=(1, 2))],
+              "avg+max": [maps.mean(axis=(1, 2)), maps.max(axis=(1, 2))]}[pooling]
+    return np.concatenate(pooled, axis=1)
+
+
+def pooled_dim(shape: tuple[int, ...], pooling: str) -> int:
+    """Feature size after `pool_feature_map` of maps shaped (N, *shape)."""
+    if pooling == "flatten" or len(shape) != 3:
+        return int(np.prod(shape))
+    return int(shape[-1]) * (2 if pooling == "avg+max" else 1)
 
 
 def resolve_weights(config: BackboneConfig, root: Path) -> tuple[str | None, str]:
@@ -84,8 +107,11 @@ def backbone_identity(config: BackboneConfig, weights_id: str, precision: str = 
 
     Computable without building the model, so cache checks stay cheap.
     """
-    return {"name": config.name, "weights": weights_id, "input_size": config.input_size, "pooling": "flatten",
-            "precision": precision}
+    identity = {"name": config.name, "weights": weights_id, "input_size": config.input_size,
+                "pooling": config.pooling, "precision": precision}
+    if config.layer != LAST_LAYER:  # absent for the base's output: features made before the option keep their key
+        identity["layer"] = config.layer
+    return identity
 
 
 def cpu_supports_bfloat16() -> bool:
@@ -105,7 +131,24 @@ def check_backbone_config(config: BackboneConfig, root: Path) -> str:
     if config.input_size < arch.min_input_size:
         raise ConfigError(f"params: 'backbone.input_size' {config.input_size} is below {config.name}'s "
                           f"minimum of {arch.min_input_size}")
+    if config.pooling not in POOLINGS:
+        raise ConfigError(f"params: 'backbone.pooling' must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
+    if config.layer != LAST_LAYER:
+        names = layer_names(config.name, config.input_size)
+        if config.layer not in names:
+            raise ConfigError(f"params: 'backbone.layer' unknown for {config.name}: {config.layer!r} (allowed: "
+                              f"{LAST_LAYER}, {', '.join(names)})")
     return resolve_weights(config, root)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def layer_names(name: str, input_size: int) -> tuple[str, ...]:
+    """The base's layer names after its input, from an unweighted build (no download, no weights file read)."""
+    import keras
+
+    builder = getattr(keras.applications, ARCHITECTURES[name].builder)
+    model = builder(include_top=False, weights=None, input_shape=(input_size, input_size, 3))
+    return tuple(layer.name for layer in model.layers[1:])
 
 
 @dataclass
@@ -136,7 +179,7 @@ class Backbone:
 
     @property
     def feature_dim(self) -> int:
-        return int(np.prod(self.feature_shape))
+        return pooled_dim(self.feature_shape, self.config.pooling)
 
     @property
     def identity(self) -> dict:
@@ -147,7 +190,7 @@ class Backbone:
         return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (N, S, S, 3) -> float32 features (N, D), flattened as in the original recipe."""
+        """uint8 images (N, S, S, 3) -> float32 features (N, D), pooled as `backbone.pooling` says."""
         if self._forward is None:
             import tensorflow as tf
 
@@ -156,8 +199,7 @@ class Backbone:
             self._forward = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
                                         reduce_retracing=True)
         batch = self.preprocess(images.astype(np.float32))
-        out = self._forward(batch).numpy()
-        return out.reshape(len(images), -1)
+        return pool_feature_map(self._forward(batch).numpy(), self.config.pooling)
 
 
 def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32") -> Backbone:
@@ -197,7 +239,32 @@ def _keras_model(config: BackboneConfig, root: Path):
             model = builder(include_top=False, weights=keras_weights, input_shape=shape)
         except Exception as exc:  # download or file errors: turned into one actionable message
             raise WeightsError(_weights_failure(config, arch, exc)) from None
+    if config.weights == "none":
+        _initialise_deterministically(model, config.seed)
+    if config.layer != LAST_LAYER:  # features from an earlier block: the base cut after that layer
+        model = keras.Model(model.input, model.get_layer(config.layer).output, name=f"{model.name}_{config.layer}")
     return model
+
+
+def _initialise_deterministically(model, seed: int) -> None:
+    """Re-draw every weight from its layer's own initializer with an explicit per-variable seed.
+
+    Keras initializers without a seed draw one from Python's global `random`, which other threads (Prefect,
+    Dask) also use: random weights would then differ between extraction and prediction processes.
+    """
+    counter = 0
+    for layer in model.layers:
+        for attribute in ("kernel", "depthwise_kernel", "pointwise_kernel", "bias", "gamma", "beta",
+                          "moving_mean", "moving_variance"):
+            variable = getattr(layer, attribute, None)
+            initializer = getattr(layer, f"{attribute}_initializer", None)
+            if variable is None or initializer is None or not hasattr(variable, "assign"):
+                continue
+            config = initializer.get_config()
+            if "seed" in config:
+                config["seed"] = seed * 100_003 + counter
+            variable.assign(type(initializer).from_config(config)(tuple(variable.shape), dtype=variable.dtype))
+            counter += 1
 
 
 def _weights_failure(config: BackboneConfig, arch: Architecture, exc: Exception) -> str:

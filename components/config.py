@@ -12,16 +12,21 @@ from components.errors import ConfigError
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
+# String keys where an empty value means "not set".
+MAY_BE_EMPTY = {"orchestration.dask_address"}
+
 # Values a key may take, checked before any work starts.
 CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "backbone.name": ("vgg16", "vgg19", "resnet50", "mobilenet_v2", "efficientnet_b0",
                       "inception_v3", "xception", "densenet121"),
     "extract.precision": ("float32", "bfloat16"),
+    "backbone.pooling": ("flatten", "avg", "max", "avg+max"),
     "tuner.algorithm": ("bayesian", "random", "hyperband"),
     "tuner.objective": ("val_accuracy", "val_loss", "accuracy", "loss"),
     "registry.promote": ("always", "if_better"),
     "registry.compare_split": ("test", "valid"),
+    "orchestration.task_runner": ("thread", "dask"),
     "registry.compare_metric": ("accuracy", "roc_auc", "loss"),
 }
 
@@ -39,12 +44,26 @@ class BackboneConfig:
     weights: str
     input_size: int
     seed: int
+    pooling: str = "flatten"  # flatten | avg | max | avg+max over the feature map's spatial axes
+    layer: str = "last"       # the base's last layer, or a layer name such as block4_pool
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    copies: int         # augmented views per train image, besides the original (0: none)
+    seed: int
+    flip: bool
+    crop: float         # up to this fraction of the side cropped away (then resized back): a small zoom
+    brightness: float   # +- this fraction of 255 added
+    contrast: float     # pixels scaled about their mean by 1 +- this
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     batch_size: int
+    shard_size: int
     precision: str
+    augment: AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -120,11 +139,16 @@ class RegistryConfig:
 class PredictConfig:
     model: str
     batch_size: int
+    tta: bool  # average the head's output over the image and its mirror image
 
 
 @dataclass(frozen=True)
 class OrchestrationConfig:
     results_dir: Path
+    task_runner: str
+    dask_address: str
+    dask_workers: int
+    retries: int
 
 
 @dataclass(frozen=True)
@@ -251,7 +275,9 @@ def _coerce(key: str, kind, value, root: Path):
             raise wrong("a number")
         return float(value)
     if kind is str:
-        if not isinstance(value, str) or not value:
+        if value is None and key in MAY_BE_EMPTY:
+            value = ""
+        if not isinstance(value, str) or (not value and key not in MAY_BE_EMPTY):
             raise wrong("a non-empty string")
         if key in CHOICES and value not in CHOICES[key]:
             raise wrong("one of " + ", ".join(CHOICES[key]))
@@ -292,8 +318,19 @@ def _check_ranges(config: Config) -> None:
     if config.train.early_stopping_patience < 0:
         raise ConfigError("params: 'train.early_stopping_patience' must be 0 (off) or more epochs, "
                           f"got {config.train.early_stopping_patience}")
+    augment = config.extract.augment
+    if augment.copies < 0:
+        raise ConfigError(f"params: 'extract.augment.copies' must be 0 (off) or more, got {augment.copies}")
+    for key, value in (("crop", augment.crop), ("brightness", augment.brightness), ("contrast", augment.contrast)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"params: 'extract.augment.{key}' must be at least 0 and below 1, got {value}")
     if space.dropout_step <= 0:
         raise ConfigError("params: 'space.dropout_step' must be greater than 0")
+    for key, value, least in (("extract.shard_size", config.extract.shard_size, 0),
+                              ("orchestration.dask_workers", config.orchestration.dask_workers, 1),
+                              ("orchestration.retries", config.orchestration.retries, 0)):
+        if value < least:
+            raise ConfigError(f"params: '{key}' must be at least {least}, got {value}")
     _check_schedule(config.schedule)
     if not config.tuner.directory.name:
         raise ConfigError("params: 'tuner.directory' must name a folder")

@@ -19,11 +19,26 @@ def class_probabilities(model, features: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate_head(model, test: FeatureSet) -> tuple[dict, np.ndarray]:
-    """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities."""
+def average_views(probabilities: list[np.ndarray]) -> np.ndarray:
+    """Test-time augmentation: the head's probabilities averaged over views (original, mirror) of the same images."""
+    return np.mean(probabilities, axis=0)
+
+
+def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) -> tuple[dict, np.ndarray]:
+    """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities.
+
+    With `flipped` (the test images mirrored, row for row) the metrics are those of test-time augmentation,
+    and `accuracy_without_tta` / `accuracy_with_tta` report both.
+    """
     from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, roc_auc_score
 
     probabilities = class_probabilities(model, test.features)
+    tta = {}
+    if flipped is not None:
+        plain = probabilities
+        probabilities = average_views([plain, class_probabilities(model, flipped.features)])
+        tta = {"tta": True, "accuracy_without_tta": float((plain.argmax(axis=1) == test.labels).mean()),
+               "accuracy_with_tta": float((probabilities.argmax(axis=1) == test.labels).mean())}
     labels = test.labels
     predicted = probabilities.argmax(axis=1)
     classes = list(range(test.num_classes))
@@ -36,6 +51,7 @@ def evaluate_head(model, test: FeatureSet) -> tuple[dict, np.ndarray]:
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(test.class_names)},
         "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
+        **tta,
     }
     if len(set(labels.tolist())) == test.num_classes:
         if test.num_classes == 2:

@@ -12,9 +12,10 @@ from typing import Callable
 
 import numpy as np
 
+from components.augment import FLIP, ORIGINAL, View, augment_identity, augmented_views, row_key
 from components.backbone import Backbone, build_backbone, check_backbone_config
 from components.config import Config
-from components.dataset import SPLITS, Split, scan_dataset, screen_split
+from components.dataset import SPLITS, ImageRecord, Split, scan_dataset, screen_split
 from components.feature_cache import open_feature_cache
 from components.features import FeatureWriter, output_lock, read_attrs
 from components.files import write_json_atomic
@@ -22,7 +23,60 @@ from components.images import load_rgb
 
 EXTRACTION_CODE_VERSION = 1  # bump when a change here alters the features written
 ASSEMBLY_ROWS = 1024         # rows copied from the cache per write: keeps memory flat
+FLIPPED_SUFFIX = "_flip"     # test_flip.h5: the test split mirrored, for test-time augmentation (predict.tta)
 Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One feature row: an image of the split (`source`: its index) seen through a view."""
+    record: ImageRecord
+    source: int
+    view: View = ORIGINAL
+
+    @property
+    def key(self) -> str:
+        return row_key(self.record.sha1, self.view)
+
+    @property
+    def path(self) -> Path:
+        return self.record.path
+
+
+def split_rows(split: Split, views: dict | None) -> list[Row]:
+    """The rows of a split's feature file. No views: one per image, in split order. `{"flip": true}`: each
+    image mirrored. `{"augment": ...}`: the originals first (so rows 0..N-1 are the plain features), then
+    each image's augmented views, grouped by image."""
+    records = split.records
+    if not views:
+        return [Row(r, i) for i, r in enumerate(records)]
+    if views.get("flip"):
+        return [Row(r, i, FLIP) for i, r in enumerate(records)]
+    from components.config import AugmentConfig
+
+    augment = AugmentConfig(**views["augment"])
+    return [Row(r, i) for i, r in enumerate(records)] + [
+        Row(r, i, view) for i, r in enumerate(records) for view in augmented_views(r.sha1, augment)]
+
+
+def split_views(config: Config, name: str) -> dict | None:
+    """Views a split's file holds besides the plain images: train's augmentation, test_flip's mirror; else None."""
+    if name.endswith(FLIPPED_SUFFIX):
+        return {"flip": True}
+    if name == "train" and config.extract.augment.copies > 0:
+        return {"augment": augment_identity(config.extract.augment)}
+    return None
+
+
+def source_split(name: str) -> str:
+    """The image folder a feature file is made from: test_flip.h5 from test/."""
+    return name[:-len(FLIPPED_SUFFIX)] if name.endswith(FLIPPED_SUFFIX) else name
+
+
+def feature_files(config: Config, splits: tuple[str, ...] = SPLITS) -> tuple[str, ...]:
+    """The feature files extraction writes: one per split, and the mirrored test split when predict.tta is on."""
+    extra = ("test" + FLIPPED_SUFFIX,) if config.predict.tta and "test" in splits else ()
+    return tuple(splits) + extra
 
 
 @dataclass
@@ -48,10 +102,12 @@ class ExtractionPlan:
     skipped: dict[str, dict[str, str]]
 
 
-def extraction_key(split: Split, backbone_identity: dict) -> str:
-    """Identity of a split's feature file: image contents, backbone settings, extraction code."""
-    payload = json.dumps({"content": split.content_hash, "backbone": backbone_identity,
-                          "code": EXTRACTION_CODE_VERSION}, sort_keys=True)
+def extraction_key(split: Split, backbone_identity: dict, views: dict | None = None) -> str:
+    """Identity of a split's feature file: image contents, backbone settings, views, extraction code."""
+    identity = {"content": split.content_hash, "backbone": backbone_identity, "code": EXTRACTION_CODE_VERSION}
+    if views:  # absent without views: plain files keep their key
+        identity["views"] = views
+    payload = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -64,68 +120,94 @@ def output_is_current(path: Path, key: str) -> bool:
     return bool(attrs.get("complete")) and attrs.get("key") == key
 
 
-def decode_batch(paths: list[Path], size: int, max_pixels: int) -> np.ndarray:
-    return np.stack([load_rgb(p, size, max_pixels) for p in paths])
+def decode_batch(paths: list[Path], size: int, max_pixels: int, views: list[View] | None = None) -> np.ndarray:
+    images = [load_rgb(p, size, max_pixels) for p in paths]
+    if views:
+        images = [view.apply(image) for view, image in zip(views, images)]
+    return np.stack(images)
 
 
-def _compute_missing(split: Split, backbone: Backbone, cache, batch_size: int, max_pixels: int,
-                     progress: Progress | None) -> int:
-    """Run the images absent from the cache through the backbone, appending each batch to the cache."""
-    todo, seen = [], set()
-    for record in split.records:
-        if record.sha1 not in cache and record.sha1 not in seen:
-            seen.add(record.sha1)
-            todo.append(record)
-    if progress and len(split.records) > len(todo):
-        progress(len(split.records) - len(todo))
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+def run_backbone(records, backbone: Backbone, batch_size: int, max_pixels: int,
+                 sink: Callable[[list, np.ndarray], None], progress: Progress | None = None) -> None:
+    """Batches of `records` through the backbone, each result handed to `sink(batch, features)` in order.
+
+    The next batch is decoded in a background thread while the backbone computes the current one.
+    """
+    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     size = backbone.config.input_size
     with ThreadPoolExecutor(max_workers=1) as decoder:
         def submit(batch):
-            return decoder.submit(decode_batch, [r.path for r in batch], size, max_pixels)
+            # Rows carry a view (augmented, mirrored); plain image records are the original.
+            return decoder.submit(decode_batch, [r.path for r in batch], size, max_pixels,
+                                  [getattr(r, "view", ORIGINAL) for r in batch])
 
         pending = submit(batches[0]) if batches else None
         for index, batch in enumerate(batches):
             images = pending.result()
             if index + 1 < len(batches):
-                pending = submit(batches[index + 1])  # decode the next batch while this one computes
-            cache.add([r.sha1 for r in batch], backbone.features(images))
+                pending = submit(batches[index + 1])
+            sink(batch, backbone.features(images))
             if progress:
                 progress(len(batch))
+
+
+def _compute_missing(rows: list[Row], backbone: Backbone, cache, batch_size: int, max_pixels: int,
+                     progress: Progress | None) -> int:
+    """Run the rows (image and view) absent from the cache through the backbone, appending each batch to it."""
+    todo, seen = [], set()
+    for row in rows:
+        if row.key not in cache and row.key not in seen:
+            seen.add(row.key)
+            todo.append(row)
+    if progress and len(rows) > len(todo):
+        progress(len(rows) - len(todo))
+    run_backbone(todo, backbone, batch_size, max_pixels,
+                 lambda batch, features: cache.add([r.key for r in batch], features), progress)
     return len(todo)
+
+
+def feature_attrs(split: Split, backbone: Backbone, skipped: dict[str, str]) -> dict:
+    """HDF5 attributes of a split's feature file: what the features are and what they were made from."""
+    return {
+        "class_names": list(split.class_names), "split": split.name, "backbone": backbone.config.name,
+        "weights": backbone.weights_id, "input_size": backbone.config.input_size,
+        "pooling": backbone.config.pooling, "layer": backbone.config.layer,
+        "feature_shape": list(backbone.feature_shape), "content_hash": split.content_hash,
+        "backbone_key": backbone.key, "skipped": skipped, "identity": backbone.identity,
+    }
 
 
 def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: Path, batch_size: int,
                   max_pixels: int, skipped: dict[str, str] | None = None,
-                  progress: Progress | None = None) -> ExtractionResult:
-    """Write `out_path` with one feature row per image of `split`, in the split's order."""
+                  progress: Progress | None = None, views: dict | None = None) -> ExtractionResult:
+    """Write `out_path` with one feature row per image of `split`, in the split's order, and per view when
+    `views` asks for them (see `split_rows`; the `source` dataset then links each row to its image)."""
     started = time.perf_counter()
     skipped = skipped or {}
-    key = extraction_key(split, backbone.identity)
-    records = split.records
+    key = extraction_key(split, backbone.identity, views)
+    rows = split_rows(split, views)
     if output_is_current(out_path, key):
         if progress:
-            progress(len(records))
-        return ExtractionResult(split.name, out_path, len(records), 0, time.perf_counter() - started, skipped, key,
+            progress(len(rows))
+        return ExtractionResult(split.name, out_path, len(rows), 0, time.perf_counter() - started, skipped, key,
                                 up_to_date=True)
-    attrs = {
-        "class_names": list(split.class_names), "split": split.name, "backbone": backbone.config.name,
-        "weights": backbone.weights_id, "input_size": backbone.config.input_size, "pooling": "flatten",
-        "feature_shape": list(backbone.feature_shape), "content_hash": split.content_hash,
-        "backbone_key": backbone.key, "skipped": skipped,
-    }
+    attrs = feature_attrs(split, backbone, skipped)
+    if views:
+        attrs["views"] = views
     with output_lock(out_path), open_feature_cache(cache_dir, backbone.key, backbone.feature_dim) as cache:
-        computed = _compute_missing(split, backbone, cache, batch_size, max_pixels, progress)
-        writer = FeatureWriter(out_path, key, np.array([r.label for r in records]), [r.relpath for r in records],
-                               [r.sha1 for r in records], backbone.feature_dim, attrs)
+        computed = _compute_missing(rows, backbone, cache, batch_size, max_pixels, progress)
+        writer = FeatureWriter(out_path, key, np.array([r.record.label for r in rows]),
+                               [r.record.relpath for r in rows], [r.record.sha1 for r in rows],
+                               backbone.feature_dim, attrs,
+                               source=np.array([r.source for r in rows]) if views else None)
         try:
-            for start in range(writer.rows_done, len(records), ASSEMBLY_ROWS):
-                chunk = records[start:start + ASSEMBLY_ROWS]
-                writer.write(start, cache.get([r.sha1 for r in chunk]))
+            for start in range(writer.rows_done, len(rows), ASSEMBLY_ROWS):
+                chunk = rows[start:start + ASSEMBLY_ROWS]
+                writer.write(start, cache.get([r.key for r in chunk]))
             writer.finish()
         finally:
             writer.close()
-    return ExtractionResult(split.name, out_path, len(records), computed, time.perf_counter() - started,
+    return ExtractionResult(split.name, out_path, len(rows), computed, time.perf_counter() - started,
                             skipped, key)
 
 
@@ -140,10 +222,12 @@ def plan_extraction(config: Config, splits: tuple[str, ...] = SPLITS) -> Extract
 
 def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: Backbone | None = None,
                     progress: Progress | None = None) -> ExtractionResult:
-    """Extract one planned split (building the backbone if none is given)."""
+    """Extract one planned feature file (a split, or `test_flip`; building the backbone if none is given)."""
     backbone = backbone or build_backbone(config.backbone, config.root)
-    return extract_split(plan.splits[name], backbone, config.features.path(name), config.features.cache_dir,
-                         config.extract.batch_size, config.data.max_pixels, plan.skipped[name], progress)
+    source = source_split(name)
+    return extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
+                         config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
+                         split_views(config, name))
 
 
 def write_skipped_report(config: Config, plan: ExtractionPlan) -> Path:
@@ -158,8 +242,9 @@ def extract_all(config: Config, splits: tuple[str, ...] = SPLITS,
     plan = plan_extraction(config, splits)
     backbone = build_backbone(config.backbone, config.root)
     results = {}
-    for name, split in plan.splits.items():
-        progress = progress_for(name, len(split.records)) if progress_for else None
+    for name in feature_files(config, tuple(plan.splits)):
+        rows = len(split_rows(plan.splits[source_split(name)], split_views(config, name)))
+        progress = progress_for(name, rows) if progress_for else None
         results[name] = extract_planned(config, plan, name, backbone, progress)
     write_skipped_report(config, plan)
     return results

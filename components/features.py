@@ -23,6 +23,7 @@ class FeatureSet:
     paths: list[str]             # relative source paths
     class_names: list[str]
     attrs: dict = field(default_factory=dict)
+    source: np.ndarray | None = None  # with augmented views: row -> index of its image (rows 0..N-1 are the images)
 
     @property
     def num_classes(self) -> int:
@@ -63,13 +64,16 @@ class FeatureWriter:
     """
 
     def __init__(self, path: Path, key: str, labels: np.ndarray, paths: list[str], sha1s: list[str],
-                 feature_dim: int, attrs: dict):
+                 feature_dim: int, attrs: dict, source: np.ndarray | None = None):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.count = len(paths)
         self.file = self._open_resumable(key)
         if self.file is None:
             self.file = self._create(key, labels, paths, sha1s, feature_dim, attrs)
+            if source is not None:  # views of the images: which image each row shows
+                self.file.create_dataset("source", data=np.asarray(source, dtype=np.int64))
+                self.file.flush()
 
     def _open_resumable(self, key: str):
         if not self.partial.exists():
@@ -155,6 +159,7 @@ def read_features(path: Path) -> FeatureSet:
                 paths=[p.decode() if isinstance(p, bytes) else p for p in handle["paths"][()]],
                 class_names=list(attrs["class_names"]),
                 attrs=attrs,
+                source=handle["source"][()] if "source" in handle else None,
             )
     except OSError as exc:
         raise FFXError(f"{path}: not a readable HDF5 feature file ({exc})") from None

@@ -9,7 +9,8 @@ import numpy as np
 from components.backbone import Backbone, build_backbone
 from components.config import BackboneConfig, Config
 from components.errors import FFXError, ModelNotFoundError
-from components.evaluate import class_probabilities
+from components.augment import flip_images
+from components.evaluate import average_views, class_probabilities
 from components.images import ImageReadError, is_image_name, load_rgb
 from components.registry import load_head, load_registered_head
 
@@ -20,6 +21,7 @@ class Predictor:
     backbone: Backbone
     class_names: list[str]
     source: str
+    tta: bool = False  # predict.tta: average over the image and its mirror image
 
 
 @dataclass
@@ -49,12 +51,13 @@ def load_predictor(config: Config, model: str | None = None) -> Predictor:
         raise ModelNotFoundError(f"{reference}: model has no ffx metadata (backbone, class_names)")
     spec = metadata["backbone"]
     backbone_config = BackboneConfig(name=spec["name"], weights=spec["weights"], input_size=int(spec["input_size"]),
-                                     seed=int(spec["seed"]))
+                                     seed=int(spec["seed"]), pooling=spec.get("pooling", "flatten"),
+                                     layer=spec.get("layer", "last"))  # heads from before the options: the recipe
     backbone = build_backbone(backbone_config, config.root, spec.get("precision", "float32"))
     if backbone.weights_id != metadata["weights_id"]:
         raise FFXError(f"{reference}: trained on backbone weights {metadata['weights_id']} but "
                        f"backbone.weights '{spec['weights']}' now resolves to {backbone.weights_id}")
-    return Predictor(head, backbone, list(metadata["class_names"]), reference)
+    return Predictor(head, backbone, list(metadata["class_names"]), reference, config.predict.tta)
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -87,8 +90,12 @@ def predict_paths(predictor: Predictor, inputs: list[str | Path], batch_size: in
                 results.append(Prediction(str(path), None, None, None, str(exc)))
         if not images:
             continue
-        features = predictor.backbone.features(np.stack(images))
-        for path, row in zip(ok, class_probabilities(predictor.head, features)):
+        batch = np.stack(images)
+        probabilities = class_probabilities(predictor.head, predictor.backbone.features(batch))
+        if predictor.tta:
+            flipped = class_probabilities(predictor.head, predictor.backbone.features(flip_images(batch)))
+            probabilities = average_views([probabilities, flipped])
+        for path, row in zip(ok, probabilities):
             best = int(row.argmax())
             results.append(Prediction(str(path), predictor.class_names[best], float(row[best]),
                                       {c: float(p) for c, p in zip(predictor.class_names, row)}))

@@ -10,7 +10,7 @@ from components.config import Config
 from components.errors import FFXError
 from components.dataset import Split, file_sha1
 from components.evaluate import evaluate_head, write_predictions_csv, write_roc_csv
-from components.extract import extraction_key, output_is_current
+from components.extract import FLIPPED_SUFFIX, extraction_key, output_is_current, split_views
 from components.features import FeatureSet, read_features
 from components.files import write_json_atomic
 from components.registry import Registration, head_paths, load_head, register_head, save_head
@@ -27,9 +27,11 @@ def load_split_features(config: Config, split: str) -> FeatureSet:
     features = read_features(config.features.path(split))
     _, weights_id = resolve_weights(config.backbone, config.root)
     expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size,
-                "precision": config.extract.precision}
+                "precision": config.extract.precision, "pooling": config.backbone.pooling,
+                "layer": config.backbone.layer, "views": split_views(config, split)}
     found = {k: features.attrs.get(k) for k in expected}
     found["precision"] = features.attrs.get("precision", "float32")  # files from before the option are float32
+    found["layer"] = features.attrs.get("layer", "last")             # ... and from the base's last layer
     if found != expected:
         raise FFXError(f"{config.features.path(split)}: made with {found}, but params.yaml asks for {expected}; "
                        "run `ffx extract` again")
@@ -46,7 +48,8 @@ def tune_stage(config: Config, progress=None):
         "class_names": train.class_names,
         "backbone": {"name": config.backbone.name, "weights": config.backbone.weights,
                      "input_size": config.backbone.input_size, "seed": config.backbone.seed,
-                     "precision": config.extract.precision},
+                     "precision": config.extract.precision, "pooling": config.backbone.pooling,
+                     "layer": config.backbone.layer},
         "weights_id": train.attrs["weights"],
         "feature_shape": train.attrs["feature_shape"],
         "features_key": {"train": train.attrs["key"], "valid": valid.attrs["key"]},
@@ -78,7 +81,13 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     test = load_split_features(config, "test")
     if test.class_names != metadata["class_names"]:
         raise FFXError(f"test classes {test.class_names} differ from the model's {metadata['class_names']}")
-    metrics, probabilities = evaluate_head(model, test)
+    flipped = None
+    if config.predict.tta:  # scored as prediction scores it: over each test image and its mirror image
+        flipped = load_split_features(config, "test" + FLIPPED_SUFFIX)
+        if flipped.paths != test.paths:
+            raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
+                           f"{config.features.path('test')} row for row; run `ffx extract` again")
+    metrics, probabilities = evaluate_head(model, test, flipped)
     metrics_dir = config.metrics.dir
     write_json_atomic(metrics_dir / "test.json", metrics)
     write_predictions_csv(metrics_dir / PREDICTIONS_FILE, test, probabilities)
@@ -99,7 +108,7 @@ def _digest(payload) -> str:
 
 def extraction_cache_key(config: Config, split: Split) -> tuple[str, bool]:
     _, weights_id = resolve_weights(config.backbone, config.root)
-    key = extraction_key(split, backbone_identity(config.backbone, weights_id))
+    key = extraction_key(split, backbone_identity(config.backbone, weights_id), split_views(config, split.name))
     return f"extract-{key}", output_is_current(config.features.path(split.name), key)
 
 

@@ -219,7 +219,11 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
             "train_features_key": str(train.attrs.get("key")), "valid_features_key": str(valid.attrs.get("key")),
             "backbone": str(train.attrs.get("backbone")), "weights": str(train.attrs.get("weights")),
             "input_size": str(train.attrs.get("input_size")),
-            "precision": str(train.attrs.get("precision", "float32"))}
+            "precision": str(train.attrs.get("precision", "float32")),
+            "pooling": str(train.attrs.get("pooling", "flatten")), "layer": str(train.attrs.get("layer", "last")),
+            # train rows beyond the images: augmented views (extract.augment), all used for training
+            "augment": json.dumps((train.attrs.get("views") or {}).get("augment")),
+            "train_rows": str(len(train.labels))}
     parent_run_id = _parent_run(client, experiment_id, project_dir, config, tags)
     if not client.get_run(parent_run_id).data.params:
         params = {f"{section}.{k}": v for section in ("tuner", "train", "space")

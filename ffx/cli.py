@@ -176,10 +176,11 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 def pipeline(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False,
              as_json: Annotated[bool, typer.Option("--json", help="print the run's summary as JSON")] = False):
     """Run the whole pipeline as a Prefect flow (cached tasks; visible in the Prefect UI)."""
-    from flows.pipeline import pipeline as pipeline_flow
+    from flows.pipeline import configured_pipeline
 
     started = time.perf_counter()
-    summary = pipeline_flow(params_file=str(params.resolve()), overrides=list(set_ or []))
+    flow = configured_pipeline(_config(params, set_))
+    summary = flow(params_file=str(params.resolve()), overrides=list(set_ or []))
     if as_json:
         typer.echo(json.dumps(dict(summary, seconds=time.perf_counter() - started), default=str))
     computed = sum(r["computed"] for r in summary["extract"].values())

@@ -14,6 +14,7 @@ from prefect.filesystems import LocalFileSystem
 
 from components.config import Config, load_config
 from components.extract import ExtractionPlan, extract_planned, plan_extraction, write_skipped_report
+from components.shards import ShardResult, extract_shard, merge_shards, shard_key, shard_of, shard_path, shard_ranges
 from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, tune_cache_key,
                                tune_stage)
 
@@ -67,6 +68,33 @@ def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
             "path": str(result.path)}
 
 
+def _shard_key(context, parameters) -> str:
+    from components.backbone import backbone_identity, resolve_weights
+    from components.extract import output_is_current
+
+    config, index = parameters["config"], parameters["index"]
+    split = parameters["plan"].splits[parameters["split"]]
+    rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
+    _, weights_id = resolve_weights(config.backbone, config.root)
+    key = shard_key(shard_of(split, rows), index, backbone_identity(config.backbone, weights_id))
+    return _cache_key(config, f"shard-{key}", output_is_current(shard_path(config, split.name, index), key))
+
+
+@task(name="extract-shard", cache_key_fn=_shard_key, persist_result=True, task_run_name="extract-{split}-{index}")
+def shard_task(config: Config, plan: ExtractionPlan, split: str, index: int) -> ShardResult:
+    result = extract_shard(config, plan.splits[split], index)
+    get_run_logger().info("%s shard %d: %d images, %d through the backbone", split, index, result.count,
+                          result.computed)
+    return result
+
+
+@task(name="merge-shards", cache_policy=NO_CACHE, task_run_name="merge-{split}")
+def merge_task(config: Config, plan: ExtractionPlan, split: str, shards: list[ShardResult]) -> dict:
+    result = merge_shards(config, plan.splits[split], shards, plan.skipped[split])
+    return {"split": split, "key": result.key, "count": result.count, "computed": result.computed,
+            "path": str(result.path)}
+
+
 @task(name="tune", cache_key_fn=_tune_key, persist_result=True)
 def tune_task(config: Config, feature_keys: dict) -> dict:
     logger = get_run_logger()
@@ -92,21 +120,22 @@ def evaluate_task(config: Config, feature_keys: dict) -> dict:
 
 
 def _with_storage(config: Config, *tasks):
-    """Tasks persisting results and cache records under orchestration.results_dir (a block Prefect requires saved)."""
+    """Tasks persisting results and cache records under orchestration.results_dir (a block Prefect requires saved),
+    retried orchestration.retries times."""
     basepath = str(Path(config.orchestration.results_dir).resolve())
     storage = LocalFileSystem(basepath=basepath)
     storage.save(f"ffx-results-{hashlib.sha1(basepath.encode()).hexdigest()[:10]}", overwrite=True)
-    return [t.with_options(result_storage=storage) for t in tasks]
+    return [t.with_options(result_storage=storage, retries=config.orchestration.retries) for t in tasks]
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """extract (one task per split) -> tune -> evaluate and register, each skipped when its inputs are unchanged.
+    """extract (one task per split, or per shard) -> tune -> evaluate and register; unchanged inputs are cached.
 
     Returns each task's result and final state name ("Cached" for a cache hit).
     """
     config = load_config(params_file, overrides or [])
-    extract, tune, evaluate = _with_storage(config, extract_task, tune_task, evaluate_task)
+    extract, shard, tune, evaluate = _with_storage(config, extract_task, shard_task, tune_task, evaluate_task)
     plan = plan_task(config)
     summary: dict = {"states": {}, "extract": {}}
 
@@ -116,6 +145,13 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
         return state.result()
 
     for split in plan.splits:
+        if config.extract.shard_size:
+            count = len(shard_ranges(len(plan.splits[split].records), config.extract.shard_size))
+            futures = [shard.submit(config, plan, split, index) for index in range(count)]
+            shards = [future.result() for future in futures]
+            summary["states"].update({f"extract-{split}-{i}": f.state.name for i, f in enumerate(futures)})
+            summary["extract"][split] = merge_task(config, plan, split, shards)
+            continue
         result = run(f"extract-{split}", extract, config, plan, split)
         summary["extract"][split] = dict(result, computed=0 if summary["states"][f"extract-{split}"] == "Cached"
                                          else result["computed"])
@@ -125,11 +161,25 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     return summary
 
 
+def configured_pipeline(config: Config):
+    """The flow with the task runner from params: Dask (a LocalCluster or an existing scheduler) or threads."""
+    if config.orchestration.task_runner != "dask":
+        return pipeline
+    from prefect_dask import DaskTaskRunner
+
+    if config.orchestration.dask_address:
+        return pipeline.with_options(task_runner=DaskTaskRunner(address=config.orchestration.dask_address))
+    cluster = {"n_workers": config.orchestration.dask_workers, "threads_per_worker": 1, "processes": True,
+               "host": "127.0.0.1", "dashboard_address": None}
+    return pipeline.with_options(task_runner=DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                                                            cluster_kwargs=cluster))
+
+
 def serve(params_file: str | Path, overrides: list[str] | None = None) -> None:
     """Serve the `ffx-pipeline` deployment on the cron schedule from params.yaml (blocks until stopped)."""
     from prefect.schedules import Cron
 
     config = load_config(params_file, overrides or [])
-    pipeline.serve(name=DEPLOYMENT_NAME,
-                   schedules=[Cron(config.schedule.cron, timezone=config.schedule.timezone)],
-                   parameters={"params_file": str(Path(params_file).resolve()), "overrides": list(overrides or [])})
+    configured_pipeline(config).serve(
+        name=DEPLOYMENT_NAME, schedules=[Cron(config.schedule.cron, timezone=config.schedule.timezone)],
+        parameters={"params_file": str(Path(params_file).resolve()), "overrides": list(overrides or [])})

@@ -64,3 +64,25 @@ def test_bfloat16_precision_keeps_float32_features_its_own_key_and_the_global_po
     assert features.dtype == np.float32 and features.shape == (2, 512)
     assert half.identity["precision"] == "bfloat16" and half.key != full.key
     np.testing.assert_allclose(features, full.features(images), rtol=0.1, atol=0.1 * float(np.abs(features).max()))
+
+
+def test_random_weights_do_not_depend_on_other_threads_using_python_random(tmp_path):
+    import random
+    import threading
+
+    images = np.full((1, 32, 32, 3), 90, np.uint8)
+    quiet = build_backbone(_config(), tmp_path).features(images)
+    stop = threading.Event()
+
+    def noisy():  # what Prefect's and Dask's threads do to the shared generator
+        while not stop.is_set():
+            random.random()
+
+    thread = threading.Thread(target=noisy)
+    thread.start()
+    try:
+        busy = build_backbone(_config(), tmp_path).features(images)
+    finally:
+        stop.set()
+        thread.join()
+    np.testing.assert_array_equal(quiet, busy)

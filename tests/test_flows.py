@@ -127,3 +127,25 @@ def test_served_deployment_has_the_cron_schedule_and_a_triggered_run_completes(t
     finally:
         os.killpg(served.pid, signal.SIGTERM)
         served.wait(timeout=60)
+
+
+def test_sharded_extraction_on_a_two_worker_dask_cluster_matches_single_process(tmp_path, prefect_api):
+    import numpy as np
+
+    from components.config import load_config
+    from components.extract import extract_all
+    from components.features import read_features
+
+    make_dataset(tmp_path / "data")
+    write_params(tmp_path, extract={"batch_size": 4, "shard_size": 5},
+                 orchestration={"task_runner": "dask", "dask_workers": 2})
+    summary = _pipeline(tmp_path, prefect_api)
+    shard_states = {k: v for k, v in summary["states"].items() if k.startswith("extract-train-")}
+    assert len(shard_states) == 5 and set(shard_states.values()) == {"Completed"}  # 24 images, shards of 5
+    single = extract_all(load_config(tmp_path / "params.yaml", ["features.dir=single", "extract.shard_size=0"]))
+    for split in ("train", "valid", "test"):
+        sharded, reference = read_features(tmp_path / "features" / f"{split}.h5"), read_features(single[split].path)
+        assert sharded.paths == reference.paths
+        np.testing.assert_allclose(sharded.features, reference.features, rtol=1e-4, atol=1e-4)
+    again = _pipeline(tmp_path, prefect_api)  # finished shards are cache hits
+    assert {v for k, v in again["states"].items() if k.startswith("extract-")} == {"Cached"}

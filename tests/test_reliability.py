@@ -148,7 +148,9 @@ def extracted(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("extracted")
     make_dataset(root / "data")
-    write_params(root, tuner={"algorithm": "random", "max_trials": 3, "executions_per_trial": 1})
+    (root / "data" / "train" / "blue" / "empty.jpg").write_bytes(b"")  # left out by data.on_bad_image: skip
+    write_params(root, data={"on_bad_image": "skip"},
+                 tuner={"algorithm": "random", "max_trials": 3, "executions_per_trial": 1})
     extract_all(load_config(root / "params.yaml"))
     return root
 
@@ -193,6 +195,7 @@ def test_failing_trial_is_recorded_failed_with_its_error_and_the_search_goes_on(
     assert failed.data.tags["trial_status"] == "FAILED"
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 1
+    assert parent.data.tags["skipped_images"] == "1"  # the bad image left out at extraction is on record
 
 
 def test_search_whose_trials_all_fail_stops_with_a_clear_error_and_leaves_no_run_open(extracted, monkeypatch):

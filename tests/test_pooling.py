@@ -1,0 +1,63 @@
+"""backbone.pooling and backbone.layer: feature sizes, values, identity (attributes, cache key), checks."""
+import numpy as np
+import pytest
+
+from components.backbone import backbone_identity, build_backbone, pool_feature_map
+from components.config import load_config
+from components.errors import ConfigError, FFXError
+from components.extract import extract_all
+from components.features import read_features
+from components.stages import load_split_features
+
+
+def _images(count=3, size=32):
+    return np.random.default_rng(0).integers(0, 255, (count, size, size, 3), dtype=np.uint8)
+
+
+def test_pooling_reduces_the_chosen_layers_map_over_its_spatial_axes(project):
+    # At 32 pixels block3_pool is a 4x4x256 map: flatten keeps 4096 values, avg/max keep one per channel.
+    config = load_config(project / "params.yaml", ["backbone.layer=block3_pool"])
+    flat = build_backbone(config.backbone, config.root)
+    assert flat.feature_shape == (4, 4, 256) and flat.feature_dim == 4096
+    maps = flat.features(_images()).reshape(3, 4, 4, 256)
+    for pooling, expected in (("avg", maps.mean(axis=(1, 2))), ("max", maps.max(axis=(1, 2))),
+                              ("avg+max", np.hstack([maps.mean(axis=(1, 2)), maps.max(axis=(1, 2))]))):
+        backbone = build_backbone(load_config(project / "params.yaml", ["backbone.layer=block3_pool",
+                                                                        f"backbone.pooling={pooling}"]).backbone,
+                                  config.root)
+        features = backbone.features(_images())
+        assert features.shape == (3, backbone.feature_dim) == expected.shape
+        np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pool_feature_map(maps, pooling), expected, rtol=1e-6)
+
+
+def test_unknown_layer_is_refused_naming_the_key_and_the_valid_layers(project):
+    config = load_config(project / "params.yaml", ["backbone.layer=block9_pool"])
+    with pytest.raises(ConfigError, match=r"'backbone.layer' unknown for vgg19: 'block9_pool'.*block4_pool"):
+        build_backbone(config.backbone, config.root)
+
+
+def test_unknown_pooling_is_refused_with_the_allowed_values(project):
+    with pytest.raises(ConfigError, match=r"'backbone.pooling' must be one of flatten, avg, max, avg\+max"):
+        load_config(project / "params.yaml", ["backbone.pooling=sum"])
+
+
+def test_pooling_and_layer_are_recorded_and_separate_the_cache(project):
+    default = load_config(project / "params.yaml")
+    pooled = load_config(project / "params.yaml", ["backbone.pooling=avg", "backbone.layer=block4_pool"])
+    # The recipe's identity is unchanged by the options, so existing caches and feature files stay valid.
+    assert backbone_identity(default.backbone, "w") == {"name": "vgg19", "weights": "w", "input_size": 32,
+                                                       "pooling": "flatten", "precision": "float32"}
+    assert build_backbone(pooled.backbone, pooled.root).key != build_backbone(default.backbone, default.root).key
+    results = extract_all(pooled, splits=("train",))
+    attrs = read_features(pooled.features.path("train")).attrs
+    assert attrs["pooling"] == "avg" and attrs["layer"] == "block4_pool"
+    assert read_features(pooled.features.path("train")).features.shape == (24, 512)
+    assert results["train"].computed == 24
+    assert extract_all(default, splits=("train",))["train"].computed == 24  # not served from the avg cache
+
+
+def test_features_made_with_another_pooling_are_refused_by_the_stages(project):
+    extract_all(load_config(project / "params.yaml", ["backbone.pooling=max"]), splits=("valid",))
+    with pytest.raises(FFXError, match=r"valid.h5: made with .*'pooling': 'max'"):
+        load_split_features(load_config(project / "params.yaml"), "valid")

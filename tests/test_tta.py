@@ -1,0 +1,64 @@
+"""Test-time augmentation: mirrored test features extracted only when asked, averaged in evaluation and prediction."""
+import numpy as np
+import pytest
+
+from components.augment import flip_images
+from components.backbone import build_backbone
+from components.config import load_config
+from components.evaluate import class_probabilities, evaluate_head
+from components.extract import extract_all
+from components.features import read_features
+from components.hypermodel import build_head
+from components.predict import Predictor, predict_paths
+
+
+def _head(dim, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return build_head(dim, 2, 8, 0.0, 0, None, 0.001)
+
+
+def test_mirrored_test_features_are_extracted_only_with_tta(project):
+    plain = load_config(project / "params.yaml")
+    assert set(extract_all(plain)) == {"train", "valid", "test"}
+    assert not plain.features.path("test_flip").exists()
+    config = load_config(project / "params.yaml", ["predict.tta=true"])
+    results = extract_all(config)
+    assert results["test"].cached and results["test_flip"].computed == 12  # the other files are unchanged
+    test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
+    assert flipped.paths == test.paths and flipped.attrs["views"] == {"flip": True}
+    assert not np.allclose(flipped.features, test.features)
+
+
+def test_evaluation_reports_accuracy_with_and_without_tta(project):
+    config = load_config(project / "params.yaml", ["predict.tta=true"])
+    extract_all(config, splits=("test",))
+    test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
+    head = _head(test.features.shape[1])
+    metrics, probabilities = evaluate_head(head, test, flipped)
+    plain = class_probabilities(head, test.features)
+    expected = (plain + class_probabilities(head, flipped.features)) / 2
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+    assert metrics["accuracy_without_tta"] == pytest.approx((plain.argmax(1) == test.labels).mean())
+    assert metrics["accuracy"] == metrics["accuracy_with_tta"] == pytest.approx((expected.argmax(1) ==
+                                                                                 test.labels).mean())
+    assert "accuracy_with_tta" not in evaluate_head(head, test)[0]
+
+
+def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
+    config = load_config(project / "params.yaml")
+    backbone = build_backbone(config.backbone, config.root)
+    head = _head(backbone.feature_dim)
+    folder = project / "data" / "test" / "red"
+    plain = predict_paths(Predictor(head, backbone, ["blue", "red"], "test"), [folder], 4, 10**8)
+    averaged = predict_paths(Predictor(head, backbone, ["blue", "red"], "test", tta=True), [folder], 4, 10**8)
+    from components.images import load_rgb
+
+    images = np.stack([load_rgb(p.path, 32, 10**8) for p in plain])
+    expected = (class_probabilities(head, backbone.features(images))
+                + class_probabilities(head, backbone.features(flip_images(images)))) / 2
+    got = np.array([[p.probabilities["blue"], p.probabilities["red"]] for p in averaged])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert [p.path for p in averaged] == [p.path for p in plain]
+    assert not np.allclose(got, [[p.probabilities["blue"], p.probabilities["red"]] for p in plain])

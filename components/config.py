@@ -78,6 +78,7 @@ class FeaturesConfig:
 @dataclass(frozen=True)
 class TunerConfig:
     algorithm: str
+    workers: int
     max_trials: int
     executions_per_trial: int
     objective: str
@@ -176,6 +177,7 @@ class Config:
     schedule: ScheduleConfig
     root: Path  # folder of the params file: relative paths resolve against it
     source: Path
+    overrides: tuple[str, ...] = ()  # the --set KEY=VALUE items applied, so child processes see the same config
 
     def section(self, name: str) -> dict:
         """A section as plain values, for hashing and logging."""
@@ -210,7 +212,8 @@ def load_config(params_file: str | Path = "params.yaml", overrides: list[str] | 
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
         _merge(merged, patch, "override", [])
-    return _build(Config, merged, [], params_file.parent, params_file)
+    config = _build(Config, merged, [], params_file.parent, params_file)
+    return dataclasses.replace(config, overrides=tuple(overrides))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -241,7 +244,7 @@ def _build(cls, values: dict, prefix: list[str], root: Path, source: Path):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for field in fields(cls):
-        if field.name in ("root", "source") and cls is Config:
+        if field.name in ("root", "source", "overrides") and cls is Config:
             continue
         dotted = ".".join(prefix + [field.name])
         kind = hints[field.name]
@@ -328,7 +331,8 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError("params: 'space.dropout_step' must be greater than 0")
     for key, value, least in (("extract.shard_size", config.extract.shard_size, 0),
                               ("orchestration.dask_workers", config.orchestration.dask_workers, 1),
-                              ("orchestration.retries", config.orchestration.retries, 0)):
+                              ("orchestration.retries", config.orchestration.retries, 0),
+                              ("tuner.workers", config.tuner.workers, 0)):
         if value < least:
             raise ConfigError(f"params: '{key}' must be at least {least}, got {value}")
     _check_schedule(config.schedule)

@@ -225,9 +225,11 @@ def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: B
     """Extract one planned feature file (a split, or `test_flip`; building the backbone if none is given)."""
     backbone = backbone or build_backbone(config.backbone, config.root)
     source = source_split(name)
-    return extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
-                         config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
-                         split_views(config, name))
+    result = extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
+                           config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
+                           split_views(config, name))
+    result.split = name  # test_flip, not the folder it was made from
+    return result
 
 
 def write_skipped_report(config: Config, plan: ExtractionPlan) -> Path:

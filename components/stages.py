@@ -14,7 +14,7 @@ from components.extract import FLIPPED_SUFFIX, extraction_key, output_is_current
 from components.features import FeatureSet, read_features
 from components.files import write_json_atomic
 from components.registry import Registration, head_paths, load_head, register_head, save_head
-from components.report import write_evaluation_plots, write_model_card, write_search_report
+from components.report import MODEL_CARD_FILE, write_evaluation_plots, write_model_card, write_search_report
 from components.tracking import setup_mlflow
 from components.tune import search_key
 
@@ -44,6 +44,8 @@ def tune_stage(config: Config, progress=None):
 
     train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
     result = run_search(config, train, valid, progress)
+    if result is None:
+        return None  # a distributed chief or worker process: its coordinator saves the head
     metadata = {
         "class_names": train.class_names,
         "backbone": {"name": config.backbone.name, "weights": config.backbone.weights,
@@ -106,10 +108,12 @@ def _digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def extraction_cache_key(config: Config, split: Split) -> tuple[str, bool]:
+def extraction_cache_key(config: Config, split: Split, name: str | None = None) -> tuple[str, bool]:
+    """`name`: the feature file when it is not the split's own (test_flip)."""
+    name = name or split.name
     _, weights_id = resolve_weights(config.backbone, config.root)
-    key = extraction_key(split, backbone_identity(config.backbone, weights_id), split_views(config, split.name))
-    return f"extract-{key}", output_is_current(config.features.path(split.name), key)
+    key = extraction_key(split, backbone_identity(config.backbone, weights_id), split_views(config, name))
+    return f"extract-{key}", output_is_current(config.features.path(name), key)
 
 
 def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str, bool]:
@@ -125,4 +129,5 @@ def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
     head = file_sha1(model_path) if model_path.is_file() else "missing"
     key = _digest({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
                    "registry": config.section("registry"), "metrics": config.section("metrics")})
-    return f"evaluate-{key}", (config.metrics.dir / "test.json").is_file()
+    outputs = (config.metrics.dir / "test.json", config.reports.dir / MODEL_CARD_FILE)
+    return f"evaluate-{key}", all(path.is_file() for path in outputs)

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -100,10 +104,16 @@ class MlflowTrialLogging:
         if self._progress:
             best = self.oracle.get_best_trials(1)
             self._progress({
-                "trial_id": trial.trial_id, "done": len(self.oracle.trials), "total": self.oracle.max_trials,
+                "trial_id": trial.trial_id, "total": self.oracle.max_trials,
+                # a distributed worker's oracle client cannot list trials: count this worker's own
+                "done": len(self.oracle.trials) if hasattr(self.oracle, "trials") else self._finished_here(),
                 "status": str(trial.status), "score": trial.score, "best": best[0].score if best else None,
                 "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
             })
+
+    def _finished_here(self) -> int:
+        self._finished_count = getattr(self, "_finished_count", 0) + 1
+        return self._finished_count
 
     def _close_trial_run(self, trial) -> float:
         run_id, started = self._trial_runs.pop(trial.trial_id)
@@ -141,7 +151,7 @@ def objective(config: Config) -> kt.Objective:
 def search_key(config: Config, train_key: str, valid_key: str) -> str:
     """Same features (by extraction key) and search settings -> same KerasTuner project, so a re-run resumes it."""
     payload = {"train": train_key, "valid": valid_key,
-               "tuner": {k: v for k, v in config.section("tuner").items() if k != "directory"},
+               "tuner": {k: v for k, v in config.section("tuner").items() if k not in ("directory", "workers")},
                "train_cfg": config.section("train"), "space": config.section("space")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -181,6 +191,43 @@ def _close_open_trials(client, experiment_id: str, parent_run_id: str, status: s
         client.set_terminated(run.info.run_id, status)
 
 
+def distributed_role() -> str:
+    """single | chief | worker, from KerasTuner's own environment variables."""
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
+    if not tuner_id or "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    return "chief" if tuner_id == "chief" else "worker"
+
+
+def run_tuner_processes(config: Config, workers: int) -> None:
+    """KerasTuner's distributed mode on this machine: a chief oracle and `workers` worker processes.
+
+    Each is `ffx tune` with KERASTUNER_TUNER_ID / KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set; the workers
+    attach to the parent run already created, take trials from the chief and log each one to MLflow.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "ffx", "tune", "--params", str(config.source), "--quiet"]
+    for override in config.overrides:
+        command += ["--set", override]
+    base = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
+    chief = subprocess.Popen(command, env=dict(base, KERASTUNER_TUNER_ID="chief"))
+    crew = [subprocess.Popen([c for c in command if c != "--quiet"], env=dict(base, KERASTUNER_TUNER_ID=f"tuner{i}"))
+            for i in range(workers)]
+    try:
+        codes = [process.wait() for process in crew]
+        chief_code = chief.wait(timeout=300) if not any(codes) else None
+    finally:
+        for process in [chief, *crew]:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+    if any(codes) or chief_code:
+        raise FFXError(f"distributed tuning failed: worker exit codes {codes}, chief {chief_code} "
+                       "(their errors are printed above)")
+
+
 def _parent_run(client, experiment_id: str, project_dir: Path, config: Config, tags: dict) -> str:
     """Reuse the parent run of an interrupted search in `project_dir`; otherwise start one."""
     marker = project_dir / PARENT_RUN_FILE
@@ -191,11 +238,12 @@ def _parent_run(client, experiment_id: str, project_dir: Path, config: Config, t
         except Exception:
             run_id = None
         if run_id:
-            client.update_run(run_id, status="RUNNING")
-            # Trials left RUNNING by a killed process: closed as KILLED; a retried one re-opens its run.
-            _close_open_trials(client, experiment_id, run_id, "KILLED")
+            if distributed_role() == "single":  # distributed workers share the run their coordinator opened
+                client.update_run(run_id, status="RUNNING")
+                # Trials left RUNNING by a killed process: closed as KILLED; a retried one re-opens its run.
+                _close_open_trials(client, experiment_id, run_id, "KILLED")
             return run_id
-    run = client.create_run(experiment_id, run_name=f"search-{project_dir.name}", tags=tags)
+    run = client.create_run(experiment_id, run_name=project_dir.name, tags=tags)
     write_text_atomic(marker, run.info.run_id)
     return run.info.run_id
 
@@ -239,6 +287,9 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
     statistics = feature_statistics(train) if config.train.normalize else None
     hypermodel = HeadHyperModel(config.space, config.train, train.features.shape[1], train.num_classes,
                                 statistics, steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
+    role = distributed_role()
+    if role == "single" and config.tuner.workers:
+        run_tuner_processes(config, config.tuner.workers)  # then the search below reloads the finished oracle
     tuner = make_tuner(config, hypermodel, project)
     tuner.attach_mlflow(client, experiment_id, parent_run_id, progress)
     try:
@@ -246,6 +297,8 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
                      validation_data=make_dataset(valid, batch_size, None),
                      epochs=config.train.epochs, shuffle=False, verbose=0)
     except BaseException as exc:
+        if role != "single":
+            raise  # the coordinator owns the parent run
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"  # Ctrl-C: the search resumes on a re-run
         _close_open_trials(client, experiment_id, parent_run_id, status)
         client.set_terminated(parent_run_id, status)
@@ -255,6 +308,10 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
                            "(each failed trial's error is in its MLflow run)") from None
         raise
 
+    if role == "chief":
+        tuner.save()  # the chief's oracle state on disk otherwise still lists the last trials as ongoing
+    if role != "single":
+        return None  # chief and workers only run trials; the coordinator reports the search
     trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,
                "hyperparameters": dict(t.hyperparameters.values)} for t in tuner.oracle.trials.values()]
     completed = [t for t in tuner.oracle.get_best_trials(len(trials)) if str(t.status) == "COMPLETED"]

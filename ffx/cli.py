@@ -86,7 +86,8 @@ def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, 
 
 def _trial_printer(quiet: bool):
     def report(info: dict) -> None:
-        score = "failed" if info["score"] is None else f"{info['score']:.4f}"
+        score = f"{info['score']:.4f}" if info["score"] is not None else (
+            "failed" if info["status"] != "COMPLETED" else "scored by the chief")
         best = "-" if info["best"] is None else f"{info['best']:.4f}"
         total = info["total"] or "?"
         _say(quiet, f"trial {info['done']}/{total} ({info['trial_id']}): score {score}, best {best}, "
@@ -95,12 +96,17 @@ def _trial_printer(quiet: bool):
 
 
 @app.command()
-def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
+def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False,
+         workers: Annotated[Optional[int], typer.Option(help="KerasTuner distributed mode: a chief and N worker "
+                                                              "processes on 127.0.0.1 (tuner.workers)")] = None):
     """Search the dense head's hyperparameters (each trial logged to MLflow); save the best head."""
-    config = _config(params, set_)  # a params error shows at once, before the slow imports below
+    overrides = list(set_ or []) + ([f"tuner.workers={workers}"] if workers is not None else [])
+    config = _config(params, overrides)  # a params error shows at once, before the slow imports below
     from components.stages import tune_stage
 
     result = tune_stage(config, _trial_printer(quiet))
+    if result is None:
+        return  # a distributed chief or worker: the coordinating `ffx tune` reports the search
     _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
                 f"({len(result.trials)} trials, {result.seconds:.0f}s, MLflow run {result.parent_run_id})")
 

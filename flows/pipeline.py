@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import LocalFileSystem
 
 from components.config import Config, load_config
+from components.tracking import check_tracking_server
 from components.extract import ExtractionPlan, extract_planned, plan_extraction, write_skipped_report
 from components.shards import ShardResult, extract_shard, merge_shards, shard_key, shard_of, shard_path, shard_ranges
 from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, tune_cache_key,
@@ -135,6 +136,7 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     Returns each task's result and final state name ("Cached" for a cache hit).
     """
     config = load_config(params_file, overrides or [])
+    check_tracking_server(config)  # a dead tracking server is found before the backbone work, not after
     extract, shard, tune, evaluate = _with_storage(config, extract_task, shard_task, tune_task, evaluate_task)
     plan = plan_task(config)
     summary: dict = {"states": {}, "extract": {}}

@@ -62,3 +62,17 @@ def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert [p.path for p in averaged] == [p.path for p in plain]
     assert not np.allclose(got, [[p.probabilities["blue"], p.probabilities["red"]] for p in plain])
+
+
+def test_evaluate_stage_scores_with_tta_and_writes_both_accuracies(project):
+    import json
+
+    from components.stages import evaluate_stage, tune_stage
+
+    config = load_config(project / "params.yaml", ["predict.tta=true", "tuner.max_trials=1", "train.epochs=1"])
+    extract_all(config)
+    tune_stage(config)
+    result = evaluate_stage(config)
+    written = json.loads((config.metrics.dir / "test.json").read_text())
+    assert written["tta"] is True and written["accuracy"] == written["accuracy_with_tta"]
+    assert 0 <= written["accuracy_without_tta"] <= 1 and result.metrics == written

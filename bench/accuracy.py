@@ -27,7 +27,7 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "datasets" / "faces"
 README_START, README_END = "<!-- accuracy-grid:start -->", "<!-- accuracy-grid:end -->"
-WEIGHTS_LABEL = {"hed-vgg16": "hed-vgg16 (pretrained)", "none": "random"}
+WEIGHTS_LABEL = {"hed-vgg16": "hed-vgg16 (pretrained)", "none": "random", "imagenet": "ImageNet"}
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,12 @@ def table(cells: list[dict], timings: dict[str, dict], grid: Grid) -> str:
                     lines.append(f"| {WEIGHTS_LABEL.get(weights, weights)} | {pooling} | {copies} | "
                                  f"{'on' if tta else 'off'} | {accuracy} | {len(done)}/{len(grid.seeds)} | "
                                  f"{seconds:.0f} | {tuning} |")
-    return "\n".join(lines)
+    sizes = {w: t for w, t in timings.items() if "train" in t}
+    caption = (f"VGG16 at 150 px; search: {grid.trials} trials x up to {grid.epochs} epochs per cell; images: "
+               + "; ".join(f"{WEIGHTS_LABEL.get(w, w)} {t['train']['rows']} train / {t['valid']['rows']} valid / "
+                           f"{t['test']['rows']} test" for w, t in sizes.items())
+               + ". Extraction seconds: train + valid + test, plus the views and the mirrored test split where used.")
+    return caption + "\n\n" + "\n".join(lines)
 
 
 def write_readme(text: str, readme: Path = REPO / "README.md") -> None:
@@ -181,9 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "accuracy")
     parser.add_argument("--readme", action="store_true", help="also write the table into README.md")
+    parser.add_argument("--weights", action="append", choices=tuple(WEIGHTS_LABEL),
+                        help="only these weights settings (repeatable; default: hed-vgg16 and none; imagenet "
+                             "needs the download or the file in ~/.keras/models)")
+    parser.add_argument("--per-class", type=int, help="images per class and split (default: the grid's)")
     args = parser.parse_args(argv)
     grid = QUICK if args.quick else FULL
-    work = (args.out / ("quick" if args.quick else "full")).resolve()
+    if args.weights:
+        grid = dataclasses.replace(grid, weights=tuple(args.weights))
+    name = "quick" if args.quick else "full"
+    if args.per_class is not None:
+        grid = dataclasses.replace(grid, per_class=args.per_class)
+        name += f"-{args.per_class}-per-class"  # other data: its own work folder, cache and results
+    work = (args.out / name).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: no train/ folder (the face dataset, see README)")

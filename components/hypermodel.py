@@ -11,7 +11,8 @@ import numpy as np
 from components.config import SpaceConfig, TrainConfig
 from components.features import FeatureSet
 
-HP_NAMES = ("units", "dropout", "extra_units")  # every trial run logs all of them ("inactive" when unused)
+HP_NAMES = ("units", "dropout", "extra_units")
+COMPILED_HEADS_KEPT = 8  # compiled heads reused by later executions with the same hyperparameters  # every trial run logs all of them ("inactive" when unused)
 
 
 def feature_statistics(train: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +45,7 @@ class HeadHyperModel(kt.HyperModel):
         self.statistics = statistics
         self.steps_per_execution = steps_per_execution
         self.objective = objective
+        self._compiled: dict[tuple, keras.Model] = {}
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         space = self.space
@@ -55,8 +57,19 @@ class HeadHyperModel(kt.HyperModel):
             with hp.conditional_scope("units", extra_when):
                 chosen = hp.Choice("extra_units", [0] + list(space.extra_units))
             extra_units = chosen if units in extra_when else 0
-        return build_head(self.input_dim, self.num_classes, units, dropout, extra_units, self.statistics,
-                          self.train_config.learning_rate, self.steps_per_execution)
+        # Tracing a new head's training graph costs several epochs' time; a trial's second execution (and any
+        # repeated point of the space) gets the same compiled head back with fresh weights instead.
+        key = (units, round(dropout, 6), extra_units)
+        model = self._compiled.pop(key, None)
+        if model is not None:
+            reinitialise(model)
+        else:
+            model = build_head(self.input_dim, self.num_classes, units, dropout, extra_units, self.statistics,
+                               self.train_config.learning_rate, self.steps_per_execution)
+        self._compiled[key] = model  # most recently used last
+        while len(self._compiled) > COMPILED_HEADS_KEPT:
+            self._compiled.pop(next(iter(self._compiled)))
+        return model
 
     def fit(self, hp, model, *args, **kwargs):
         timer = EpochTimer()
@@ -87,6 +100,17 @@ def build_head(input_dim: int, num_classes: int, units: int, dropout: float, ext
                   loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
     return model
+
+
+def reinitialise(model: keras.Model) -> None:
+    """Fresh random weights and optimizer state for a compiled head, as a new build would have."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            layer.kernel.assign(layer.kernel_initializer(layer.kernel.shape, layer.kernel.dtype))
+            layer.bias.assign(layer.bias_initializer(layer.bias.shape, layer.bias.dtype))
+    for variable in model.optimizer.variables:
+        if variable.name != "learning_rate":  # the step count and RMSprop's running averages start at zero
+            variable.assign(np.zeros(variable.shape, variable.dtype))
 
 
 def early_stopping(objective: str, patience: int) -> list[keras.callbacks.Callback]:

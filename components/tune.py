@@ -51,6 +51,12 @@ class MlflowTrialLogging:
         self._trial_runs: dict[str, tuple[str, float]] = {}
         self._search_started = time.perf_counter()
 
+    def _try_build(self, hp):
+        # KerasTuner clears the Keras session and runs a full gc.collect() before every build: a second or more
+        # per execution in a process holding TensorFlow and MLflow, to free tiny heads that reference counting
+        # frees anyway. Skipping it also keeps the compiled heads HeadHyperModel reuses.
+        return self._build_hypermodel(hp)
+
     def _existing_trial_run(self, trial_id: str) -> str | None:
         runs = self._client.search_runs(
             [self._experiment_id],
@@ -314,7 +320,10 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
         return None  # chief and workers only run trials; the coordinator reports the search
     trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,
                "hyperparameters": dict(t.hyperparameters.values)} for t in tuner.oracle.trials.values()]
-    completed = [t for t in tuner.oracle.get_best_trials(len(trials)) if str(t.status) == "COMPLETED"]
+    # Best first; among equal scores the earliest trial, so a re-run of a finished search picks the same one.
+    sign = -1 if tuner.oracle.objective.direction == "max" else 1
+    completed = sorted((t for t in tuner.oracle.trials.values() if str(t.status) == "COMPLETED"),
+                       key=lambda t: (sign * t.score, t.trial_id))
     if not completed:
         client.set_terminated(parent_run_id, "FAILED")
         raise FFXError(f"tuning: no trial completed ({len(trials)} failed); see the trial runs in MLflow")

@@ -5,7 +5,7 @@ from conftest import make_dataset
 from bench.run import main
 
 TINY = {"extract_images": 4, "rounds": 2, "rss_images": 2, "pipeline_per_class": 2, "head_rows": 12,
-        "head_epochs": 2, "search_trials": 1, "head_batch_size": 2}
+        "head_valid_rows": 4, "head_epochs": 2, "search_trials": 1, "head_batch_size": 2}
 
 
 def test_benchmark_times_every_path_side_by_side_and_writes_its_figures(tmp_path):

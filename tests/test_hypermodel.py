@@ -1,3 +1,4 @@
+import keras
 import keras_tuner as kt
 import numpy as np
 
@@ -41,3 +42,42 @@ def test_feature_statistics_floor_dead_features():
     data = FeatureSet(np.array([[0.0, 1.0], [0.0, 3.0]], np.float32), np.array([0, 1]), ["a", "b"], ["x", "y"])
     mean, variance = feature_statistics(data)
     assert mean.tolist() == [0.0, 2.0] and variance[0] > 0 and variance[1] == 1.0
+
+
+def test_same_hyperparameters_reuse_the_compiled_head_with_fresh_weights(tmp_path):
+    hypermodel = _hypermodel(tmp_path)
+    hp = kt.HyperParameters()
+    hp.Fixed("units", 8)
+    hp.Fixed("dropout", 0.5)
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(32, 16)).astype(np.float32), rng.integers(0, 2, 32).astype(np.float32)
+    first = hypermodel.build(hp)
+    first.fit(features, labels, epochs=2, batch_size=8, verbose=0)
+    trained = first.get_layer("dense").get_weights()[0].copy()
+
+    second = hypermodel.build(hp)
+    assert second is first
+    assert not np.allclose(second.get_layer("dense").get_weights()[0], trained)
+    assert int(second.optimizer.iterations) == 0
+    assert float(second.optimizer.learning_rate) > 0
+    history = second.fit(features, labels, epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+    other = kt.HyperParameters()
+    other.Fixed("units", 16)
+    other.Fixed("dropout", 0.5)
+    assert hypermodel.build(other) is not first
+
+
+def test_early_stopping_ends_an_execution_once_the_objective_stalls():
+    from components.hypermodel import early_stopping
+
+    assert early_stopping("val_accuracy", 0) == []
+    (callback,) = early_stopping("val_loss", 3)
+    assert callback.monitor == "val_loss" and callback.mode == "min" and callback.patience == 3
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = np.zeros((8, 4), np.float32)
+    history = model.fit(data, np.zeros(8, np.float32), validation_data=(data, np.zeros(8, np.float32)), epochs=20,
+                        verbose=0, callbacks=early_stopping("val_loss", 2))
+    assert len(history.history["loss"]) == 3  # the loss is 0 from the start: no improvement after epoch 1

@@ -50,7 +50,8 @@ def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_pat
         assert handle["features"].shape == (6 * len(classes), 512)
         assert [c for c in json.loads(handle.attrs["class_names"])] == list(classes)
 
-    client = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)  # explicit: other tests set a process-wide registry URI
     experiment = client.get_experiment_by_name("tiny")
     parents = client.search_runs([experiment.experiment_id], "tags.ffx_kind = 'search'")
     assert len(parents) == 1

@@ -11,8 +11,8 @@ import numpy as np
 from components.config import SpaceConfig, TrainConfig
 from components.features import FeatureSet
 
-HP_NAMES = ("units", "dropout", "extra_units")
-COMPILED_HEADS_KEPT = 8  # compiled heads reused by later executions with the same hyperparameters  # every trial run logs all of them ("inactive" when unused)
+HP_NAMES = ("units", "dropout", "extra_units")  # every trial run logs all of them ("inactive" when unused)
+COMPILED_HEADS_KEPT = 8  # compiled heads reused by later executions with the same hyperparameters
 
 
 def feature_statistics(train: FeatureSet) -> tuple[np.ndarray, np.ndarray]:

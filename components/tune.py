@@ -40,6 +40,11 @@ class SearchResult:
     project: str
 
 
+def mean_per_epoch(series: list[list[float]]) -> list[float]:
+    """Mean over executions, epoch by epoch; an execution stopped early counts only in the epochs it ran."""
+    return [float(np.mean([s[epoch] for s in series if epoch < len(s)])) for epoch in range(max(map(len, series)))]
+
+
 class MlflowTrialLogging:
     """Mixed into a KerasTuner tuner: opens, fills and closes one MLflow run per trial."""
 
@@ -93,9 +98,9 @@ class MlflowTrialLogging:
         names = histories[0].history.keys()
         for name in names:
             # Mean over executions per epoch; the trial's score uses each execution's best epoch, as KerasTuner does.
-            per_epoch = np.mean([h.history[name] for h in histories], axis=0)
+            per_epoch = mean_per_epoch([h.history[name] for h in histories])
             metrics += [Metric(name, float(v), now, step) for step, v in enumerate(per_epoch)]
-        epoch_seconds = np.mean([h.epoch_seconds for h in histories], axis=0)
+        epoch_seconds = mean_per_epoch([h.epoch_seconds for h in histories])
         metrics += [Metric("epoch_seconds", float(v), now, step) for step, v in enumerate(epoch_seconds)]
         metrics.append(Metric("mean_epoch_seconds", float(np.mean(epoch_seconds)), now, 0))
         for start in range(0, len(metrics), 1000):

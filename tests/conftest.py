@@ -89,3 +89,29 @@ def tiny_run(tmp_path_factory):
     search = tune_stage(config)
     evaluation = evaluate_stage(config, command="ffx evaluate --params params.yaml")
     return SimpleNamespace(root=root, config=config, search=search, evaluation=evaluation)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200; fail if `process` (the server) exits or time runs out."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or process.poll() is not None:
+            raise RuntimeError(f"{url} did not come up")
+        time.sleep(1)

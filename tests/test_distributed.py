@@ -1,30 +1,22 @@
 """KerasTuner's distributed mode (a chief and 2 workers on loopback) logging to a real `mlflow server`."""
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_dataset, write_params
+from conftest import free_port, make_dataset, wait_for_http, write_params
 
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
     server = subprocess.Popen(
@@ -33,15 +25,7 @@ def mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-            time.sleep(1)
+        wait_for_http(f"{url}/health", server)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)

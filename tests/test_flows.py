@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,38 +10,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import COLOURS, make_dataset, make_image, write_params
+from conftest import COLOURS, free_port, make_dataset, make_image, wait_for_http, write_params
 
 BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     """`prefect server start` on loopback with its own home; stopped at the end of the module."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_ENABLED="false")
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("prefect server did not start")
-            time.sleep(1)
+        wait_for_http(f"{url}/health", server)
         yield {"url": url, "env": {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -171,7 +171,7 @@ def feature_attrs(split: Split, backbone: Backbone, skipped: dict[str, str]) -> 
     return {
         "class_names": list(split.class_names), "split": split.name, "backbone": backbone.config.name,
         "weights": backbone.weights_id, "input_size": backbone.config.input_size,
-        "pooling": backbone.config.pooling, "layer": backbone.config.layer,
+        "pooling": backbone.config.pooling, "layer": backbone.config.layer, "precision": backbone.precision,
         "feature_shape": list(backbone.feature_shape), "content_hash": split.content_hash,
         "backbone_key": backbone.key, "skipped": skipped, "identity": backbone.identity,
     }
@@ -223,7 +223,7 @@ def plan_extraction(config: Config, splits: tuple[str, ...] = SPLITS) -> Extract
 def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: Backbone | None = None,
                     progress: Progress | None = None) -> ExtractionResult:
     """Extract one planned feature file (a split, or `test_flip`; building the backbone if none is given)."""
-    backbone = backbone or build_backbone(config.backbone, config.root)
+    backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
     source = source_split(name)
     result = extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
                            config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
@@ -242,7 +242,7 @@ def extract_all(config: Config, splits: tuple[str, ...] = SPLITS,
                 progress_for: Callable[[str, int], Progress] | None = None) -> dict[str, ExtractionResult]:
     """Plan, then extract every split with one backbone; no backbone work if anything is wrong."""
     plan = plan_extraction(config, splits)
-    backbone = build_backbone(config.backbone, config.root)
+    backbone = build_backbone(config.backbone, config.root, config.extract.precision)
     results = {}
     for name in feature_files(config, tuple(plan.splits)):
         rows = len(split_rows(plan.splits[source_split(name)], split_views(config, name)))

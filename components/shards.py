@@ -47,7 +47,7 @@ def extract_shard(config: Config, split: Split, index: int, backbone: Backbone |
     rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
     shard = shard_of(split, rows)
     path = shard_path(config, split.name, index)
-    backbone = backbone or build_backbone(config.backbone, config.root)
+    backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
     key = shard_key(shard, index, backbone.identity)
     if output_is_current(path, key):
         return ShardResult(split.name, index, path, key, len(shard.records), 0)

@@ -112,7 +112,8 @@ def extraction_cache_key(config: Config, split: Split, name: str | None = None) 
     """`name`: the feature file when it is not the split's own (test_flip)."""
     name = name or split.name
     _, weights_id = resolve_weights(config.backbone, config.root)
-    key = extraction_key(split, backbone_identity(config.backbone, weights_id), split_views(config, name))
+    identity = backbone_identity(config.backbone, weights_id, config.extract.precision)
+    key = extraction_key(split, identity, split_views(config, name))
     return f"extract-{key}", output_is_current(config.features.path(name), key)
 
 

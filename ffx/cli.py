@@ -79,7 +79,8 @@ def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, 
     check_tracking_server(config)  # the tune stage needs it: find a dead server before the backbone work
     results = extract_all(config, progress_for=_progress_bars(quiet))
     for result in results.values():
-        note = "up to date" if result.cached else f"{result.computed} computed, {result.count - result.computed} from cache"
+        reused = result.count - result.computed
+        note = "up to date" if result.cached else f"{result.computed} computed, {reused} from cache"
         skipped = f", {len(result.skipped)} bad image(s) skipped" if result.skipped else ""
         _say(quiet, f"{result.split}: {result.count} images -> {result.path} ({note}, {result.seconds:.1f}s{skipped})")
 
@@ -130,7 +131,8 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 @app.command()
 def predict(paths: Annotated[list[Path], typer.Argument(help="image files and folders")],
             params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-            model: Annotated[Optional[str], typer.Option(help="registry | models:/NAME@ALIAS | path to head.keras")] = None,
+            model: Annotated[Optional[str],
+                             typer.Option(help="registry | models:/NAME@ALIAS | path to head.keras")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False):
     """Classify images with the registered champion (or another model): path, class, probability."""
     from components.predict import load_predictor, predict_paths

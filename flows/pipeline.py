@@ -77,7 +77,8 @@ def _shard_key(context, parameters) -> str:
     split = parameters["plan"].splits[parameters["split"]]
     rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
     _, weights_id = resolve_weights(config.backbone, config.root)
-    key = shard_key(shard_of(split, rows), index, backbone_identity(config.backbone, weights_id))
+    identity = backbone_identity(config.backbone, weights_id, config.extract.precision)
+    key = shard_key(shard_of(split, rows), index, identity)
     return _cache_key(config, f"shard-{key}", output_is_current(shard_path(config, split.name, index), key))
 
 

@@ -156,7 +156,8 @@ def table(cells: list[dict], timings: dict[str, dict], grid: Grid) -> str:
                         accuracy, tuning = "not run", "–"
                     else:
                         values = np.array([c["accuracy_tta" if tta else "accuracy"] for c in done]) * 100
-                        accuracy = f"{values.mean():.1f}% ± {values.std():.1f}"
+                        spread = values.std(ddof=1) if len(values) > 1 else 0.0  # sample std over seeds
+                        accuracy = f"{values.mean():.1f}% ± {spread:.1f}"
                         tuning = f"{np.mean([c['tuning_seconds'] for c in done]):.0f}"
                     lines.append(f"| {WEIGHTS_LABEL.get(weights, weights)} | {pooling} | {copies} | "
                                  f"{'on' if tta else 'off'} | {accuracy} | {len(done)}/{len(grid.seeds)} | "

@@ -44,6 +44,7 @@ class BackboneConfig:
     weights: str
     input_size: int
     seed: int
+    # Defaults as in defaults.yaml, for code that builds one by hand (benches, heads saved before the options).
     pooling: str = "flatten"  # flatten | avg | max | avg+max over the feature map's spatial axes
     layer: str = "last"       # the base's last layer, or a layer name such as block4_pool
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from components.augment import FLIP, ORIGINAL, View, augment_identity, augmented_views, row_key
 from components.backbone import Backbone, build_backbone, check_backbone_config
-from components.config import Config
+from components.config import AugmentConfig, Config
 from components.dataset import SPLITS, ImageRecord, Split, scan_dataset, screen_split
 from components.feature_cache import open_feature_cache
 from components.features import FeatureWriter, output_lock, read_attrs
@@ -52,8 +52,6 @@ def split_rows(split: Split, views: dict | None) -> list[Row]:
         return [Row(r, i) for i, r in enumerate(records)]
     if views.get("flip"):
         return [Row(r, i, FLIP) for i, r in enumerate(records)]
-    from components.config import AugmentConfig
-
     augment = AugmentConfig(**views["augment"])
     return [Row(r, i) for i, r in enumerate(records)] + [
         Row(r, i, view) for i, r in enumerate(records) for view in augmented_views(r.sha1, augment)]

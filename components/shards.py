@@ -42,12 +42,24 @@ def shard_key(split: Split, index: int, backbone_identity: dict) -> str:
     return extraction_key(split, dict(backbone_identity, shard=index))
 
 
+_BACKBONES: dict = {}
+
+
+def worker_backbone(config: Config) -> Backbone:
+    """One backbone per worker process and setting, kept between shards: building it costs seconds."""
+    key = (config.backbone, str(config.root), config.extract.precision)
+    if key not in _BACKBONES:
+        _BACKBONES.clear()
+        _BACKBONES[key] = build_backbone(config.backbone, config.root, config.extract.precision)
+    return _BACKBONES[key]
+
+
 def extract_shard(config: Config, split: Split, index: int, backbone: Backbone | None = None) -> ShardResult:
     """Write one shard's features (resuming a partial shard, skipping a finished one)."""
     rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
     shard = shard_of(split, rows)
     path = shard_path(config, split.name, index)
-    backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
+    backbone = backbone or worker_backbone(config)
     key = shard_key(shard, index, backbone.identity)
     if output_is_current(path, key):
         return ShardResult(split.name, index, path, key, len(shard.records), 0)

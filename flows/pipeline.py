@@ -14,7 +14,9 @@ from prefect.filesystems import LocalFileSystem
 
 from components.config import Config, load_config
 from components.tracking import check_tracking_server
-from components.extract import ExtractionPlan, extract_planned, plan_extraction, write_skipped_report
+from components.errors import ConfigError
+from components.extract import (ExtractionPlan, extract_planned, feature_files, plan_extraction, source_split,
+                                write_skipped_report)
 from components.shards import ShardResult, extract_shard, merge_shards, shard_key, shard_of, shard_path, shard_ranges
 from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, tune_cache_key,
                                tune_stage)
@@ -30,8 +32,9 @@ def _cache_key(config: Config, key: str, current: bool) -> str:
 
 
 def _extract_key(context, parameters) -> str:
-    config = parameters["config"]
-    return _cache_key(config, *extraction_cache_key(config, parameters["plan"].splits[parameters["split"]]))
+    config, name = parameters["config"], parameters["split"]
+    split = parameters["plan"].splits[source_split(name)]
+    return _cache_key(config, *extraction_cache_key(config, split, name))
 
 
 def _tune_key(context, parameters) -> str:
@@ -55,7 +58,7 @@ def plan_task(config: Config) -> ExtractionPlan:
 @task(name="extract", cache_key_fn=_extract_key, persist_result=True, task_run_name="extract-{split}")
 def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
     logger = get_run_logger()
-    total = len(plan.splits[split].records)
+    total = len(plan.splits[source_split(split)].records)
     done = [0]
 
     def progress(count: int) -> None:
@@ -147,7 +150,10 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
         summary["states"][name] = state.name
         return state.result()
 
-    for split in plan.splits:
+    if config.extract.shard_size and (config.extract.augment.copies or config.predict.tta):
+        raise ConfigError("params: 'extract.shard_size' > 0 does not yet make augmented views or test_flip "
+                          "features; set extract.augment.copies: 0 and predict.tta: false, or shard_size: 0")
+    for split in feature_files(config, tuple(plan.splits)):
         if config.extract.shard_size:
             count = len(shard_ranges(len(plan.splits[split].records), config.extract.shard_size))
             futures = [shard.submit(config, plan, split, index) for index in range(count)]

@@ -24,6 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.run import subset_project  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "datasets" / "faces"
 README_START, README_END = "<!-- accuracy-grid:start -->", "<!-- accuracy-grid:end -->"
@@ -49,22 +51,6 @@ QUICK = Grid(weights=("hed-vgg16",), poolings=("flatten", "avg+max"), copies=(0,
 
 def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def subset_dataset(data: Path, work: Path, per_class: int) -> Path:
-    """The first `per_class` images (sorted) of every split and class, as symbolic links: nothing is copied."""
-    if not per_class:
-        return data
-    root = work / "data"
-    for split in ("train", "valid", "test"):
-        for folder in sorted(p for p in (data / split).iterdir() if p.is_dir()):
-            target = root / split / folder.name
-            target.mkdir(parents=True, exist_ok=True)
-            for image in sorted(p for p in folder.iterdir() if p.is_file())[:per_class]:
-                link = target / image.name
-                if not link.exists():
-                    link.symlink_to(image.resolve())
-    return root
 
 
 def make_config(work: Path, data: Path, weights: str, copies: int, grid: Grid, seed: int = 0,
@@ -203,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: no train/ folder (the face dataset, see README)")
-    data = subset_dataset(args.data.resolve(), work, grid.per_class)
+    data = subset_project(args.data.resolve(), work, grid.per_class)
     log(f"grid {dataclasses.asdict(grid)} on {args.data}; work folder {work}")
     cells_path = work / "cells.jsonl"
     cells = [json.loads(line) for line in cells_path.read_text().splitlines()] if cells_path.is_file() else []

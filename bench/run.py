@@ -92,7 +92,9 @@ def subset_project(source: Path, folder: Path, per_class: int) -> Path:
             target = root / split / class_dir.name
             target.mkdir(parents=True, exist_ok=True)
             for path in sorted(p for p in class_dir.iterdir() if is_image_name(p))[:per_class]:
-                (target / path.name).symlink_to(path.resolve())
+                link = target / path.name
+                if not link.exists():  # a resumed run reuses the links it made
+                    link.symlink_to(path.resolve())
     return root
 
 

@@ -22,23 +22,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import yaml  # noqa: E402
 
+from bench.run import subset_project  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "datasets" / "faces"
 
 
 def dataset(work: Path, per_class: int) -> Path:
     """`per_class` images per class and split: links into the face dataset, or generated demo images."""
-    root = work / "data"
     if (FACES / "train").is_dir():
-        for split in ("train", "valid", "test"):
-            for folder in sorted((FACES / split).iterdir()):
-                target = root / split / folder.name
-                target.mkdir(parents=True)
-                for image in sorted(folder.iterdir())[:per_class]:
-                    (target / image.name).symlink_to(image)
-        return root
+        return subset_project(FACES, work, per_class)
     from components.sampledata import make_demo_dataset
 
+    root = work / "data"
     make_demo_dataset(root, {"train": per_class, "valid": per_class, "test": per_class})
     return root
 

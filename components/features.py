@@ -75,6 +75,12 @@ class FeatureWriter:
                 self.file.create_dataset("source", data=np.asarray(source, dtype=np.int64))
                 self.file.flush()
 
+    @classmethod
+    def for_records(cls, path: Path, key: str, records, feature_dim: int, attrs: dict) -> "FeatureWriter":
+        """A writer with one row per image record (label, relative path, content hash), in order."""
+        return cls(path, key, np.array([r.label for r in records]), [r.relpath for r in records],
+                   [r.sha1 for r in records], feature_dim, attrs)
+
     def _open_resumable(self, key: str):
         if not self.partial.exists():
             return None

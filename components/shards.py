@@ -65,8 +65,7 @@ def extract_shard(config: Config, split: Split, index: int, backbone: Backbone |
         return ShardResult(split.name, index, path, key, len(shard.records), 0)
     records = shard.records
     with output_lock(path):
-        writer = FeatureWriter(path, key, np.array([r.label for r in records]), [r.relpath for r in records],
-                               [r.sha1 for r in records], backbone.feature_dim, feature_attrs(shard, backbone, {}))
+        writer = FeatureWriter.for_records(path, key, records, backbone.feature_dim, feature_attrs(shard, backbone, {}))
         try:
             start = writer.rows_done
             offset = [start]
@@ -98,8 +97,7 @@ def merge_shards(config: Config, split: Split, shards: list[ShardResult], skippe
     records = split.records
     dim = int(np.prod(first["feature_shape"]))
     with output_lock(out_path):
-        writer = FeatureWriter(out_path, key, np.array([r.label for r in records]), [r.relpath for r in records],
-                               [r.sha1 for r in records], dim, attrs)
+        writer = FeatureWriter.for_records(out_path, key, records, dim, attrs)
         try:
             row = 0
             for shard in sorted(shards, key=lambda s: s.index):

@@ -15,6 +15,7 @@ from components.features import FeatureSet, read_features
 from components.files import write_json_atomic
 from components.registry import Registration, head_paths, load_head, register_head, save_head
 from components.report import MODEL_CARD_FILE, write_evaluation_plots, write_model_card, write_search_report
+from components.shards import shard_key, shard_of, shard_path, shard_ranges
 from components.tracking import setup_mlflow
 from components.tune import search_key
 
@@ -108,13 +109,23 @@ def _digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _configured_identity(config: Config) -> dict:
+    """The backbone identity params.yaml asks for, without building the model."""
+    _, weights_id = resolve_weights(config.backbone, config.root)
+    return backbone_identity(config.backbone, weights_id, config.extract.precision)
+
+
 def extraction_cache_key(config: Config, split: Split, name: str | None = None) -> tuple[str, bool]:
     """`name`: the feature file when it is not the split's own (test_flip)."""
     name = name or split.name
-    _, weights_id = resolve_weights(config.backbone, config.root)
-    identity = backbone_identity(config.backbone, weights_id, config.extract.precision)
-    key = extraction_key(split, identity, split_views(config, name))
+    key = extraction_key(split, _configured_identity(config), split_views(config, name))
     return f"extract-{key}", output_is_current(config.features.path(name), key)
+
+
+def shard_cache_key(config: Config, split: Split, index: int) -> tuple[str, bool]:
+    rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
+    key = shard_key(shard_of(split, rows), index, _configured_identity(config))
+    return f"shard-{key}", output_is_current(shard_path(config, split.name, index), key)
 
 
 def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str, bool]:

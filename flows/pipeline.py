@@ -17,9 +17,9 @@ from components.tracking import check_tracking_server
 from components.errors import ConfigError
 from components.extract import (ExtractionPlan, extract_planned, feature_files, plan_extraction, source_split,
                                 write_skipped_report)
-from components.shards import ShardResult, extract_shard, merge_shards, shard_key, shard_of, shard_path, shard_ranges
-from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, tune_cache_key,
-                               tune_stage)
+from components.shards import ShardResult, extract_shard, merge_shards, shard_ranges
+from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, shard_cache_key,
+                               tune_cache_key, tune_stage)
 
 DEPLOYMENT_NAME = "ffx-pipeline"
 
@@ -73,16 +73,9 @@ def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
 
 
 def _shard_key(context, parameters) -> str:
-    from components.backbone import backbone_identity, resolve_weights
-    from components.extract import output_is_current
-
-    config, index = parameters["config"], parameters["index"]
-    split = parameters["plan"].splits[parameters["split"]]
-    rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
-    _, weights_id = resolve_weights(config.backbone, config.root)
-    identity = backbone_identity(config.backbone, weights_id, config.extract.precision)
-    key = shard_key(shard_of(split, rows), index, identity)
-    return _cache_key(config, f"shard-{key}", output_is_current(shard_path(config, split.name, index), key))
+    config = parameters["config"]
+    return _cache_key(config, *shard_cache_key(config, parameters["plan"].splits[parameters["split"]],
+                                               parameters["index"]))
 
 
 @task(name="extract-shard", cache_key_fn=_shard_key, persist_result=True, task_run_name="extract-{split}-{index}")

@@ -1,18 +1,20 @@
 """The dense head searched by KerasTuner, and the in-memory tf.data inputs it trains on."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 import keras
 import keras_tuner as kt
 import numpy as np
+from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 
 from components.config import SpaceConfig, TrainConfig
 from components.features import FeatureSet
 
 HP_NAMES = ("units", "dropout", "extra_units")  # every trial run logs all of them ("inactive" when unused)
-COMPILED_HEADS_KEPT = 8  # compiled heads reused by later executions with the same hyperparameters
+COMPILED_HEADS_KEPT = 24  # compiled heads reused by later executions with the same hyperparameters
 
 
 def feature_statistics(train: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
@@ -34,15 +36,16 @@ def check_space(space: SpaceConfig) -> list[int]:
 
 
 class HeadHyperModel(kt.HyperModel):
+    """Heads trained on features standardised beforehand (`training_datasets`); `with_standardisation` puts the
+    statistics back in front of the chosen head, so that the saved model takes raw features."""
+
     def __init__(self, space: SpaceConfig, train: TrainConfig, input_dim: int, num_classes: int,
-                 statistics: tuple[np.ndarray, np.ndarray] | None, steps_per_execution: int = 1,
-                 objective: str = "val_accuracy"):
+                 steps_per_execution: int = 1, objective: str = "val_accuracy"):
         super().__init__(name="ffx_head")
         self.space = space
         self.train_config = train
         self.input_dim = input_dim
         self.num_classes = num_classes
-        self.statistics = statistics
         self.steps_per_execution = steps_per_execution
         self.objective = objective
         self._compiled: dict[tuple, keras.Model] = {}
@@ -64,7 +67,7 @@ class HeadHyperModel(kt.HyperModel):
         if model is not None:
             reinitialise(model)
         else:
-            model = build_head(self.input_dim, self.num_classes, units, dropout, extra_units, self.statistics,
+            model = build_head(self.input_dim, self.num_classes, units, dropout, extra_units, None,
                                self.train_config.learning_rate, self.steps_per_execution)
         self._compiled[key] = model  # most recently used last
         while len(self._compiled) > COMPILED_HEADS_KEPT:
@@ -73,8 +76,9 @@ class HeadHyperModel(kt.HyperModel):
 
     def fit(self, hp, model, *args, **kwargs):
         timer = EpochTimer()
-        kwargs["callbacks"] = list(kwargs.get("callbacks", [])) + [timer] + early_stopping(
-            self.objective, self.train_config.early_stopping_patience)
+        callbacks = [BestEpochInMemory(c) if isinstance(c, SaveBestEpoch) else c for c in kwargs.get("callbacks", [])]
+        kwargs["callbacks"] = callbacks + [timer] + early_stopping(self.objective,
+                                                                   self.train_config.early_stopping_patience)
         history = model.fit(*args, **kwargs)
         history.epoch_seconds = timer.seconds  # read back by the tuner for MLflow
         return history
@@ -102,6 +106,27 @@ def build_head(input_dim: int, num_classes: int, units: int, dropout: float, ext
     return model
 
 
+def standardise(features: np.ndarray, statistics: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """What keras.layers.Normalization computes, done once on the whole array: inside the model it costs as much
+    per training step as a small head's own arithmetic."""
+    mean, variance = statistics
+    return ((features - mean) / np.maximum(np.sqrt(variance), keras.backend.epsilon())).astype(np.float32)
+
+
+def with_standardisation(head: keras.Model, statistics: tuple[np.ndarray, np.ndarray]) -> keras.Model:
+    """`head` (trained on standardised features) behind a Normalization layer holding the train statistics:
+    the model that is saved, evaluated and served takes raw features. Its layers are the trained ones."""
+    mean, variance = statistics
+    inputs = keras.Input(shape=head.input_shape[1:], name="features")
+    x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(inputs)
+    for layer in head.layers[1:]:
+        x = layer(x)
+    model = keras.Model(inputs, x, name=head.name)
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=float(head.optimizer.learning_rate.numpy())),
+                  loss=head.loss, metrics=["accuracy"])
+    return model
+
+
 def reinitialise(model: keras.Model) -> None:
     """Fresh random weights and optimizer state for a compiled head, as a new build would have."""
     for layer in model.layers:
@@ -124,6 +149,40 @@ def early_stopping(objective: str, patience: int) -> list[keras.callbacks.Callba
     return [keras.callbacks.EarlyStopping(monitor=objective, mode=mode, patience=patience)]
 
 
+class BestEpochInMemory(keras.callbacks.Callback):
+    """KerasTuner's SaveBestEpoch, writing once per execution instead of at every better epoch.
+
+    SaveBestEpoch writes the weights and optimizer state to disk whenever the objective improves, most epochs
+    early on: a tenth of a small head's fit time. This keeps the best weights in memory and writes them to the
+    same file when the execution ends; the best value is kept on the wrapped callback, which KerasTuner shares
+    between a trial's executions, so the file still holds the trial's best epoch over all of them.
+    """
+
+    def __init__(self, checkpoint: SaveBestEpoch):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        objective = self.checkpoint.objective
+        if not objective.has_value(logs):  # no objective in the logs: SaveBestEpoch saves every epoch
+            self.best_weights = self.model.get_weights()
+            return
+        current = objective.get_value(logs)
+        if objective.better_than(current, self.checkpoint.best_value):
+            self.checkpoint.best_value = current
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is None:
+            return
+        last = self.model.get_weights()
+        self.model.set_weights(self.best_weights)
+        self.checkpoint.set_model(self.model)
+        self.checkpoint._save_model()  # KerasTuner's own writer: the file and format it reads back
+        self.model.set_weights(last)
+
+
 class EpochTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -137,6 +196,9 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+EVALUATION_BATCH_ROWS = 4096  # validation computes no gradients: few large batches cut per-step overhead
+
+
 def make_dataset(data: FeatureSet, batch_size: int, shuffle_seed: int | None):
     """An in-memory, cached tf.data pipeline: no disk reads or Python generators per epoch."""
     import tensorflow as tf
@@ -148,6 +210,18 @@ def make_dataset(data: FeatureSet, batch_size: int, shuffle_seed: int | None):
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def training_datasets(train: FeatureSet, valid: FeatureSet, batch_size: int, seed: int,
+                      statistics: tuple[np.ndarray, np.ndarray] | None):
+    """(train, validation) inputs of a head's fit: standardised with `statistics` (unless None), train shuffled
+    every epoch in batches of `batch_size`, validation in batches of up to EVALUATION_BATCH_ROWS (the same
+    metrics, a fraction of the steps)."""
+    if statistics is not None:
+        train = dataclasses.replace(train, features=standardise(train.features, statistics))
+        valid = dataclasses.replace(valid, features=standardise(valid.features, statistics))
+    return (make_dataset(train, batch_size, seed),
+            make_dataset(valid, max(batch_size, min(len(valid.labels), EVALUATION_BATCH_ROWS)), None))
+
+
 def steps_per_execution(num_rows: int, batch_size: int) -> int:
-    """Run a whole epoch (up to 32 steps) per call into the compiled graph: per-step overhead dominates."""
-    return max(1, min(32, math.ceil(num_rows / batch_size)))
+    """A whole epoch per call into the compiled graph: per-step overhead dominates a small head."""
+    return max(1, math.ceil(num_rows / batch_size))

@@ -20,9 +20,10 @@ import numpy as np
 from components.config import Config
 from components.errors import FFXError
 from components.features import FeatureSet
-from components.hypermodel import (HP_NAMES, HeadHyperModel, check_space, feature_statistics, make_dataset,
-                                   steps_per_execution)
+from components.hypermodel import (HP_NAMES, HeadHyperModel, check_space, feature_statistics, steps_per_execution,
+                                   training_datasets, with_standardisation)
 from components.files import write_text_atomic
+from components.oracle import GridBayesianOracle
 from components.tracking import git_commit, setup_mlflow
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -142,8 +143,12 @@ class MlflowTrialLogging:
         return seconds
 
 
-class BayesianTuner(MlflowTrialLogging, kt.BayesianOptimization):
-    pass
+class BayesianTuner(MlflowTrialLogging, kt.Tuner):
+    """KerasTuner's Bayesian optimisation with the acquisition scored over the whole (finite) space."""
+
+    def __init__(self, hypermodel, objective, max_trials: int, seed: int, **kwargs):
+        oracle = GridBayesianOracle(objective=objective, max_trials=max_trials, seed=seed)
+        super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
 
 
 class RandomTuner(MlflowTrialLogging, kt.RandomSearch):
@@ -210,6 +215,20 @@ def distributed_role() -> str:
     return "chief" if tuner_id == "chief" else "worker"
 
 
+def share_cores_among_workers(workers: int) -> None:
+    """A distributed worker's TensorFlow uses its share of this machine's cores.
+
+    A small dense head gains nothing from a second thread (per-op overhead dominates), so parallel trials are
+    where more cores pay; without a limit each worker would spread over every core and they would contend.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    except RuntimeError:  # TensorFlow already started in this process: its thread pools are fixed
+        pass
+
+
 def run_tuner_processes(config: Config, workers: int) -> None:
     """KerasTuner's distributed mode on this machine: a chief oracle and `workers` worker processes.
 
@@ -265,6 +284,8 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
     from mlflow.entities import Param
 
     check_compatible(train, valid)
+    if distributed_role() == "worker":
+        share_cores_among_workers(config.tuner.workers)
     if not check_space(config.space) and config.space.extra_units and config.space.extra_when_units:
         raise FFXError("params: 'space.extra_when_units' names no size in 'space.units'; the extra layer "
                        "could never be chosen")
@@ -297,15 +318,15 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
     batch_size = config.train.batch_size
     statistics = feature_statistics(train) if config.train.normalize else None
     hypermodel = HeadHyperModel(config.space, config.train, train.features.shape[1], train.num_classes,
-                                statistics, steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
+                                steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
     role = distributed_role()
     if role == "single" and config.tuner.workers:
         run_tuner_processes(config, config.tuner.workers)  # then the search below reloads the finished oracle
     tuner = make_tuner(config, hypermodel, project)
     tuner.attach_mlflow(client, experiment_id, parent_run_id, progress)
     try:
-        tuner.search(make_dataset(train, batch_size, config.tuner.seed),
-                     validation_data=make_dataset(valid, batch_size, None),
+        train_inputs, valid_inputs = training_datasets(train, valid, batch_size, config.tuner.seed, statistics)
+        tuner.search(train_inputs, validation_data=valid_inputs,
                      epochs=config.train.epochs, shuffle=False, verbose=0)
     except BaseException as exc:
         if role != "single":
@@ -337,6 +358,8 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
         # The checkpoint holds optimizer slots the freshly built head does not have yet; prediction needs none.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model = tuner.load_model(best)
+    if statistics is not None:
+        model = with_standardisation(model, statistics)
     seconds = time.perf_counter() - started
     hps = dict(best.hyperparameters.values)
     client.log_batch(parent_run_id, params=[Param(f"best.{k}", str(v)) for k, v in hps.items()])

@@ -10,7 +10,7 @@ from components.hypermodel import HeadHyperModel, feature_statistics
 def _hypermodel(tmp_path, classes=2):
     (tmp_path / "params.yaml").write_text("{}")
     config = load_config(tmp_path / "params.yaml")
-    return HeadHyperModel(config.space, config.train, 16, classes, None)
+    return HeadHyperModel(config.space, config.train, 16, classes)
 
 
 def test_two_classes_get_one_sigmoid_unit(tmp_path):
@@ -81,3 +81,46 @@ def test_early_stopping_ends_an_execution_once_the_objective_stalls():
     history = model.fit(data, np.zeros(8, np.float32), validation_data=(data, np.zeros(8, np.float32)), epochs=20,
                         verbose=0, callbacks=early_stopping("val_loss", 2))
     assert len(history.history["loss"]) == 3  # the loss is 0 from the start: no improvement after epoch 1
+
+
+def test_best_epoch_checkpoint_holds_the_best_weights_over_a_trials_executions(tmp_path):
+    from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+    from components.hypermodel import BestEpochInMemory
+
+    model = _hypermodel(tmp_path).build(kt.HyperParameters())
+    checkpoint = SaveBestEpoch(kt.Objective("val_loss", "min"), str(tmp_path / "best.weights.h5"))
+    snapshots = {}
+    # Two executions sharing one SaveBestEpoch, as KerasTuner runs them: the best is epoch 1 of the first.
+    for execution, losses in enumerate(([0.5, 0.3, 0.4], [0.6, 0.35])):
+        callback = BestEpochInMemory(checkpoint)
+        callback.set_model(model)
+        for epoch, loss in enumerate(losses):
+            model.set_weights([np.full_like(w, 10 * execution + epoch + 1) for w in model.get_weights()])
+            snapshots[(execution, epoch)] = model.get_weights()
+            callback.on_epoch_end(epoch, {"val_loss": loss})
+        callback.on_train_end()
+        assert np.array_equal(model.get_weights()[-1], snapshots[(execution, len(losses) - 1)][-1])  # untouched
+    assert checkpoint.best_value == 0.3
+    fresh = _hypermodel(tmp_path).build(kt.HyperParameters())
+    fresh.load_weights(tmp_path / "best.weights.h5")
+    for loaded, best in zip(fresh.get_weights(), snapshots[(0, 1)]):
+        assert np.array_equal(loaded, best)
+
+
+def test_head_trained_on_standardised_features_is_saved_taking_raw_features(tmp_path):
+    from components.hypermodel import standardise, with_standardisation
+
+    rng = np.random.default_rng(0)
+    raw = (rng.random((40, 16)) * rng.choice([0.0, 1.0, 500.0], 16)).astype(np.float32)  # dead and large features
+    data = FeatureSet(raw, (raw[:, 0] > raw[:, 0].mean()).astype(np.int64), [""] * 40, ["a", "b"])
+    statistics = feature_statistics(data)
+    head = _hypermodel(tmp_path).build(kt.HyperParameters())
+    head.fit(standardise(raw, statistics), data.labels.astype(np.float32), epochs=2, verbose=0)
+
+    served = with_standardisation(head, statistics)
+    assert served.layers[1].name == "standardise"
+    served.save(tmp_path / "head.keras")
+    loaded = keras.models.load_model(tmp_path / "head.keras", safe_mode=True)
+    expected = head.predict(standardise(raw, statistics), verbose=0)
+    np.testing.assert_allclose(loaded.predict(raw, verbose=0), expected, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Side-by-side benchmark, in one process run: the original recipe vs the ffx path vs the hardware limit.
+"""Side-by-side benchmark, in one process run: the original recipe vs the ffx path vs the hardware limit
+(extraction: the batched forward pass alone; head: its training steps alone, looped in one compiled graph).
 
     python -m bench.run [--quick] [--out bench/results/bench.json] [--data DIR]
 

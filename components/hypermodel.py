@@ -124,6 +124,7 @@ def with_standardisation(head: keras.Model, statistics: tuple[np.ndarray, np.nda
     model = keras.Model(inputs, x, name=head.name)
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=float(head.optimizer.learning_rate.numpy())),
                   loss=head.loss, metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)  # saved with its slots, so that loading it warns of no mismatch
     return model
 
 

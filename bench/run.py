@@ -241,7 +241,7 @@ def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> di
 
     def baseline_trial() -> tuple[float, list[float]]:
         started = time.perf_counter()
-        model = build_head(dim, classes, 64, 0.5, 0, None, config.train.learning_rate)  # the recipe's raw features
+        model = build_head(dim, classes, 64, 0.5, 0, config.train.learning_rate)  # the recipe's raw features
         timer = EpochTimer()
         baseline_fit(model, paths["train"], paths["valid"], batch_size, epochs, [timer])
         return time.perf_counter() - started, timer.seconds
@@ -293,7 +293,7 @@ def head_step_limit(config, train, statistics, epochs: int) -> float:
     from components.hypermodel import build_head, standardise
 
     batch_size = config.train.batch_size
-    model = build_head(train.features.shape[1], train.num_classes, 64, 0.5, 0, None, config.train.learning_rate)
+    model = build_head(train.features.shape[1], train.num_classes, 64, 0.5, 0, config.train.learning_rate)
     values = standardise(train.features, statistics) if statistics is not None else train.features
     features, labels = tf.constant(values), tf.constant(train.labels.astype(np.float32))
     steps = len(train.labels) // batch_size

@@ -67,7 +67,7 @@ class HeadHyperModel(kt.HyperModel):
         if model is not None:
             reinitialise(model)
         else:
-            model = build_head(self.input_dim, self.num_classes, units, dropout, extra_units, None,
+            model = build_head(self.input_dim, self.num_classes, units, dropout, extra_units,
                                self.train_config.learning_rate, self.steps_per_execution)
         self._compiled[key] = model  # most recently used last
         while len(self._compiled) > COMPILED_HEADS_KEPT:
@@ -85,14 +85,10 @@ class HeadHyperModel(kt.HyperModel):
 
 
 def build_head(input_dim: int, num_classes: int, units: int, dropout: float, extra_units: int,
-               statistics, learning_rate: float, steps_per_execution: int = 1) -> keras.Model:
+               learning_rate: float, steps_per_execution: int = 1) -> keras.Model:
     """Dense(units, relu) -> Dropout -> [Dense(extra, relu)] -> sigmoid (2 classes) or softmax."""
     inputs = keras.Input(shape=(input_dim,), name="features")
-    x = inputs
-    if statistics is not None:
-        mean, variance = statistics
-        x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(x)
-    x = keras.layers.Dense(units, activation="relu", name="dense")(x)
+    x = keras.layers.Dense(units, activation="relu", name="dense")(inputs)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     if extra_units:
         x = keras.layers.Dense(extra_units, activation="relu", name="extra_dense")(x)
@@ -100,10 +96,16 @@ def build_head(input_dim: int, num_classes: int, units: int, dropout: float, ext
     outputs = keras.layers.Dense(1 if binary else num_classes, activation="sigmoid" if binary else "softmax",
                                  name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="ffx_head")
+    compile_head(model, learning_rate, steps_per_execution)
+    return model
+
+
+def compile_head(model: keras.Model, learning_rate: float, steps_per_execution: int = 1) -> None:
+    """RMSprop, and binary cross-entropy for one sigmoid output or sparse categorical cross-entropy."""
+    binary = model.output_shape[-1] == 1
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
                   loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
-    return model
 
 
 def standardise(features: np.ndarray, statistics: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -122,8 +124,7 @@ def with_standardisation(head: keras.Model, statistics: tuple[np.ndarray, np.nda
     for layer in head.layers[1:]:
         x = layer(x)
     model = keras.Model(inputs, x, name=head.name)
-    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=float(head.optimizer.learning_rate.numpy())),
-                  loss=head.loss, metrics=["accuracy"])
+    compile_head(model, float(head.optimizer.learning_rate.numpy()))
     model.optimizer.build(model.trainable_variables)  # saved with its slots, so that loading it warns of no mismatch
     return model
 

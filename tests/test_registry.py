@@ -13,7 +13,7 @@ def _register(config, accuracy: float, search_score: float = 0.9):
     client, experiment_id = setup_mlflow(config)
     run_id = client.create_run(experiment_id).info.run_id
     client.set_terminated(run_id)
-    model = build_head(4, 2, 4, 0.5, 0, None, 0.001)
+    model = build_head(4, 2, 4, 0.5, 0, 0.001)
     metadata = {"class_names": ["a", "b"], "search": {"parent_run_id": run_id, "objective": "val_accuracy",
                                                       "score": search_score}}
     return register_head(config, model, metadata, {"accuracy": accuracy, "loss": 0.5},

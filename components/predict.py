@@ -1,27 +1,19 @@
-"""Prediction from image files: the extraction's decoding and backbone, then the head."""
+"""Prediction from image files through the end-to-end classifier: the registered model `mlflow models serve`
+runs, or a local head from `ffx tune` wrapped in the same ImageClassifier, so the two cannot disagree."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
+import pandas as pd
 
-from components.backbone import Backbone, build_backbone
-from components.config import BackboneConfig, Config
-from components.errors import FFXError, ModelNotFoundError
-from components.augment import flip_images
-from components.evaluate import average_views, class_probabilities
-from components.images import ImageReadError, is_image_name, load_rgb
-from components.registry import load_head, load_registered_head
+from components.config import Config
+from components.errors import FFXError
+from components.images import is_image_name
 
-
-@dataclass
-class Predictor:
-    head: object
-    backbone: Backbone
-    class_names: list[str]
-    source: str
-    tta: bool = False  # predict.tta: average over the image and its mirror image
+Classify = Callable[[pd.DataFrame], pd.DataFrame]  # a frame with a `path` column -> one output row per input row
 
 
 @dataclass
@@ -40,24 +32,26 @@ def resolve_model_reference(config: Config, model: str | None) -> str:
     return reference
 
 
-def load_predictor(config: Config, model: str | None = None) -> Predictor:
+def load_classifier(config: Config, model: str | None = None) -> Classify:
+    """The model `model` (default `predict.model`) names, as a function of a frame of image paths: a registry URI
+    or an MLflow model folder is loaded as the pyfunc model; a `head.keras` (or its folder) as a local head."""
+    from components.serving import ImageClassifier, spec_for
+
     reference = resolve_model_reference(config, model)
-    if reference.startswith("models:/"):
-        head, metadata = load_registered_head(config, reference)
-    else:
-        path = Path(reference)
-        head, metadata = load_head(path if path.is_absolute() else config.root / path)
-    if "backbone" not in metadata or "class_names" not in metadata:
-        raise ModelNotFoundError(f"{reference}: model has no ffx metadata (backbone, class_names)")
-    spec = metadata["backbone"]
-    backbone_config = BackboneConfig(name=spec["name"], weights=spec["weights"], input_size=int(spec["input_size"]),
-                                     seed=int(spec["seed"]), pooling=spec.get("pooling", "flatten"),
-                                     layer=spec.get("layer", "last"))  # heads from before the options: the recipe
-    backbone = build_backbone(backbone_config, config.root, spec.get("precision", "float32"))
-    if backbone.weights_id != metadata["weights_id"]:
-        raise FFXError(f"{reference}: trained on backbone weights {metadata['weights_id']} but "
-                       f"backbone.weights '{spec['weights']}' now resolves to {backbone.weights_id}")
-    return Predictor(head, backbone, list(metadata["class_names"]), reference, config.predict.tta)
+    local = Path(reference) if Path(reference).is_absolute() else config.root / reference
+    registry_uri = reference.startswith(("models:/", "runs:/"))
+    if registry_uri or (local / "MLmodel").is_file():
+        from components.registry import load_registered_classifier
+
+        pyfunc = load_registered_classifier(config, reference if registry_uri else str(local))
+        return lambda frame: pyfunc.predict(frame, params={"on_bad_image": "report"})
+    from components.registry import HEAD_FILE, load_head
+
+    head_file = local if local.suffix == ".keras" else local / HEAD_FILE
+    _, metadata = load_head(head_file)  # checks both files are there and readable
+    spec = spec_for(metadata, config.predict.tta, config.data.max_pixels, config.predict.batch_size, weights={})
+    classifier = ImageClassifier.load(head_file, spec, root=config.root)
+    return lambda frame: classifier.predict_frame(frame, "report")
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -74,30 +68,22 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
-def predict_paths(predictor: Predictor, inputs: list[str | Path], batch_size: int, max_pixels: int) -> list[Prediction]:
-    """One Prediction per image, in input order; unreadable files get an error instead of failing the batch."""
+def predict_paths(classify: Classify, inputs: list[str | Path], batch_size: int):
+    """One Prediction per image, in input order, `batch_size` images per call of the model (memory stays flat);
+    an unreadable file gets an error instead of failing the others."""
     paths = expand_inputs(inputs)
-    size = predictor.backbone.config.input_size
-    results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        images, ok = [], []
-        for path in chunk:
-            try:
-                images.append(load_rgb(path, size, max_pixels))
-                ok.append(path)
-            except ImageReadError as exc:
-                results.append(Prediction(str(path), None, None, None, str(exc)))
-        if not images:
-            continue
-        batch = np.stack(images)
-        probabilities = class_probabilities(predictor.head, predictor.backbone.features(batch))
-        if predictor.tta:
-            flipped = class_probabilities(predictor.head, predictor.backbone.features(flip_images(batch)))
-            probabilities = average_views([probabilities, flipped])
-        for path, row in zip(ok, probabilities):
-            best = int(row.argmax())
-            results.append(Prediction(str(path), predictor.class_names[best], float(row[best]),
-                                      {c: float(p) for c, p in zip(predictor.class_names, row)}))
-    order = {str(p): i for i, p in enumerate(paths)}
-    return sorted(results, key=lambda r: order[r.path])
+        out = classify(pd.DataFrame({"path": [str(p) for p in chunk]}))
+        classes = [c.removeprefix("p_") for c in out.columns if c.startswith("p_")]
+        for path, row in zip(chunk, out.to_dict("records")):
+            if isinstance(row.get("error"), str):  # readable rows have none (None, or NaN after pandas)
+                yield Prediction(str(path), None, None, None, row["error"])
+            else:
+                yield Prediction(str(path), row["class"], float(row["probability"]),
+                                 {c: float(row[f"p_{c}"]) for c in classes})
+
+
+def prediction_json(prediction: Prediction) -> str:
+    return json.dumps({"path": prediction.path, "class": prediction.label, "probability": prediction.probability,
+                       "probabilities": prediction.probabilities, "error": prediction.error})

@@ -13,7 +13,7 @@ from components.evaluate import evaluate_head, write_predictions_csv, write_roc_
 from components.extract import FLIPPED_SUFFIX, extraction_key, output_is_current, split_views
 from components.features import FeatureSet, read_features
 from components.files import write_json_atomic
-from components.registry import Registration, head_paths, load_head, register_head, save_head
+from components.registry import Registration, head_paths, load_head, register_classifier, save_head
 from components.report import MODEL_CARD_FILE, write_evaluation_plots, write_model_card, write_search_report
 from components.shards import shard_key, shard_of, shard_path, shard_ranges
 from components.tracking import setup_mlflow
@@ -80,7 +80,8 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
 
     `command` is how this evaluation was started, quoted in the model card.
     """
-    model, metadata = load_head(head_paths(config)[0])
+    head_file = head_paths(config)[0]
+    model, metadata = load_head(head_file)
     test = load_split_features(config, "test")
     if test.class_names != metadata["class_names"]:
         raise FFXError(f"test classes {test.class_names} differ from the model's {metadata['class_names']}")
@@ -97,8 +98,9 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     write_roc_csv(metrics_dir / ROC_FILE, test, probabilities)
     figures = write_evaluation_plots(config, test, probabilities, metrics)
     card = write_model_card(config, metadata, metrics, test, probabilities, command)
-    registration = register_head(config, model, metadata, metrics, test.features[:5],
-                                 artifacts=[metrics_dir / PREDICTIONS_FILE, metrics_dir / ROC_FILE, *figures, card])
+    registration = register_classifier(config, head_file, metadata, metrics, example_image=config.data.root / test.paths[0],
+                                       artifacts=[metrics_dir / PREDICTIONS_FILE, metrics_dir / ROC_FILE, *figures,
+                                                  card])
     return EvaluationResult(metrics, registration)
 
 

@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up chatter out of users' terminals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fast feature extraction: extract backbone features once, tune a dense head, predict.")
@@ -22,22 +19,28 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress ou
 
 class State:
     debug = False
+    tensorflow = False  # the command runs TensorFlow: imported quietly once its params are read
+
+
+TENSORFLOW_COMMANDS = {"extract", "tune", "evaluate", "predict", "pipeline", "serve"}
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False):
+def _main(ctx: typer.Context,
+          debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and TensorFlow's own log")] = False):
     State.debug = debug
+    State.tensorflow = ctx.invoked_subcommand in TENSORFLOW_COMMANDS
 
 
 def _config(params: Path, overrides: list[str] | None):
-    import logging
-
     from components.config import load_config
 
-    # Retracing notices from TensorFlow and per-call INFO lines would drown the progress lines.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    config = load_config(params, overrides or [])  # a params error shows at once, before TensorFlow loads
+    if State.tensorflow:
+        from components.runtime import quiet_tensorflow
 
-    return load_config(params, overrides or [])
+        quiet_tensorflow(State.debug)
+    return config
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -132,20 +135,19 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 def predict(paths: Annotated[list[Path], typer.Argument(help="image files and folders")],
             params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
             model: Annotated[Optional[str],
-                             typer.Option(help="registry | models:/NAME@ALIAS | path to head.keras")] = None,
+                             typer.Option(help="registry | models:/NAME@ALIAS | runs:/… | MLflow model folder | "
+                                               "head.keras")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False):
     """Classify images with the registered champion (or another model): path, class, probability."""
-    from components.predict import load_predictor, predict_paths
+    from components.predict import load_classifier, predict_paths, prediction_json
 
     config = _config(params, set_)
-    predictor = load_predictor(config, model)
-    predictions = predict_paths(predictor, paths, config.predict.batch_size, config.data.max_pixels)
+    classify = load_classifier(config, model)
     failed = 0
-    for p in predictions:
+    for p in predict_paths(classify, paths, config.predict.batch_size):
         failed += p.error is not None
         if as_json:
-            typer.echo(json.dumps({"path": p.path, "class": p.label, "probability": p.probability,
-                                   "probabilities": p.probabilities, "error": p.error}))
+            typer.echo(prediction_json(p))
         elif p.error:
             typer.echo(f"{p.path}\tERROR\t{p.error}")
         else:

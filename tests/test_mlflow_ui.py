@@ -136,4 +136,4 @@ def test_mlflow_run_page_lists_the_plots_trial_table_and_model_card(tiny_run, ml
     _, text = _page_text(f"{page}/evaluation/model_card.md", tmp_path / "evaluation", evaluation_files)
     missing = [name for name in evaluation_files if name not in text]
     assert not missing, f"not listed under evaluation/: {missing}\n{text[:2000]}"
-    assert "Model card: ffx-head" in text  # the Markdown preview rendered the card
+    assert "Model card: ffx-classifier" in text  # the Markdown preview rendered the card

@@ -61,7 +61,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_pat
     for trial in trials:
         assert {"units", "dropout", "extra_units"} <= set(trial.data.params)
         assert len(client.get_metric_history(trial.info.run_id, "val_accuracy")) == 2
-    champion = client.get_model_version_by_alias("ffx-head", "champion")
+    champion = client.get_model_version_by_alias("ffx-classifier", "champion")
     assert champion.run_id == parents[0].info.run_id
 
     metrics = json.loads((project / "metrics" / "test.json").read_text())

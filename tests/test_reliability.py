@@ -125,20 +125,21 @@ def test_predict_refuses_a_model_that_needs_unsafe_deserialisation(project):
 
 
 def test_registered_model_is_loaded_in_safe_mode(project):
-    import keras
-    import mlflow
-
-    from components.registry import load_registered_head
+    """A registry version whose head file was swapped for one that runs code is refused when loaded."""
+    from components.predict import load_classifier
+    from components.registry import register_classifier
     from components.tracking import setup_mlflow
 
     config = load_config(project / "params.yaml")
-    _, experiment_id = setup_mlflow(config)
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1.0)(inputs))
-    with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.keras.log_model(model, name="head", registered_model_name="unsafe-head", pip_requirements=[])
-    with pytest.raises(UnsafeModelError, match="models:/unsafe-head/1: refused"):
-        load_registered_head(config, "models:/unsafe-head/1")
+    client, experiment_id = setup_mlflow(config)
+    head_file = _save_lambda_head(project / "unsafe")
+    metadata = json.loads((project / "unsafe" / "head.json").read_text())
+    metadata["backbone"].update(pooling="flatten", layer="last", precision="float32")
+    metadata["search"] = {"parent_run_id": client.create_run(experiment_id).info.run_id}
+    image = next((project / "data" / "test" / "blue").glob("*.jpg"))
+    register_classifier(config, head_file, metadata, {"accuracy": 0.5}, image)
+    with pytest.raises(UnsafeModelError, match="head.keras: refused"):
+        load_classifier(config, f"models:/{config.mlflow.registered_model}/1")
 
 
 @pytest.fixture(scope="module")

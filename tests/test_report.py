@@ -25,7 +25,7 @@ def _artifacts(client, run_id, path):
 
 def test_registered_models_run_holds_the_plots_trial_table_and_model_card(tiny_run):
     client = MlflowClient(tracking_uri(tiny_run.config), registry_uri=tracking_uri(tiny_run.config))
-    champion = client.get_model_version_by_alias("ffx-head", "champion")
+    champion = client.get_model_version_by_alias("ffx-classifier", "champion")
     assert champion.run_id == tiny_run.search.parent_run_id == tiny_run.evaluation.registration.run_id
     assert _artifacts(client, champion.run_id, "evaluation") >= EVALUATION_PLOTS | {"model_card.md"}
     assert _artifacts(client, champion.run_id, "search") == SEARCH_FILES

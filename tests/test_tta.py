@@ -9,7 +9,7 @@ from components.evaluate import class_probabilities, evaluate_head
 from components.extract import extract_all
 from components.features import read_features
 from components.hypermodel import build_head
-from components.predict import Predictor, predict_paths
+from components.serving import ImageClassifier
 
 
 def _head(dim, seed=0):
@@ -47,21 +47,24 @@ def test_evaluation_reports_accuracy_with_and_without_tta(project):
 
 
 def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
+    import pandas as pd
+
+    from components.images import load_rgb
+
     config = load_config(project / "params.yaml")
     backbone = build_backbone(config.backbone, config.root)
     head = _head(backbone.feature_dim)
-    folder = project / "data" / "test" / "red"
-    plain = predict_paths(Predictor(head, backbone, ["blue", "red"], "test"), [folder], 4, 10**8)
-    averaged = predict_paths(Predictor(head, backbone, ["blue", "red"], "test", tta=True), [folder], 4, 10**8)
-    from components.images import load_rgb
-
-    images = np.stack([load_rgb(p.path, 32, 10**8) for p in plain])
+    files = sorted(str(p) for p in (project / "data" / "test" / "red").iterdir())
+    spec = {"class_names": ["blue", "red"], "max_pixels": 10**8, "batch_size": 4}
+    frame = pd.DataFrame({"path": files})
+    plain = ImageClassifier(head, backbone, dict(spec, tta=False)).predict_frame(frame)
+    averaged = ImageClassifier(head, backbone, dict(spec, tta=True)).predict_frame(frame)
+    images = np.stack([load_rgb(f, 32, 10**8) for f in files])
     expected = (class_probabilities(head, backbone.features(images))
                 + class_probabilities(head, backbone.features(flip_images(images)))) / 2
-    got = np.array([[p.probabilities["blue"], p.probabilities["red"]] for p in averaged])
+    got = averaged[["p_blue", "p_red"]].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    assert [p.path for p in averaged] == [p.path for p in plain]
-    assert not np.allclose(got, [[p.probabilities["blue"], p.probabilities["red"]] for p in plain])
+    assert not np.allclose(got, plain[["p_blue", "p_red"]].to_numpy())
 
 
 def test_evaluate_stage_scores_with_tta_and_writes_both_accuracies(project):

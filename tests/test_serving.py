@@ -1,0 +1,149 @@
+"""The registered end-to-end classifier: image bytes or files in, class and probabilities out, the same through
+`mlflow.pyfunc.load_model`, `ffx predict` and `mlflow models serve`."""
+import base64
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+
+from components.config import tracking_uri
+from components.evaluate import class_probabilities
+from components.features import read_features
+from components.registry import head_paths, load_head
+from conftest import free_port, wait_for_http
+
+BIN = Path(sys.executable).parent
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def decompression_bomb(side: int = 10_000) -> bytes:
+    """A real PNG of side x side black pixels (100 megapixels by default) in about 100 KB."""
+    rows = zlib.compress(b"\0" * ((side + 1) * side), 9)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b""))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+BAD_VALUES = {  # what a client may send in the `image` column, and the reason the answer must give
+    "not base64": ("this is not base64!", "not base64"),
+    "not an image": (_b64(b"just some text, no picture"), "not an image"),
+    "empty": ("", "empty value"),
+    "decompression bomb": (_b64(decompression_bomb()), "decompression bomb"),
+}
+
+
+@pytest.fixture(scope="module")
+def champion(tiny_run):
+    """The tiny run's registered champion, loaded as any Python user would."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(tiny_run.config))
+    mlflow.set_registry_uri(tracking_uri(tiny_run.config))
+    return mlflow.pyfunc.load_model(f"models:/{tiny_run.config.mlflow.registered_model}@champion")
+
+
+def _test_images(tiny_run, count: int):
+    test = read_features(tiny_run.config.features.path("test"))
+    return test, [tiny_run.config.data.root / p for p in test.paths[:count]]
+
+
+def test_champion_takes_image_bytes_or_paths_and_agrees_with_the_head_on_stored_features(tiny_run, champion):
+    test, files = _test_images(tiny_run, 5)
+    by_bytes = champion.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+    by_base64 = champion.predict(pd.DataFrame({"image": [_b64(f.read_bytes()) for f in files]}))
+    by_path = champion.predict(pd.DataFrame({"path": [str(f) for f in files]}))
+    names = test.class_names
+    assert list(by_bytes.columns) == ["class", "probability", *[f"p_{n}" for n in names]]
+    head, _ = load_head(head_paths(tiny_run.config)[0])
+    expected = class_probabilities(head, test.features[:5])  # what evaluation scored, from extraction's features
+    for out in (by_bytes, by_base64, by_path):
+        np.testing.assert_allclose(out[[f"p_{n}" for n in names]].to_numpy(), expected, atol=1e-5)
+        assert out["class"].tolist() == [names[i] for i in expected.argmax(axis=1)]
+        np.testing.assert_allclose(out["probability"], expected.max(axis=1), atol=1e-5)
+
+
+def test_bad_rows_fail_the_request_naming_each_row_and_reason_or_are_reported(tiny_run, champion):
+    _, (good,) = _test_images(tiny_run, 1)
+    values = [_b64(good.read_bytes())] + [value for value, _ in BAD_VALUES.values()]
+    with pytest.raises(MlflowException) as failure:
+        champion.predict(pd.DataFrame({"image": values}))
+    for row, (_, reason) in enumerate(BAD_VALUES.values(), start=1):
+        assert f"row {row}: {reason}" in failure.value.message
+    reported = champion.predict(pd.DataFrame({"image": values}), params={"on_bad_image": "report"})
+    assert len(reported) == len(values) and isinstance(reported["class"][0], str)
+    assert [str(e).split(" (")[0].split(":")[0] for e in reported["error"][1:]] == [
+        reason for _, reason in BAD_VALUES.values()]
+    assert reported["class"][1:].isna().all()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tmp_path_factory):
+    """`mlflow models serve` of the champion on 127.0.0.1 and a free port; stopped at the end."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    uri = tracking_uri(tiny_run.config)  # both: other tests leave MLFLOW_REGISTRY_URI set in this process
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri)
+    with log.open("w") as out:
+        server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m",
+                                   f"models:/{tiny_run.config.mlflow.registered_model}@champion",
+                                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                                  cwd=tiny_run.root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/ping", server, timeout=300)
+        except RuntimeError:
+            pytest.fail(f"mlflow models serve did not come up:\n{log.read_text()[-3000:]}")
+        yield f"http://127.0.0.1:{port}/invocations"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _post(url: str, column: str, values: list) -> httpx.Response:
+    return httpx.post(url, json={"dataframe_split": {"columns": [column], "data": [[v] for v in values]}},
+                      timeout=120)
+
+
+@pytest.mark.e2e
+def test_served_champion_answers_a_posted_image_as_ffx_predict_does(tiny_run, served):
+    _, (image,) = _test_images(tiny_run, 1)
+    response = _post(served, "image", [_b64(image.read_bytes())])
+    assert response.status_code == 200, response.text
+    (answer,) = response.json()["predictions"]
+    cli = subprocess.run([str(BIN / "ffx"), "predict", "--json", str(image)], cwd=tiny_run.root,
+                         capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    local = json.loads(cli.stdout)
+    assert answer["class"] == local["class"]
+    assert answer["probability"] == pytest.approx(local["probability"], abs=1e-5)
+    assert "oneDNN" not in cli.stderr and "absl" not in cli.stderr  # TensorFlow's start-up lines only with --debug
+
+
+@pytest.mark.e2e
+def test_server_names_each_bad_row_and_keeps_serving(tiny_run, served):
+    _, (image,) = _test_images(tiny_run, 1)
+    good = _b64(image.read_bytes())
+    for case, (value, reason) in BAD_VALUES.items():
+        response = _post(served, "image", [good, value])
+        assert response.status_code == 400, (case, response.text)
+        assert f"row 1: {reason}" in response.json()["message"], case
+        assert _post(served, "image", [good]).status_code == 200, f"server down after {case}"
+    refused = _post(served, "path", [str(image)])  # the server never opens files its clients name
+    assert refused.status_code == 400 and "column 'path'" in refused.json()["message"]

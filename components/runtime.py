@@ -15,6 +15,7 @@ def quiet_tensorflow(debug: bool = False) -> None:
     if debug:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # ffx prints its own line for what MLflow logs
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices would drown progress lines

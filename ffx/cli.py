@@ -120,9 +120,9 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     """Score the best head on the test split; write metrics, plots and reports/model_card.md; register it in MLflow."""
     import shlex
 
+    config = _config(params, set_)  # first: it imports TensorFlow quietly
     from components.stages import evaluate_stage
 
-    config = _config(params, set_)
     result = evaluate_stage(config, command=shlex.join(["ffx", *sys.argv[1:]]))
     reg = result.registration
     auc = f", ROC AUC {result.metrics['roc_auc']:.4f}" if "roc_auc" in result.metrics else ""
@@ -186,10 +186,11 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 def pipeline(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False,
              as_json: Annotated[bool, typer.Option("--json", help="print the run's summary as JSON")] = False):
     """Run the whole pipeline as a Prefect flow (cached tasks; visible in the Prefect UI)."""
+    started = time.perf_counter()
+    config = _config(params, set_)  # first: it imports TensorFlow quietly
     from flows.pipeline import configured_pipeline
 
-    started = time.perf_counter()
-    flow = configured_pipeline(_config(params, set_))
+    flow = configured_pipeline(config)
     summary = flow(params_file=str(params.resolve()), overrides=list(set_ or []))
     if as_json:
         typer.echo(json.dumps(dict(summary, seconds=time.perf_counter() - started), default=str))
@@ -202,6 +203,7 @@ def pipeline(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 @app.command()
 def serve(params: ParamsOption = Path("params.yaml"), set_: SetOption = None):
     """Serve the `ffx-pipeline` deployment with the schedule from params.yaml (needs `prefect server start`)."""
+    _config(params, set_)  # a params error shows before serving, and TensorFlow is imported quietly
     from flows.pipeline import serve as serve_flow
 
     serve_flow(params, list(set_ or []))

@@ -13,8 +13,6 @@ import numpy as np
 
 from components.errors import FFXError, LockedError
 
-FORMAT_VERSION = 1
-
 
 @dataclass
 class FeatureSet:
@@ -76,10 +74,13 @@ class FeatureWriter:
                 self.file.flush()
 
     @classmethod
-    def for_records(cls, path: Path, key: str, records, feature_dim: int, attrs: dict) -> "FeatureWriter":
-        """A writer with one row per image record (label, relative path, content hash), in order."""
+    def for_rows(cls, path: Path, key: str, rows, feature_dim: int, attrs: dict) -> "FeatureWriter":
+        """A writer for extraction rows (an image record seen through a view), in order: the label, relative path
+        and content hash of each row's image, and with views (`attrs["views"]`) the row's image index."""
+        records = [r.record for r in rows]
         return cls(path, key, np.array([r.label for r in records]), [r.relpath for r in records],
-                   [r.sha1 for r in records], feature_dim, attrs)
+                   [r.sha1 for r in records], feature_dim, attrs,
+                   source=np.array([r.source for r in rows]) if attrs.get("views") else None)
 
     def _open_resumable(self, key: str):
         if not self.partial.exists():
@@ -105,7 +106,6 @@ class FeatureWriter:
         handle.create_dataset("sha1", data=np.array(sha1s, dtype="S40"))
         for name, value in attrs.items():
             handle.attrs[name] = value if isinstance(value, (str, int, float)) else json.dumps(value)
-        handle.attrs["format_version"] = FORMAT_VERSION
         handle.attrs["key"] = key
         handle.attrs["rows_done"] = 0
         handle.flush()

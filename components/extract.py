@@ -185,8 +185,8 @@ def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: P
                                 cached=True)
     with output_lock(out_path), open_feature_cache(cache_dir, backbone.key, backbone.feature_dim) as cache:
         computed = _compute_missing(rows, backbone, cache, batch_size, max_pixels, progress)
-        writer = FeatureWriter.for_rows(out_path, key, rows, backbone.feature_dim,
-                                        feature_attrs(split, backbone, skipped, views))
+        attrs = feature_attrs(split, backbone, skipped, views)
+        writer = FeatureWriter(out_path, key, rows, backbone.feature_dim, attrs)
         try:
             for start in range(writer.rows_done, len(rows), ASSEMBLY_ROWS):
                 chunk = rows[start:start + ASSEMBLY_ROWS]

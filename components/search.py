@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import keras
 import keras_tuner as kt
+from mlflow.entities import Param
 
 from components.config import Config, lower_is_better
 from components.errors import FFXError
@@ -107,8 +108,6 @@ def open_parent_run(config: Config, train: FeatureSet, valid: FeatureSet, joinin
     run, and so does a process `joining` a distributed search; a new search (or one started over by deleting
     tuner.directory) gets a new run.
     """
-    from mlflow.entities import Param
-
     client, experiment_id = setup_mlflow(config)
     project = project_name(config, train.attrs.get("key"), valid.attrs.get("key"))
     found = []
@@ -209,8 +208,6 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
         model = with_standardisation(model, statistics)
     seconds = time.perf_counter() - started
     hps = dict(best.hyperparameters.values)
-    from mlflow.entities import Param
-
     client.log_batch(run_id, params=[Param(f"best.{k}", str(v)) for k, v in hps.items()])
     client.log_metric(run_id, "best_score", float(best.score))
     client.log_metric(run_id, "search_seconds", seconds)

@@ -72,8 +72,8 @@ def extract_shard(config: Config, split: Split, index: int, name: str | None = N
             progress(len(rows))
         return ShardResult(name, index, path, key, len(rows), 0)
     with output_lock(path):
-        writer = FeatureWriter.for_rows(path, key, rows, backbone.feature_dim,
-                                        feature_attrs(split, backbone, {}, split_views(config, name)))
+        writer = FeatureWriter(path, key, rows, backbone.feature_dim,
+                               feature_attrs(split, backbone, {}, split_views(config, name)))
         try:
             start = writer.rows_done
             offset = [start]
@@ -109,8 +109,7 @@ def merge_shards(config: Config, split: Split, shards: list[ShardResult], skippe
     attrs.update(class_names=list(split.class_names), split=split.name, content_hash=split.content_hash,
                  skipped=skipped, shards=len(shards))
     with output_lock(out_path):
-        writer = FeatureWriter.for_rows(out_path, key, rows, pooled_dim(first["feature_shape"], first["pooling"]),
-                                        attrs)
+        writer = FeatureWriter(out_path, key, rows, pooled_dim(first["feature_shape"], first["pooling"]), attrs)
         try:
             row = 0
             for shard in sorted(shards, key=lambda s: s.index):

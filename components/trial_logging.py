@@ -5,6 +5,7 @@ import time
 from typing import Callable
 
 import numpy as np
+from mlflow.entities import Metric, Param
 
 from components.hypermodel import HP_NAMES
 
@@ -41,8 +42,6 @@ class MlflowTrialLogging:
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
-        from mlflow.entities import Param
-
         run_id = self._existing_trial_run(trial.trial_id)  # a trial cut short by a kill is re-run in its own run
         if run_id is None:
             run = self._client.create_run(
@@ -61,8 +60,6 @@ class MlflowTrialLogging:
 
     def run_trial(self, trial, *args, **kwargs):
         histories = super().run_trial(trial, *args, **kwargs)
-        from mlflow.entities import Metric
-
         run_id, _ = self._trial_runs[trial.trial_id]
         now = int(time.time() * 1000)
         metrics = []

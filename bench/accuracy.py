@@ -22,7 +22,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from bench.run import subset_project  # noqa: E402
 
@@ -56,22 +55,19 @@ def log(message: str) -> None:
 def make_config(work: Path, data: Path, weights: str, copies: int, grid: Grid, seed: int = 0,
                 features: str = "features"):
     """A params file over the packaged defaults, everything inside `work`; loaded as the pipeline loads it."""
-    from components.config import DEFAULTS_FILE, load_config
+    from components.config import load_config, write_params
 
-    params = yaml.safe_load(DEFAULTS_FILE.read_text())
-    params["data"]["root"] = str(data)
-    params["backbone"].update(name="vgg16", weights=weights, input_size=150, pooling="flatten", layer="last")
-    params["extract"]["augment"]["copies"] = copies
-    params["features"].update(dir=f"{features}-{weights}", cache_dir="cache")
-    params["predict"]["tta"] = True
-    params["tuner"].update(algorithm="bayesian", max_trials=grid.trials, executions_per_trial=1, seed=seed,
-                           directory="tuner")
-    params["train"].update(epochs=grid.epochs, early_stopping_patience=5)
-    params["mlflow"].update(tracking_uri="sqlite:///mlruns/mlflow.db", artifact_location="mlruns/artifacts",
-                            experiment="accuracy-grid")
-    path = work / f"params-{weights}-{copies}-{seed}.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return load_config(path)
+    return load_config(write_params(work / f"params-{weights}-{copies}-{seed}.yaml", {
+        "data": {"root": str(data)},
+        "backbone": {"name": "vgg16", "weights": weights, "input_size": 150, "pooling": "flatten", "layer": "last"},
+        "extract": {"augment": {"copies": copies}},
+        "features": {"dir": f"{features}-{weights}", "cache_dir": "cache"},
+        "predict": {"tta": True},
+        "tuner": {"algorithm": "bayesian", "max_trials": grid.trials, "executions_per_trial": 1, "seed": seed,
+                  "directory": "tuner"},
+        "train": {"epochs": grid.epochs, "early_stopping_patience": 5},
+        "mlflow": {"tracking_uri": "sqlite:///mlruns/mlflow.db", "artifact_location": "mlruns/artifacts",
+                   "experiment": "accuracy-grid"}}))
 
 
 def extract(work: Path, data: Path, weights: str, grid: Grid) -> dict:
@@ -108,7 +104,7 @@ def pooled(features, pooling: str, shape: tuple[int, ...]):
 def run_cell(work: Path, data: Path, weights: str, pooling: str, copies: int, seed: int, grid: Grid) -> dict:
     from components.evaluate import evaluate_head
     from components.features import read_features
-    from components.tune import run_search
+    from components.search import run_search
 
     config = make_config(work, data, weights, copies, grid, seed,
                          features=f"features-aug{copies}" if copies else "features")

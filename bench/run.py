@@ -22,7 +22,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO.parent / "shared" / "datasets" / "faces"
@@ -100,17 +99,12 @@ def subset_project(source: Path, folder: Path, per_class: int) -> Path:
 
 
 def write_bench_params(folder: Path, data_root: Path, backbone: dict, sizes: Sizes, batch_size: int) -> Path:
-    from components.config import DEFAULTS_FILE
+    from components.config import write_params
 
-    params = yaml.safe_load(DEFAULTS_FILE.read_text())
-    params["data"]["root"] = str(data_root)
-    params["backbone"].update(backbone)
-    params["extract"]["batch_size"] = batch_size
-    params["tuner"].update(algorithm="random", max_trials=sizes.search_trials, executions_per_trial=1)
-    params["train"].update(epochs=5, batch_size=sizes.head_batch_size)
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_params(folder / "params.yaml", {
+        "data": {"root": str(data_root)}, "backbone": backbone, "extract": {"batch_size": batch_size},
+        "tuner": {"algorithm": "random", "max_trials": sizes.search_trials, "executions_per_trial": 1},
+        "train": {"epochs": 5, "batch_size": sizes.head_batch_size}})
 
 
 # ---------------------------------------------------------------------------------------------- extraction
@@ -204,7 +198,7 @@ def head_data(config, rows: int, valid_rows: int, work: Path):
     import h5py
 
     from components.features import FeatureSet
-    from components.stages import load_split_features
+    from components.extract import load_split_features
 
     def repeated(data: FeatureSet, count: int) -> FeatureSet:
         if count <= len(data.labels):
@@ -227,8 +221,6 @@ def head_data(config, rows: int, valid_rows: int, work: Path):
 def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> dict:
     """Same head (Dense 64 relu, Dropout 0.5, sigmoid, RMSprop) and data: the recipe's HDF5 generator fit vs
     the tuner path (cached in-memory tf.data, steps_per_execution), epoch time and a whole trial."""
-    import dataclasses
-
     import keras
 
     from bench.baseline import baseline_fit
@@ -249,7 +241,7 @@ def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> di
     def project_epochs() -> tuple[float, list[float]]:
         import keras_tuner as kt
 
-        train_config = dataclasses.replace(config.train, early_stopping_patience=0)
+        train_config = config.train.model_copy(update={"early_stopping_patience": 0})
         hypermodel = HeadHyperModel(config.space, train_config, dim, classes,
                                     steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
         hp = kt.HyperParameters()
@@ -320,18 +312,16 @@ def head_step_limit(config, train, statistics, epochs: int) -> float:
 
 def bench_trial(config, train, valid, epochs: int, work: Path, baseline_trial_s: float) -> dict:
     """One real tuner trial (KerasTuner + MLflow run) of the same head; then the same with early stopping."""
-    import dataclasses
-
-    from components.tune import run_search
+    from components.search import run_search
 
     out = {}
     for label, patience in (("trial", 0), ("trial_early_stopping", config.train.early_stopping_patience)):
-        trial_config = dataclasses.replace(
-            config,
-            tuner=dataclasses.replace(config.tuner, max_trials=1, executions_per_trial=1,
-                                      directory=work / f"tuner-{label}"),
-            train=dataclasses.replace(config.train, epochs=epochs, early_stopping_patience=patience),
-            space=dataclasses.replace(config.space, units=[64], dropout_min=0.5, dropout_max=0.5, extra_units=[]))
+        trial_config = config.model_copy(update={
+            "tuner": config.tuner.model_copy(update={"max_trials": 1, "executions_per_trial": 1,
+                                                      "directory": work / f"tuner-{label}"}),
+            "train": config.train.model_copy(update={"epochs": epochs, "early_stopping_patience": patience}),
+            "space": config.space.model_copy(update={"units": [64], "dropout_min": 0.5, "dropout_max": 0.5,
+                                                      "extra_units": []})})
         seen: list[dict] = []
         run_search(trial_config, train, valid, seen.append)
         out[f"ffx_{label}_s"] = float(seen[-1]["trial_seconds"])
@@ -425,10 +415,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", type=json.loads, default=None, help=argparse.SUPPRESS)  # tests: tiny sizes
     args = parser.parse_args(argv)
     sizes = Sizes(**{**asdict(QUICK if args.quick else FULL), **(args.sizes or {})})
-    backbone = {"name": args.backbone, "weights": args.weights, "input_size": args.input_size, "seed": 0}
-
     from components.backbone import build_backbone, cpu_supports_bfloat16
-    from components.config import BackboneConfig
+    from components.config import BackboneConfig, default_params
+
+    backbone = {**default_params()["backbone"], "name": args.backbone, "weights": args.weights,
+                "input_size": args.input_size, "seed": 0}
     from components.files import write_json_atomic
 
     started = time.perf_counter()

@@ -20,7 +20,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import yaml  # noqa: E402
 
 from bench.run import subset_project  # noqa: E402
 
@@ -40,16 +39,10 @@ def dataset(work: Path, per_class: int) -> Path:
 
 
 def write_params(work: Path, **sections) -> Path:
-    from components.config import DEFAULTS_FILE
+    from components.config import write_params as write_complete_params
 
-    params = yaml.safe_load(DEFAULTS_FILE.read_text())
-    params["data"]["root"] = "data"
-    params["backbone"].update(name="vgg19", weights="none", input_size=150)
-    for section, values in sections.items():
-        params[section].update(values)
-    path = work / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_complete_params(work / "params.yaml", {
+        "data": {"root": "data"}, "backbone": {"name": "vgg19", "weights": "none", "input_size": 150}}, sections)
 
 
 def _one_thread_shard(params_file: str, split_name: str, index: int) -> int:

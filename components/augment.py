@@ -82,12 +82,6 @@ def augmented_views(image_sha1: str, augment: AugmentConfig) -> list[View]:
     return views
 
 
-def augment_identity(augment: AugmentConfig) -> dict:
-    """What decides the train views: part of the train features' key and attributes."""
-    return {"copies": augment.copies, "seed": augment.seed, "flip": augment.flip, "crop": augment.crop,
-            "brightness": augment.brightness, "contrast": augment.contrast}
-
-
 def flip_images(images: np.ndarray) -> np.ndarray:
     """A batch (N, S, S, 3) mirrored left-right: the test-time augmentation view."""
     return np.ascontiguousarray(images[:, :, ::-1])

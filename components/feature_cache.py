@@ -25,9 +25,6 @@ class FeatureCache:
     def __contains__(self, sha1: str) -> bool:
         return sha1 in self._index
 
-    def __len__(self) -> int:
-        return len(self._index)
-
     def add(self, sha1s: list[str], features: np.ndarray) -> None:
         """Append rows and flush; the row count attribute moves last, so a torn write is ignored on reopen."""
         start = int(self._file.attrs["rows"])

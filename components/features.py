@@ -13,8 +13,6 @@ import numpy as np
 
 from components.errors import FFXError, LockedError
 
-FORMAT_VERSION = 1
-
 
 @dataclass
 class FeatureSet:
@@ -63,23 +61,15 @@ class FeatureWriter:
     crash continues from the last flushed row instead of starting over.
     """
 
-    def __init__(self, path: Path, key: str, labels: np.ndarray, paths: list[str], sha1s: list[str],
-                 feature_dim: int, attrs: dict, source: np.ndarray | None = None):
+    def __init__(self, path: Path, key: str, rows, feature_dim: int, attrs: dict):
+        """`rows`: extraction rows (an image record seen through a view), in order; the file holds each one's
+        label, relative path and image hash, and with views (`attrs["views"]`) its image's index (`source`)."""
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        self.count = len(paths)
+        self.count = len(rows)
         self.file = self._open_resumable(key)
         if self.file is None:
-            self.file = self._create(key, labels, paths, sha1s, feature_dim, attrs)
-            if source is not None:  # views of the images: which image each row shows
-                self.file.create_dataset("source", data=np.asarray(source, dtype=np.int64))
-                self.file.flush()
-
-    @classmethod
-    def for_records(cls, path: Path, key: str, records, feature_dim: int, attrs: dict) -> "FeatureWriter":
-        """A writer with one row per image record (label, relative path, content hash), in order."""
-        return cls(path, key, np.array([r.label for r in records]), [r.relpath for r in records],
-                   [r.sha1 for r in records], feature_dim, attrs)
+            self.file = self._create(key, rows, feature_dim, attrs)
 
     def _open_resumable(self, key: str):
         if not self.partial.exists():
@@ -94,18 +84,21 @@ class FeatureWriter:
         self.partial.unlink()
         return None
 
-    def _create(self, key, labels, paths, sha1s, feature_dim, attrs):
+    def _create(self, key, rows, feature_dim, attrs):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = h5py.File(self.partial, "w")
         chunk_rows = max(1, min(self.count, max(1, (4 << 20) // (4 * feature_dim))))
         handle.create_dataset("features", shape=(self.count, feature_dim), dtype="float32",
                               chunks=(chunk_rows, feature_dim) if self.count else None)
-        handle.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-        handle.create_dataset("paths", data=np.array(paths, dtype=object), dtype=h5py.string_dtype())
-        handle.create_dataset("sha1", data=np.array(sha1s, dtype="S40"))
+        records = [r.record for r in rows]
+        handle.create_dataset("labels", data=np.array([r.label for r in records], dtype=np.int64))
+        handle.create_dataset("paths", data=np.array([r.relpath for r in records], dtype=object),
+                              dtype=h5py.string_dtype())
+        handle.create_dataset("sha1", data=np.array([r.sha1 for r in records], dtype="S40"))
+        if attrs.get("views"):  # views of the images: which image each row shows
+            handle.create_dataset("source", data=np.array([r.source for r in rows], dtype=np.int64))
         for name, value in attrs.items():
             handle.attrs[name] = value if isinstance(value, (str, int, float)) else json.dumps(value)
-        handle.attrs["format_version"] = FORMAT_VERSION
         handle.attrs["key"] = key
         handle.attrs["rows_done"] = 0
         handle.flush()

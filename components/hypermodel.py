@@ -10,7 +10,7 @@ import keras_tuner as kt
 import numpy as np
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 
-from components.config import SpaceConfig, TrainConfig
+from components.config import SpaceConfig, TrainConfig, lower_is_better
 from components.features import FeatureSet
 
 HP_NAMES = ("units", "dropout", "extra_units")  # every trial run logs all of them ("inactive" when unused)
@@ -28,11 +28,6 @@ def feature_statistics(train: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
     variance = features.var(axis=0)
     floor = max(1e-6, 1e-4 * float(variance.mean()))
     return mean.astype(np.float32), np.maximum(variance, floor).astype(np.float32)
-
-
-def check_space(space: SpaceConfig) -> list[int]:
-    """First-layer sizes under which the extra layer is offered."""
-    return [u for u in space.units if u in space.extra_when_units] if space.extra_units else []
 
 
 class HeadHyperModel(kt.HyperModel):
@@ -54,7 +49,7 @@ class HeadHyperModel(kt.HyperModel):
         space = self.space
         units = hp.Choice("units", space.units)
         dropout = hp.Float("dropout", space.dropout_min, space.dropout_max, step=space.dropout_step)
-        extra_when = check_space(space)
+        extra_when = space.extra_layer_under
         extra_units = 0
         if extra_when:
             with hp.conditional_scope("units", extra_when):
@@ -147,7 +142,7 @@ def early_stopping(objective: str, patience: int) -> list[keras.callbacks.Callba
     """
     if patience <= 0:
         return []
-    mode = "min" if objective.endswith("loss") else "max"
+    mode = "min" if lower_is_better(objective) else "max"
     return [keras.callbacks.EarlyStopping(monitor=objective, mode=mode, patience=patience)]
 
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from components.files import atomic_path
 
 FIGSIZE = (10, 6.25)  # inches; at DPI 100 a 1000x625 PNG, readable on a laptop screen without zooming
 DPI = 100
@@ -27,69 +28,62 @@ def _pyplot():
 def save_figure(figure, path: Path) -> Path:
     """Write `figure` as PNG via a temp file in the same folder + rename, then free it."""
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        figure.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=DPI, format="png")
     finally:
         plt.close(figure)
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
-def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.eye(num_classes, dtype=int)[labels]
+def _message_png(path: Path, message: str, title: str = "") -> Path:
+    """A figure that says why there is nothing to draw."""
+    figure, ax = _pyplot().subplots(figsize=FIGSIZE, layout="constrained")
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=16)
+    figure.suptitle(title)
+    return save_figure(figure, path)
 
 
 def _curve_targets(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]):
-    """(name, 0/1 truth, score) per curve: the positive class for two classes, one-vs-rest otherwise."""
-    if len(class_names) == 2:
-        return [(class_names[1], (labels == 1).astype(int), probabilities[:, 1])]
-    truth = _one_hot(labels, len(class_names))
-    return [(name, truth[:, i], probabilities[:, i]) for i, name in enumerate(class_names)]
+    """(name, 0/1 truth, score) per curve: the positive class for two classes, one-vs-rest otherwise; a class
+    absent from the test split has no curve."""
+    picked = [1] if len(class_names) == 2 else range(len(class_names))
+    targets = [(class_names[i], (labels == i).astype(int), probabilities[:, i]) for i in picked]
+    return [(name, truth, score) for name, truth, score in targets if truth.min() != truth.max()]
+
+
+def _curve_title(title: str, class_names: Sequence[str]) -> str:
+    return title + (" (one vs rest)" if len(class_names) > 2 else f" (positive class: {class_names[1]})")
 
 
 def confusion_matrix_png(path: Path, matrix, class_names: Sequence[str]) -> Path:
     """Counts and row-normalised (recall per true class) side by side."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     plt = _pyplot()
     counts = np.asarray(matrix, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     figure, axes = plt.subplots(1, 2, figsize=FIGSIZE, layout="constrained")
-    for ax, values, title, fmt in ((axes[0], counts, "Counts", "{:.0f}"),
-                                   (axes[1], normalised, "Normalised by true class", "{:.2f}")):
-        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
-        ticks = range(len(class_names))
-        ax.set_xticks(ticks, class_names, rotation=45 if len(class_names) > 4 else 0, ha="right"
-                      if len(class_names) > 4 else "center")
-        ax.set_yticks(ticks, class_names)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
+    for ax, values, title, fmt in ((axes[0], counts, "Counts", ".0f"),
+                                   (axes[1], normalised, "Normalised by true class", ".2f")):
+        ConfusionMatrixDisplay(values, display_labels=list(class_names)).plot(
+            ax=ax, cmap="Blues", values_format=fmt, xticks_rotation=45 if len(class_names) > 4 else "horizontal",
+            im_kw={"vmin": 0}, colorbar=True)
         ax.set_title(title)
-        threshold = values.max() / 2
-        for (i, j), value in np.ndenumerate(values):
-            ax.text(j, i, fmt.format(value), ha="center", va="center",
-                    color="white" if value > threshold else "black")
-        figure.colorbar(image, ax=ax, shrink=0.8)
     figure.suptitle(f"Confusion matrix on the test split ({int(counts.sum())} images)")
     return save_figure(figure, path)
 
 
 def roc_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
-    from sklearn.metrics import auc, roc_curve
+    from sklearn.metrics import RocCurveDisplay
 
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    for name, truth, score in _curve_targets(labels, probabilities, class_names):
-        if truth.min() == truth.max():
-            continue  # a class absent from the test split has no curve
-        fpr, tpr, _ = roc_curve(truth, score)
-        ax.plot(fpr, tpr, linewidth=2, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate")
-    ax.set_title("ROC curve" + (" (one vs rest)" if len(class_names) > 2 else f" (positive class: {class_names[1]})"))
+    for index, (name, truth, score) in enumerate(_curve_targets(labels, probabilities, class_names)):
+        RocCurveDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=index == 0)
+    ax.set_title(_curve_title("ROC curve", class_names))
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     return save_figure(figure, path)
@@ -97,19 +91,14 @@ def roc_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, class_nam
 
 def precision_recall_png(path: Path, labels: np.ndarray, probabilities: np.ndarray,
                          class_names: Sequence[str]) -> Path:
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import PrecisionRecallDisplay
 
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     for name, truth, score in _curve_targets(labels, probabilities, class_names):
-        if truth.max() == 0:
-            continue
-        precision, recall, _ = precision_recall_curve(truth, score)
-        ax.plot(recall, precision, linewidth=2, drawstyle="steps-post",
-                label=f"{name} (AP {average_precision_score(truth, score):.3f}, base rate {truth.mean():.2f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
-    ax.set_title("Precision-recall curve" + (" (one vs rest)" if len(class_names) > 2
-                                             else f" (positive class: {class_names[1]})"))
+        # With its chance level: the class's base rate, what a classifier guessing at random reaches.
+        PrecisionRecallDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=True)
+    ax.set_title(_curve_title("Precision-recall curve", class_names))
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     return save_figure(figure, path)
@@ -117,21 +106,19 @@ def precision_recall_png(path: Path, labels: np.ndarray, probabilities: np.ndarr
 
 def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> Path:
     """Reliability of the predicted class's probability: accuracy per confidence bin, with bin sizes below."""
+    from sklearn.calibration import CalibrationDisplay
+
     plt = _pyplot()
     confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
+    correct = (probabilities.argmax(axis=1) == labels).astype(int)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     counts = np.bincount(which, minlength=bins)
-    filled = counts > 0
-    mean_confidence = np.bincount(which, confidence, bins)[filled] / counts[filled]
-    accuracy = np.bincount(which, correct.astype(float), bins)[filled] / counts[filled]
-    gap = float(np.sum(counts[filled] * np.abs(accuracy - mean_confidence)) / max(len(labels), 1))
+    gap = float(np.abs(np.bincount(which, correct - confidence, bins)).sum() / max(len(labels), 1))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=FIGSIZE, height_ratios=(3, 1), sharex=True,
                                          layout="constrained")
-    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
-    top.plot(mean_confidence, accuracy, marker="o", linewidth=2, label="model")
-    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy in bin")
+    CalibrationDisplay.from_predictions(correct, confidence, n_bins=bins, name="model", ax=top)
+    top.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="", ylabel="accuracy in bin")
     top.set_title(f"Calibration of the predicted class's probability (expected calibration error {gap:.3f})")
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
@@ -148,11 +135,7 @@ def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: 
     plt = _pyplot()
     count = len(images)
     if count == 0:
-        figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-        ax.axis("off")
-        ax.text(0.5, 0.5, "No misclassified test images", ha="center", va="center", fontsize=16)
-        figure.suptitle("Most confidently wrong test images")
-        return save_figure(figure, path)
+        return _message_png(path, "No misclassified test images", "Most confidently wrong test images")
     columns = min(count, 6)
     rows = math.ceil(count / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(FIGSIZE[0], max(3.2, 2.9 * rows)), squeeze=False,
@@ -220,12 +203,10 @@ def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Seque
     from matplotlib import cm, colors
 
     scored = [t for t in trials if t.get("score") is not None]
+    if not scored:
+        return _message_png(path, "No completed trial to compare")
     figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     columns = [*hp_names, objective]
-    if not scored:
-        ax.axis("off")
-        ax.text(0.5, 0.5, "No completed trial to compare", ha="center", va="center", fontsize=16)
-        return save_figure(figure, path)
     scores = np.array([t["score"] for t in scored], dtype=float)
     axes_positions = [_axis_positions([t["params"].get(name, INACTIVE) for t in scored]) for name in hp_names]
     axes_positions.append(_axis_positions(scores.tolist(), categories_up_to=0))
@@ -260,11 +241,7 @@ def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective
     numbers = np.arange(1, len(scores) + 1)
     done = np.array([s is not None for s in scores], dtype=bool)
     values = np.array([np.nan if s is None else s for s in scores], dtype=float)
-    best, running = [], None
-    for value in values:
-        if not np.isnan(value) and (running is None or (value > running if maximise else value < running)):
-            running = value
-        best.append(np.nan if running is None else running)
+    best = (np.fmax if maximise else np.fmin).accumulate(values)  # NaN (failed) only until a first score
     ax.scatter(numbers[done], values[done], s=40, zorder=3, label="trial")
     ax.step(numbers, best, where="post", color="tab:orange", linewidth=2, label="best so far")
     if (~done).any():

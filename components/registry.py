@@ -7,17 +7,15 @@ versions of the same backbone share one copy, and any machine that reaches the t
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import BackboneConfig, Config
+from components.config import BackboneConfig, Config, lower_is_better
 from components.errors import FFXError, ModelNotFoundError, UnsafeModelError
-from components.files import write_json_atomic
+from components.files import atomic_path, content_key, file_sha1, write_json_atomic
 from components.tracking import setup_mlflow
 
 HEAD_FILE = "head.keras"
@@ -25,6 +23,11 @@ METADATA_FILE = "head.json"
 MODEL_NAME = "classifier"             # the logged model's name inside the run
 WEIGHTS_KIND = "backbone-weights"     # ffx_kind tag of the runs holding shared backbone weights
 MODEL_CODE = Path(__file__).with_name("classifier_model.py")  # MLflow "models from code" entry
+# The package files a registered model carries, so that it runs where only its requirements are installed: the
+# import closure of classifier_model.py (tests/test_dvc_contract.py checks it), not the whole package.
+MODEL_FILES = ("__init__.py", "augment.py", "backbone.py", "classifier_model.py", "config.py", "defaults.yaml",
+               "errors.py", "evaluate.py", "features.py", "files.py", "images.py", "registry.py", "serving.py",
+               "tracking.py")
 # What the served model imports, pinned to the versions that trained it.
 SERVING_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "pillow", "h5py", "pyyaml", "pydantic")
 
@@ -36,10 +39,8 @@ def head_paths(config: Config) -> tuple[Path, Path]:
 def save_head(model, metadata: dict, config: Config) -> Path:
     """Save the head and the metadata prediction needs (classes, backbone) via temp files and rename."""
     model_path, metadata_path = head_paths(config)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = model_path.with_name(f".{os.getpid()}.{HEAD_FILE}")  # keras wants the .keras suffix
-    model.save(tmp)
-    os.replace(tmp, model_path)
+    with atomic_path(model_path) as tmp:  # keeps the .keras suffix Keras wants
+        model.save(tmp)
     write_json_atomic(metadata_path, metadata)
     return model_path
 
@@ -74,14 +75,6 @@ def load_keras_safely(path: Path):
         raise ModelNotFoundError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0]})") from None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def share_backbone_weights(config: Config, client, experiment_id: str, metadata: dict) -> dict:
     """The URI, SHA-256 and size of the backbone's weights in the tracking store, logged on first use.
 
@@ -89,7 +82,7 @@ def share_backbone_weights(config: Config, client, experiment_id: str, metadata:
     the weights are used, not what they are), so every model of that backbone shares the one copy.
     """
     spec = metadata["backbone"]
-    key = hashlib.sha256(json.dumps([spec["name"], metadata["weights_id"]]).encode()).hexdigest()[:16]
+    key = content_key([spec["name"], metadata["weights_id"]])[:16]
     found = client.search_runs([experiment_id], f"tags.ffx_kind = '{WEIGHTS_KIND}' and tags.ffx_weights_key = "
                                                 f"'{key}' and attributes.status = 'FINISHED'", max_results=1)
     if found:
@@ -111,7 +104,7 @@ def share_backbone_weights(config: Config, client, experiment_id: str, metadata:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{spec['name']}.weights.h5"
         backbone.model.save_weights(path)
-        weights = {"uri": f"runs:/{run_id}/backbone/{path.name}", "sha256": file_sha256(path),
+        weights = {"uri": f"runs:/{run_id}/backbone/{path.name}", "sha256": file_sha1(path, "sha256"),
                    "bytes": path.stat().st_size}
         client.log_artifact(run_id, str(path), "backbone")
     for name, value in weights.items():
@@ -130,7 +123,7 @@ def fetch_backbone_weights(weights: dict) -> Path:
     except (MlflowException, OSError) as exc:
         raise ModelNotFoundError(f"backbone weights {weights['uri']}: cannot be read from the tracking store "
                                  f"({str(exc).splitlines()[0]}); was the run holding them deleted?") from None
-    if file_sha256(path) != weights["sha256"]:
+    if file_sha1(path, "sha256") != weights["sha256"]:
         raise ModelNotFoundError(f"backbone weights {weights['uri']}: SHA-256 differs from the one registered "
                                  f"with the model ({weights['sha256'][:12]}…); the file was changed")
     return path
@@ -155,9 +148,10 @@ def _requirements() -> list[str]:
 
 
 def _copy_code(folder: Path) -> Path:
-    """This package's sources, without caches: they travel with the model, so it runs without ffx installed."""
     target = folder / "components"
-    shutil.copytree(Path(__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    target.mkdir()
+    for name in MODEL_FILES:
+        shutil.copy2(Path(__file__).with_name(name), target / name)
     return target
 
 
@@ -165,12 +159,12 @@ def comparison_score(config: Config, metadata: dict, test_metrics: dict) -> tupl
     """(tag name, score, lower is better) used to decide champion vs challenger."""
     if config.registry.compare_split == "valid":
         objective = metadata["search"]["objective"]
-        return f"valid_{objective}", float(metadata["search"]["score"]), objective.endswith("loss")
+        return f"valid_{objective}", float(metadata["search"]["score"]), lower_is_better(objective)
     metric = config.registry.compare_metric
     if metric not in test_metrics:
         raise FFXError(f"params: 'registry.compare_metric' {metric} is not among the test metrics "
                        f"({', '.join(k for k, v in test_metrics.items() if isinstance(v, float))})")
-    return f"test_{metric}", float(test_metrics[metric]), metric == "loss"
+    return f"test_{metric}", float(test_metrics[metric]), lower_is_better(metric)
 
 
 def register_classifier(config: Config, head_file: Path, metadata: dict, test_metrics: dict, example_image: Path,
@@ -185,7 +179,7 @@ def register_classifier(config: Config, head_file: Path, metadata: dict, test_me
     client, experiment_id = setup_mlflow(config)
     name, alias = config.mlflow.registered_model, config.registry.alias
     run_id = metadata["search"]["parent_run_id"]
-    score_tag, score, lower_is_better = comparison_score(config, metadata, test_metrics)
+    score_tag, score, lower_wins = comparison_score(config, metadata, test_metrics)
     flat = {f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, (int, float))}
     weights = share_backbone_weights(config, client, experiment_id, metadata)
     spec = spec_for(metadata, config.predict.tta, config.data.max_pixels, config.predict.batch_size, weights)
@@ -212,7 +206,7 @@ def register_classifier(config: Config, head_file: Path, metadata: dict, test_me
     except MlflowException:
         champion, champion_score = None, None
     promoted = config.registry.promote == "always" or champion_score is None or (
-        score < champion_score if lower_is_better else score > champion_score)
+        score < champion_score if lower_wins else score > champion_score)
     decision = (f"{'promoted' if promoted else 'kept champion'}: version {version} {score_tag} {score:.4f} vs "
                 f"champion {'none' if champion_score is None else f'v{champion.version} {champion_score:.4f}'} "
                 f"(promote: {config.registry.promote})")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.config import Config, tracking_uri
+from components.config import Config, lower_is_better, sqlite_path, tracking_uri
 from components.errors import FFXError
 from components.files import write_text_atomic
 
@@ -41,12 +41,13 @@ class Search:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def store_client(config: Config, must_exist: bool = True):
+def store_client(config: Config):
     """(client, experiment_id) for reading; refuses a store or experiment that is not there instead of making one."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(config)
-    if must_exist and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    database = sqlite_path(uri)
+    if database and not database.is_file():
         raise FFXError(f"{uri}: no MLflow store here yet (mlflow.tracking_uri); run `ffx tune` first")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
@@ -101,8 +102,7 @@ def top_trials(trials: list[Trial], maximise: bool, count: int) -> list[Trial]:
 
 
 def maximises(objective: str | None) -> bool:
-    """KerasTuner's rule, as in components.tune.objective: losses are minimised."""
-    return not (objective or "").endswith("loss")
+    return not lower_is_better(objective or "")
 
 
 def metric_histories(client, run_id: str, names=HISTORY_METRICS) -> dict[str, list[float]]:

@@ -1,19 +1,19 @@
-"""Sharded extraction: a split cut into fixed-size shards that any worker can extract into its own HDF5 file,
-then merged in order into the same split file a single-process extraction writes."""
+"""Sharded extraction: a feature file cut into fixed-size shards of rows that any worker can extract into its own
+HDF5 file, then merged in order into the same file a single-process extraction writes."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from components.backbone import Backbone, build_backbone
-from components.config import Config
+from components.backbone import Backbone, build_backbone, pooled_dim
+from components.config import SHARDS_DIR, Config
 from components.dataset import Split
-from components.extract import (ASSEMBLY_ROWS, ExtractionResult, extraction_key, feature_attrs, output_is_current,
-                                run_backbone)
+from components.extract import (ASSEMBLY_ROWS, EXTRACTION_CODE_VERSION, ExtractionPlan, ExtractionResult, Progress,
+                                Row, extraction_key, feature_attrs, output_is_current, run_backbone, source_split,
+                                split_rows, split_views)
 from components.features import FeatureWriter, output_lock, read_attrs, read_features
+from components.files import content_key
 
 
 @dataclass
@@ -30,16 +30,20 @@ def shard_ranges(count: int, shard_size: int) -> list[range]:
     return [range(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
 
 
-def shard_of(split: Split, rows: range) -> Split:
-    return Split(split.name, split.root, split.class_names, split.records[rows.start:rows.stop])
+def shard_rows(config: Config, split: Split, name: str | None = None) -> list[list[Row]]:
+    """The rows of feature file `name` (default: the split's own), cut into extract.shard_size shards."""
+    rows = split_rows(split, split_views(config, name or split.name))
+    return [rows[r.start:r.stop] for r in shard_ranges(len(rows), config.extract.shard_size)]
 
 
-def shard_path(config: Config, split: str, index: int) -> Path:
-    return config.features.dir / "shards" / f"{split}-{index:05d}.h5"
+def shard_path(config: Config, name: str, index: int) -> Path:
+    return config.features.dir / SHARDS_DIR / f"{name}-{index:05d}.h5"
 
 
-def shard_key(split: Split, index: int, backbone_identity: dict) -> str:
-    return extraction_key(split, dict(backbone_identity, shard=index))
+def shard_key(rows: list[Row], index: int, backbone_identity: dict) -> str:
+    """Identity of a shard file: its rows (image, label, view), the backbone settings, its place."""
+    return content_key({"rows": [(r.record.relpath, r.record.label, r.key) for r in rows], "shard": index,
+                        "backbone": backbone_identity, "code": EXTRACTION_CODE_VERSION})
 
 
 _BACKBONES: dict = {}
@@ -54,18 +58,22 @@ def worker_backbone(config: Config) -> Backbone:
     return _BACKBONES[key]
 
 
-def extract_shard(config: Config, split: Split, index: int, backbone: Backbone | None = None) -> ShardResult:
-    """Write one shard's features (resuming a partial shard, skipping a finished one)."""
-    rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
-    shard = shard_of(split, rows)
-    path = shard_path(config, split.name, index)
+def extract_shard(config: Config, split: Split, index: int, name: str | None = None, backbone: Backbone | None = None,
+                  progress: Progress | None = None) -> ShardResult:
+    """Write one shard of feature file `name` (default: the split's own), resuming a partial shard, skipping a
+    finished one."""
+    name = name or split.name
+    rows = shard_rows(config, split, name)[index]
+    path = shard_path(config, name, index)
     backbone = backbone or worker_backbone(config)
-    key = shard_key(shard, index, backbone.identity)
+    key = shard_key(rows, index, backbone.identity)
     if output_is_current(path, key):
-        return ShardResult(split.name, index, path, key, len(shard.records), 0)
-    records = shard.records
+        if progress:
+            progress(len(rows))
+        return ShardResult(name, index, path, key, len(rows), 0)
     with output_lock(path):
-        writer = FeatureWriter.for_records(path, key, records, backbone.feature_dim, feature_attrs(shard, backbone, {}))
+        writer = FeatureWriter(path, key, rows, backbone.feature_dim,
+                               feature_attrs(split, backbone, {}, split_views(config, name)))
         try:
             start = writer.rows_done
             offset = [start]
@@ -74,30 +82,34 @@ def extract_shard(config: Config, split: Split, index: int, backbone: Backbone |
                 writer.write(offset[0], features)
                 offset[0] += len(batch)
 
-            run_backbone(records[start:], backbone, config.extract.batch_size, config.data.max_pixels, sink)
+            if progress:
+                progress(start)
+            run_backbone(rows[start:], backbone, config.extract.batch_size, config.data.max_pixels, sink, progress)
             writer.finish()
         finally:
             writer.close()
-    return ShardResult(split.name, index, path, key, len(records), len(records) - start)
+    return ShardResult(name, index, path, key, len(rows), len(rows) - start)
 
 
-def merge_shards(config: Config, split: Split, shards: list[ShardResult], skipped: dict[str, str]) -> ExtractionResult:
-    """Concatenate shard files, in shard order, into the split's feature file."""
+def merge_shards(config: Config, split: Split, shards: list[ShardResult], skipped: dict[str, str],
+                 name: str | None = None) -> ExtractionResult:
+    """Concatenate shard files, in shard order, into feature file `name` (default: the split's own)."""
     started = time.perf_counter()
-    out_path = config.features.path(split.name)
+    name = name or split.name
+    out_path = config.features.path(name)
     first = read_attrs(shards[0].path)
-    key = extraction_key(split, first["identity"])
+    views = split_views(config, name)
+    key = extraction_key(split, first["identity"], views)
+    rows = split_rows(split, views)
     computed = sum(s.computed for s in shards)
     if output_is_current(out_path, key):
-        return ExtractionResult(split.name, out_path, len(split.records), computed, time.perf_counter() - started,
-                                skipped, key, up_to_date=True)
-    attrs = {k: v for k, v in first.items() if k not in ("key", "complete", "format_version", "rows_done")}
+        return ExtractionResult(name, out_path, len(rows), computed, time.perf_counter() - started, skipped, key,
+                                cached=True)
+    attrs = {k: v for k, v in first.items() if k not in ("key", "complete", "rows_done")}
     attrs.update(class_names=list(split.class_names), split=split.name, content_hash=split.content_hash,
                  skipped=skipped, shards=len(shards))
-    records = split.records
-    dim = int(np.prod(first["feature_shape"]))
     with output_lock(out_path):
-        writer = FeatureWriter.for_records(out_path, key, records, dim, attrs)
+        writer = FeatureWriter(out_path, key, rows, pooled_dim(first["feature_shape"], first["pooling"]), attrs)
         try:
             row = 0
             for shard in sorted(shards, key=lambda s: s.index):
@@ -111,4 +123,14 @@ def merge_shards(config: Config, split: Split, shards: list[ShardResult], skippe
             writer.finish()
         finally:
             writer.close()
-    return ExtractionResult(split.name, out_path, len(records), computed, time.perf_counter() - started, skipped, key)
+    return ExtractionResult(name, out_path, len(rows), computed, time.perf_counter() - started, skipped, key)
+
+
+def extract_in_shards(config: Config, plan: ExtractionPlan, name: str, backbone: Backbone,
+                      progress: Progress | None = None) -> ExtractionResult:
+    """Every shard of feature file `name`, one after the other in this process, then the merge: the same files
+    as `ffx pipeline` with its shard tasks spread over workers."""
+    split = plan.splits[source_split(name)]
+    shards = [extract_shard(config, split, index, name, backbone, progress)
+              for index in range(len(shard_rows(config, split, name)))]
+    return merge_shards(config, split, shards, plan.skipped[split.name], name)

@@ -1,58 +1,33 @@
 """The pipeline's stages as plain functions: the CLI, dvc.yaml and the Prefect flows all call these."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
 from components.backbone import backbone_identity, resolve_weights
-from components.config import Config
+from components.config import FLIPPED_SUFFIX, Config
+from components.dataset import Split
 from components.errors import FFXError
-from components.dataset import Split, file_sha1
 from components.evaluate import evaluate_head, write_predictions_csv, write_roc_csv
-from components.extract import FLIPPED_SUFFIX, extraction_key, output_is_current, split_views
-from components.features import FeatureSet, read_features
-from components.files import write_json_atomic
+from components.extract import extraction_key, load_split_features, output_is_current, split_views
+from components.files import content_key, file_sha1, write_json_atomic
 from components.registry import Registration, head_paths, load_head, register_classifier, save_head
 from components.report import MODEL_CARD_FILE, write_evaluation_plots, write_model_card, write_search_report
-from components.shards import shard_key, shard_of, shard_path, shard_ranges
+from components.search import SearchResult, project_name, run_search
+from components.shards import shard_key, shard_path
 from components.tracking import setup_mlflow
-from components.tune import search_key
 
 PREDICTIONS_FILE = "test_predictions.csv"
 ROC_FILE = "roc.csv"
 
 
-def load_split_features(config: Config, split: str) -> FeatureSet:
-    """Read a split's features and refuse them if they were made with other backbone settings."""
-    features = read_features(config.features.path(split))
-    _, weights_id = resolve_weights(config.backbone, config.root)
-    expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size,
-                "precision": config.extract.precision, "pooling": config.backbone.pooling,
-                "layer": config.backbone.layer, "views": split_views(config, split)}
-    found = {k: features.attrs.get(k) for k in expected}
-    found["precision"] = features.attrs.get("precision", "float32")  # files from before the option are float32
-    found["layer"] = features.attrs.get("layer", "last")             # ... and from the base's last layer
-    if found != expected:
-        raise FFXError(f"{config.features.path(split)}: made with {found}, but params.yaml asks for {expected}; "
-                       "run `ffx extract` again")
-    return features
-
-
-def tune_stage(config: Config, progress=None):
+def tune_stage(config: Config, progress=None) -> SearchResult:
     """Search on train/valid features, save the best head with the metadata prediction needs."""
-    from components.tune import run_search
-
     train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
     result = run_search(config, train, valid, progress)
-    if result is None:
-        return None  # a distributed chief or worker process: its coordinator saves the head
     metadata = {
         "class_names": train.class_names,
-        "backbone": {"name": config.backbone.name, "weights": config.backbone.weights,
-                     "input_size": config.backbone.input_size, "seed": config.backbone.seed,
-                     "precision": config.extract.precision, "pooling": config.backbone.pooling,
-                     "layer": config.backbone.layer},
+        "backbone": config.section("backbone") | {"precision": config.extract.precision},
         "weights_id": train.attrs["weights"],
         "feature_shape": train.attrs["feature_shape"],
         "features_key": {"train": train.attrs["key"], "valid": valid.attrs["key"]},
@@ -107,10 +82,6 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
 # Cache keys for orchestrators (Prefect): (key, current). The key names a stage's inputs; `current` says
 # whether the stage's output exists and was made from those inputs, so a deleted or stale output re-runs.
 
-def _digest(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _configured_identity(config: Config) -> dict:
     """The backbone identity params.yaml asks for, without building the model."""
     _, weights_id = resolve_weights(config.backbone, config.root)
@@ -124,24 +95,24 @@ def extraction_cache_key(config: Config, split: Split, name: str | None = None) 
     return f"extract-{key}", output_is_current(config.features.path(name), key)
 
 
-def shard_cache_key(config: Config, split: Split, index: int) -> tuple[str, bool]:
-    rows = shard_ranges(len(split.records), config.extract.shard_size)[index]
-    key = shard_key(shard_of(split, rows), index, _configured_identity(config))
-    return f"shard-{key}", output_is_current(shard_path(config, split.name, index), key)
+def shard_cache_key(config: Config, rows: list, index: int, name: str) -> tuple[str, bool]:
+    """`rows`: shard `index` of feature file `name` (components.shards.shard_rows)."""
+    key = shard_key(rows, index, _configured_identity(config))
+    return f"shard-{key}", output_is_current(shard_path(config, name, index), key)
 
 
 def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str, bool]:
-    project = f"search-{search_key(config, train_key, valid_key)}"
+    project = project_name(config, train_key, valid_key)
     model_path, metadata_path = head_paths(config)
     current = (model_path.is_file() and metadata_path.is_file()
                and json.loads(metadata_path.read_text()).get("search", {}).get("project") == project)
-    return f"tune-{_digest({'project': project, 'model': config.section('model')})}", current
+    return f"tune-{content_key({'project': project, 'model': config.section('model')})}", current
 
 
 def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
     model_path, _ = head_paths(config)
     head = file_sha1(model_path) if model_path.is_file() else "missing"
-    key = _digest({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
-                   "registry": config.section("registry"), "metrics": config.section("metrics")})
+    key = content_key({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
+                       "registry": config.section("registry"), "metrics": config.section("metrics")})
     outputs = (config.metrics.dir / "test.json", config.reports.dir / MODEL_CARD_FILE)
     return f"evaluate-{key}", all(path.is_file() for path in outputs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from components.config import Config, tracking_uri
+from components.config import Config, sqlite_path, tracking_uri
 from components.errors import FFXError
 
 SERVER_TIMEOUT_S = 5
@@ -42,8 +42,9 @@ def setup_mlflow(config: Config):
 
     check_tracking_server(config)
     uri = tracking_uri(config)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_path(uri)
+    if database:
+        database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -88,17 +88,6 @@ def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, 
         _say(quiet, f"{result.split}: {result.count} images -> {result.path} ({note}, {result.seconds:.1f}s{skipped})")
 
 
-def _trial_printer(quiet: bool):
-    def report(info: dict) -> None:
-        score = f"{info['score']:.4f}" if info["score"] is not None else (
-            "failed" if info["status"] != "COMPLETED" else "scored by the chief")
-        best = "-" if info["best"] is None else f"{info['best']:.4f}"
-        total = info["total"] or "?"
-        _say(quiet, f"trial {info['done']}/{total} ({info['trial_id']}): score {score}, best {best}, "
-                    f"{info['trial_seconds']:.1f}s, elapsed {info['elapsed']:.0f}s")
-    return report
-
-
 @app.command()
 def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False,
          workers: Annotated[Optional[int], typer.Option(help="KerasTuner distributed mode: a chief and N worker "
@@ -107,10 +96,9 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
     overrides = list(set_ or []) + ([f"tuner.workers={workers}"] if workers is not None else [])
     config = _config(params, overrides)  # a params error shows at once, before the slow imports below
     from components.stages import tune_stage
+    from components.trial_logging import progress_line
 
-    result = tune_stage(config, _trial_printer(quiet))
-    if result is None:
-        return  # a distributed chief or worker: the coordinating `ffx tune` reports the search
+    result = tune_stage(config, None if quiet else lambda info: typer.echo(progress_line(info), err=True))
     _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
                 f"({len(result.trials)} trials, {result.seconds:.0f}s, MLflow run {result.parent_run_id})")
 

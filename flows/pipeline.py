@@ -13,38 +13,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import LocalFileSystem
 
 from components.config import Config, load_config
-from components.tracking import check_tracking_server
-from components.errors import ConfigError
 from components.extract import (ExtractionPlan, extract_planned, feature_files, plan_extraction, source_split,
                                 write_skipped_report)
-from components.shards import ShardResult, extract_shard, merge_shards, shard_ranges
+from components.shards import ShardResult, extract_shard, merge_shards, shard_rows
 from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, shard_cache_key,
                                tune_cache_key, tune_stage)
+from components.tracking import check_tracking_server
 
 DEPLOYMENT_NAME = "ffx-pipeline"
 
 
-def _cache_key(config: Config, key: str, current: bool) -> str:
-    """The stage's input key; when its output is missing or stale, forget the cached result so the task runs."""
-    if not current:
-        (Path(config.orchestration.results_dir).resolve() / key).unlink(missing_ok=True)
-    return key
-
-
-def _extract_key(context, parameters) -> str:
-    config, name = parameters["config"], parameters["split"]
-    split = parameters["plan"].splits[source_split(name)]
-    return _cache_key(config, *extraction_cache_key(config, split, name))
-
-
-def _tune_key(context, parameters) -> str:
-    config, keys = parameters["config"], parameters["feature_keys"]
-    return _cache_key(config, *tune_cache_key(config, keys["train"], keys["valid"]))
-
-
-def _evaluate_key(context, parameters) -> str:
-    config = parameters["config"]
-    return _cache_key(config, *evaluate_cache_key(config, parameters["feature_keys"]["test"]))
+def _cached(task_, key_and_current: tuple[str, bool]):
+    """`task_` cached under its stage's input key. When the stage's output is missing or was made from other inputs
+    (`current` false), Prefect runs the task again and overwrites the record (refresh_cache) instead of returning
+    a cached result whose file is gone."""
+    key, current = key_and_current
+    return task_.with_options(cache_key_fn=lambda *_: key, refresh_cache=not current)
 
 
 @task(name="plan-extraction", cache_policy=NO_CACHE)
@@ -55,7 +39,7 @@ def plan_task(config: Config) -> ExtractionPlan:
     return plan
 
 
-@task(name="extract", cache_key_fn=_extract_key, persist_result=True, task_run_name="extract-{split}")
+@task(name="extract", persist_result=True, task_run_name="extract-{split}")
 def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
     logger = get_run_logger()
     total = len(plan.splits[source_split(split)].records)
@@ -72,15 +56,9 @@ def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
             "path": str(result.path)}
 
 
-def _shard_key(context, parameters) -> str:
-    config = parameters["config"]
-    return _cache_key(config, *shard_cache_key(config, parameters["plan"].splits[parameters["split"]],
-                                               parameters["index"]))
-
-
-@task(name="extract-shard", cache_key_fn=_shard_key, persist_result=True, task_run_name="extract-{split}-{index}")
+@task(name="extract-shard", persist_result=True, task_run_name="extract-{split}-{index}")
 def shard_task(config: Config, plan: ExtractionPlan, split: str, index: int) -> ShardResult:
-    result = extract_shard(config, plan.splits[split], index)
+    result = extract_shard(config, plan.splits[source_split(split)], index, split)
     get_run_logger().info("%s shard %d: %d images, %d through the backbone", split, index, result.count,
                           result.computed)
     return result
@@ -88,12 +66,13 @@ def shard_task(config: Config, plan: ExtractionPlan, split: str, index: int) -> 
 
 @task(name="merge-shards", cache_policy=NO_CACHE, task_run_name="merge-{split}")
 def merge_task(config: Config, plan: ExtractionPlan, split: str, shards: list[ShardResult]) -> dict:
-    result = merge_shards(config, plan.splits[split], shards, plan.skipped[split])
+    source = source_split(split)
+    result = merge_shards(config, plan.splits[source], shards, plan.skipped[source], split)
     return {"split": split, "key": result.key, "count": result.count, "computed": result.computed,
             "path": str(result.path)}
 
 
-@task(name="tune", cache_key_fn=_tune_key, persist_result=True)
+@task(name="tune", persist_result=True)
 def tune_task(config: Config, feature_keys: dict) -> dict:
     logger = get_run_logger()
 
@@ -106,7 +85,7 @@ def tune_task(config: Config, feature_keys: dict) -> dict:
             "parent_run_id": result.parent_run_id, "trials": len(result.trials), "seconds": result.seconds}
 
 
-@task(name="evaluate-and-register", cache_key_fn=_evaluate_key, persist_result=True)
+@task(name="evaluate-and-register", persist_result=True)
 def evaluate_task(config: Config, feature_keys: dict) -> dict:
     logger = get_run_logger()
     result = evaluate_stage(config)
@@ -143,23 +122,21 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
         summary["states"][name] = state.name
         return state.result()
 
-    if config.extract.shard_size and (config.extract.augment.copies or config.predict.tta):
-        raise ConfigError("params: 'extract.shard_size' > 0 does not yet make augmented views or test_flip "
-                          "features; set extract.augment.copies: 0 and predict.tta: false, or shard_size: 0")
-    for split in feature_files(config, tuple(plan.splits)):
+    for name in feature_files(config, tuple(plan.splits)):
+        split = plan.splits[source_split(name)]
         if config.extract.shard_size:
-            count = len(shard_ranges(len(plan.splits[split].records), config.extract.shard_size))
-            futures = [shard.submit(config, plan, split, index) for index in range(count)]
+            futures = [_cached(shard, shard_cache_key(config, rows, index, name)).submit(config, plan, name, index)
+                       for index, rows in enumerate(shard_rows(config, split, name))]
             shards = [future.result() for future in futures]
-            summary["states"].update({f"extract-{split}-{i}": f.state.name for i, f in enumerate(futures)})
-            summary["extract"][split] = merge_task(config, plan, split, shards)
+            summary["states"].update({f"extract-{name}-{i}": f.state.name for i, f in enumerate(futures)})
+            summary["extract"][name] = merge_task(config, plan, name, shards)
             continue
-        result = run(f"extract-{split}", extract, config, plan, split)
-        summary["extract"][split] = dict(result, computed=0 if summary["states"][f"extract-{split}"] == "Cached"
-                                         else result["computed"])
-    keys = {split: result["key"] for split, result in summary["extract"].items()}
-    summary["tune"] = run("tune", tune, config, keys)
-    summary["evaluate"] = run("evaluate", evaluate, config, keys)
+        result = run(f"extract-{name}", _cached(extract, extraction_cache_key(config, split, name)), config, plan, name)
+        summary["extract"][name] = dict(result, computed=0 if summary["states"][f"extract-{name}"] == "Cached"
+                                        else result["computed"])
+    keys = {name: result["key"] for name, result in summary["extract"].items()}
+    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config, keys)
+    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys["test"])), config, keys)
     return summary
 
 

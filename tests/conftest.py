@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -48,9 +47,8 @@ def make_dataset(root: Path, classes=("blue", "red"), per_split=None) -> Path:
 
 def write_params(folder: Path, **sections) -> Path:
     """A complete params.yaml (as DVC needs) for tiny, fast runs; keyword arguments override keys per section."""
-    from components.config import DEFAULTS_FILE
+    from components.config import write_params as write_complete_params
 
-    params = yaml.safe_load(DEFAULTS_FILE.read_text())
     fast = {
         "data": {"root": "data"},
         "backbone": {"name": "vgg19", "weights": "none", "input_size": 32},
@@ -58,11 +56,7 @@ def write_params(folder: Path, **sections) -> Path:
         "tuner": {"max_trials": 3, "executions_per_trial": 1},
         "train": {"epochs": 2, "batch_size": 8},
     }
-    for section, values in list(fast.items()) + list(sections.items()):
-        params.setdefault(section, {}).update(values)
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_complete_params(folder / "params.yaml", fast, sections)
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ import pytest
 from components.augment import FLIP, View, augmented_views, row_key
 from components.config import AugmentConfig, load_config
 from components.errors import ConfigError, FFXError
-from components.extract import extract_all
+from components.extract import extract_all, load_split_features
 from components.features import read_features
-from components.stages import load_split_features
 
 AUGMENT = ["extract.augment.copies=2"]
 
@@ -91,7 +90,7 @@ def test_search_trains_on_every_view_and_records_the_augmentation(project):
     from mlflow.tracking import MlflowClient
 
     from components.config import tracking_uri
-    from components.tune import run_search
+    from components.search import run_search
 
     config = load_config(project / "params.yaml", AUGMENT + ["tuner.max_trials=1"])
     extract_all(config, splits=("train", "valid"))

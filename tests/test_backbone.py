@@ -2,14 +2,13 @@ import numpy as np
 import pytest
 
 from components.backbone import build_backbone, check_backbone_config
-from components.config import BackboneConfig
+from components.config import BackboneConfig, default_params
 from components.errors import ConfigError
 
 
 def _config(**overrides):
-    values = {"name": "vgg19", "weights": "none", "input_size": 32, "seed": 0}
-    values.update(overrides)
-    return BackboneConfig(**values)
+    return BackboneConfig(**{**default_params()["backbone"], "name": "vgg19", "weights": "none", "input_size": 32,
+                             "seed": 0, **overrides})
 
 
 def test_random_weights_are_seeded_so_extraction_and_prediction_agree(tmp_path):
@@ -32,15 +31,15 @@ def test_offline_pretrained_vgg16_weights_load(tmp_path):
     assert abs(float(kernel.std()) - 0.0) > 1e-3 and kernel.shape == (3, 3, 3, 64)
 
 
-@pytest.mark.parametrize("config,message", [
-    (_config(name="alexnet"), "'backbone.name' unknown: alexnet"),
-    (_config(name="inception_v3", input_size=64), "below inception_v3's minimum of 75"),
-    (_config(weights="missing.weights.h5"), "'backbone.weights' file not found"),
-    (_config(name="vgg19", weights="hed-vgg16"), "set backbone.name: vgg16"),
+@pytest.mark.parametrize("overrides,message", [
+    ({"name": "alexnet"}, "'backbone.name' must be one of vgg16, vgg19"),
+    ({"name": "inception_v3", "input_size": 64}, "below inception_v3's minimum of 75"),
+    ({"weights": "missing.weights.h5"}, "'backbone.weights' file not found"),
+    ({"name": "vgg19", "weights": "hed-vgg16"}, "set backbone.name: vgg16"),
 ])
-def test_bad_backbone_params_fail_before_work(tmp_path, config, message):
+def test_bad_backbone_params_fail_before_work(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        check_backbone_config(config, tmp_path)
+        check_backbone_config(_config(**overrides), tmp_path)
 
 
 def test_local_weights_file_is_used_and_identified_by_content(tmp_path):

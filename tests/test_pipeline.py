@@ -25,7 +25,7 @@ def _run(args, cwd, check=True):
 
 def _dvc_project(tmp_path: Path, classes) -> Path:
     """A user's checkout: the pipeline files and code, a tiny dataset, fast params, git + DVC initialised."""
-    for item in ("dvc.yaml", "components"):
+    for item in ("dvc.yaml", "components", "ffx"):
         source = REPO / item
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / item)
     make_dataset(tmp_path / "data", classes=classes)

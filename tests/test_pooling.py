@@ -5,9 +5,8 @@ import pytest
 from components.backbone import backbone_identity, build_backbone, pool_feature_map
 from components.config import load_config
 from components.errors import ConfigError, FFXError
-from components.extract import extract_all
+from components.extract import extract_all, load_split_features
 from components.features import read_features
-from components.stages import load_split_features
 
 
 def _images(count=3, size=32):

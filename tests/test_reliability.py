@@ -159,8 +159,8 @@ def extracted(tmp_path_factory):
 def _search_with_failing_fits(project: Path, experiment: str, failing_calls: set[int], monkeypatch):
     """run_search where the given calls of the head's fit raise (a fault injected into real training)."""
     from components.hypermodel import HeadHyperModel
-    from components.stages import load_split_features
-    from components.tune import run_search
+    from components.extract import load_split_features
+    from components.search import run_search
 
     real_fit, calls = HeadHyperModel.fit, []
 

@@ -2,8 +2,8 @@ from mlflow.tracking import MlflowClient
 
 from components.config import load_config, tracking_uri
 from components.extract import extract_all
-from components.stages import load_split_features
-from components.tune import run_search
+from components.extract import load_split_features
+from components.search import run_search
 
 
 def _search(project, *overrides):

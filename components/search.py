@@ -1,0 +1,218 @@
+"""The head search: KerasTuner over in-memory features, every trial a nested MLflow run under one parent run,
+and the best head as its result. With tuner.workers > 0 the trials run in processes (components.distributed)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+
+import keras
+import keras_tuner as kt
+from mlflow.entities import Param
+
+from components.config import Config, lower_is_better
+from components.errors import FFXError
+from components.features import FeatureSet
+from components.files import content_key
+from components.hypermodel import (HeadHyperModel, feature_statistics, steps_per_execution, training_datasets,
+                                   with_standardisation)
+from components.oracle import GridBayesianOracle
+from components.tracking import git_commit, setup_mlflow
+from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials
+
+PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
+
+
+@dataclass
+class SearchResult:
+    model: keras.Model
+    hyperparameters: dict
+    score: float
+    parent_run_id: str
+    trials: list[dict]
+    seconds: float
+    project: str
+
+
+@dataclass
+class ParentRun:
+    client: object  # MlflowClient
+    experiment_id: str
+    run_id: str
+    project: str
+
+
+class BayesianTuner(MlflowTrialLogging, kt.Tuner):
+    """KerasTuner's Bayesian optimisation with the acquisition scored over the whole (finite) space."""
+
+    def __init__(self, hypermodel, objective, max_trials: int, seed: int, **kwargs):
+        oracle = GridBayesianOracle(objective=objective, max_trials=max_trials, seed=seed)
+        super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+
+class RandomTuner(MlflowTrialLogging, kt.RandomSearch):
+    pass
+
+
+class HyperbandTuner(MlflowTrialLogging, kt.Hyperband):
+    pass
+
+
+def objective(config: Config) -> kt.Objective:
+    name = config.tuner.objective
+    return kt.Objective(name, direction="min" if lower_is_better(name) else "max")
+
+
+def project_name(config: Config, train_key: str, valid_key: str) -> str:
+    """Same features (by extraction key) and search settings -> same KerasTuner project, so a re-run resumes it."""
+    payload = {"train": train_key, "valid": valid_key,
+               "tuner": {k: v for k, v in config.section("tuner").items() if k not in ("directory", "workers")},
+               "train_cfg": config.section("train"), "space": config.section("space")}
+    return f"search-{content_key(payload)[:12]}"
+
+
+def check_compatible(train: FeatureSet, valid: FeatureSet) -> None:
+    if train.class_names != valid.class_names:
+        raise FFXError(f"features: train classes {train.class_names} differ from valid classes {valid.class_names}")
+    if train.attrs.get("backbone_key") != valid.attrs.get("backbone_key"):
+        raise FFXError("features: train.h5 and valid.h5 were extracted with different backbone settings; "
+                       "run `ffx extract` again")
+
+
+def make_tuner(config: Config, hypermodel: HeadHyperModel, project: str):
+    common = dict(objective=objective(config), executions_per_trial=config.tuner.executions_per_trial,
+                  seed=config.tuner.seed, directory=str(config.tuner.directory), project_name=project,
+                  overwrite=False)
+    resuming = (config.tuner.directory / project / "oracle.json").exists()
+    try:
+        if config.tuner.algorithm == "bayesian":
+            return BayesianTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+        if config.tuner.algorithm == "random":
+            return RandomTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+        return HyperbandTuner(hypermodel, max_epochs=config.train.epochs, **common)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        if not resuming:
+            raise
+        # KerasTuner writes its state files in place: a kill mid-write can leave one unreadable.
+        raise FFXError(f"{config.tuner.directory / project}: saved search state is unreadable "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); delete this "
+                       "folder to start the search over") from None
+
+
+def open_parent_run(config: Config, train: FeatureSet, valid: FeatureSet, joining: bool) -> ParentRun:
+    """The search's MLflow parent run, found by its project tag.
+
+    A search whose KerasTuner state is in tuner.directory (interrupted or finished) goes on in its latest parent
+    run, and so does a process `joining` a distributed search; a new search (or one started over by deleting
+    tuner.directory) gets a new run.
+    """
+    client, experiment_id = setup_mlflow(config)
+    project = project_name(config, train.attrs.get("key"), valid.attrs.get("key"))
+    found = []
+    if joining or (config.tuner.directory / project / "oracle.json").exists():
+        found = client.search_runs([experiment_id], f"tags.{PROJECT_TAG} = '{project}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        if not joining:  # the processes of a distributed search share the run their coordinator opened
+            client.update_run(run_id, status="RUNNING")
+            # Trials left RUNNING by a killed process: closed as KILLED; a retried one re-opens its run.
+            close_open_trials(client, experiment_id, run_id, "KILLED")
+        return ParentRun(client, experiment_id, run_id, project)
+    tags = {"ffx_kind": "search", PROJECT_TAG: project, "git_commit": git_commit(config.root),
+            "train_content_hash": str(train.attrs.get("content_hash")),
+            "valid_content_hash": str(valid.attrs.get("content_hash")),
+            "train_features_key": str(train.attrs.get("key")), "valid_features_key": str(valid.attrs.get("key")),
+            "backbone": str(train.attrs.get("backbone")), "weights": str(train.attrs.get("weights")),
+            "input_size": str(train.attrs.get("input_size")),
+            "precision": str(train.attrs.get("precision", "float32")),
+            "pooling": str(train.attrs.get("pooling", "flatten")), "layer": str(train.attrs.get("layer", "last")),
+            # train rows beyond the images: augmented views (extract.augment), all used for training
+            "augment": json.dumps((train.attrs.get("views") or {}).get("augment")),
+            "train_rows": str(len(train.labels))}
+    run_id = client.create_run(experiment_id, run_name=project, tags=tags).info.run_id
+    params = {f"{section}.{k}": v for section in ("tuner", "train", "space")
+              for k, v in config.section(section).items() if k != "directory"}
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    skipped = {"train": train.attrs.get("skipped") or {}, "valid": valid.attrs.get("skipped") or {}}
+    if any(skipped.values()):  # data.on_bad_image: skip left these out of the features
+        client.log_dict(run_id, skipped, "skipped_images.json")
+        client.set_tag(run_id, "skipped_images", str(sum(len(v) for v in skipped.values())))
+    return ParentRun(client, experiment_id, run_id, project)
+
+
+def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: ParentRun,
+               progress: TrialProgress | None, owner: bool):
+    """KerasTuner's search loop in this process: every trial, a distributed worker's share of them, or the chief's
+    oracle. `owner`: this process owns the parent run and closes it when the search fails or is stopped.
+
+    Returns the tuner and the train statistics the heads were trained with (None: raw features).
+    """
+    keras.utils.set_random_seed(config.tuner.seed)
+    batch_size = config.train.batch_size
+    statistics = feature_statistics(train) if config.train.normalize else None
+    hypermodel = HeadHyperModel(config.space, config.train, train.features.shape[1], train.num_classes,
+                                steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
+    tuner = make_tuner(config, hypermodel, parent.project)
+    tuner.attach_mlflow(parent.client, parent.experiment_id, parent.run_id, progress)
+    try:
+        train_inputs, valid_inputs = training_datasets(train, valid, batch_size, config.tuner.seed, statistics)
+        tuner.search(train_inputs, validation_data=valid_inputs,
+                     epochs=config.train.epochs, shuffle=False, verbose=0)
+    except BaseException as exc:
+        if not owner:
+            raise
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"  # Ctrl-C: the search resumes on a re-run
+        close_open_trials(parent.client, parent.experiment_id, parent.run_id, status)
+        parent.client.set_terminated(parent.run_id, status)
+        if isinstance(exc, RuntimeError) and "consecutive failures" in str(exc):
+            last = [line for line in str(exc).splitlines() if line.strip()][-1]
+            raise FFXError(f"tuning stopped: {str(exc).splitlines()[0]} Last error: {last.strip()} "
+                           "(each failed trial's error is in its MLflow run)") from None
+        raise
+    return tuner, statistics
+
+
+def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
+               progress: TrialProgress | None = None) -> SearchResult:
+    """Search the head's hyperparameters on in-memory features; resumes an interrupted identical search."""
+    if "KERASTUNER_ORACLE_IP" in os.environ:  # KerasTuner would make this process a chief or worker
+        raise FFXError("KERASTUNER_ORACLE_IP is set: chief and worker processes run `python -m "
+                       "components.distributed`; unset the KERASTUNER_* variables to run or report the search")
+    check_compatible(train, valid)
+    started = time.perf_counter()
+    parent = open_parent_run(config, train, valid, joining=False)
+    if config.tuner.workers:
+        from components.distributed import run_tuner_processes
+
+        run_tuner_processes(config, show_progress=progress is not None)  # the tuner below reloads their oracle
+    tuner, statistics = run_trials(config, train, valid, parent, progress, owner=True)
+    client, run_id = parent.client, parent.run_id
+    trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,
+               "hyperparameters": dict(t.hyperparameters.values)} for t in tuner.oracle.trials.values()]
+    # Best first; among equal scores the earliest trial, so a re-run of a finished search picks the same one.
+    sign = -1 if tuner.oracle.objective.direction == "max" else 1
+    completed = sorted((t for t in tuner.oracle.trials.values() if str(t.status) == "COMPLETED"),
+                       key=lambda t: (sign * t.score, t.trial_id))
+    if not completed:
+        client.set_terminated(run_id, "FAILED")
+        raise FFXError(f"tuning: no trial completed ({len(trials)} failed); see the trial runs in MLflow")
+    best = completed[0]
+    with warnings.catch_warnings():
+        # The checkpoint holds optimizer slots the freshly built head does not have yet; prediction needs none.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model = tuner.load_model(best)
+    if statistics is not None:
+        model = with_standardisation(model, statistics)
+    seconds = time.perf_counter() - started
+    hps = dict(best.hyperparameters.values)
+    client.log_batch(run_id, params=[Param(f"best.{k}", str(v)) for k, v in hps.items()])
+    client.log_metric(run_id, "best_score", float(best.score))
+    client.log_metric(run_id, "search_seconds", seconds)
+    client.log_metric(run_id, "trials_completed", len(completed))
+    client.log_metric(run_id, "trials_failed", len(trials) - len(completed))
+    client.set_tag(run_id, "best_trial_id", best.trial_id)
+    client.set_terminated(run_id, "FINISHED")
+    return SearchResult(model, hps, float(best.score), run_id, trials, seconds, parent.project)

@@ -1,0 +1,125 @@
+"""One MLflow run per KerasTuner trial, nested under the search's parent run: a mixin for any KerasTuner tuner."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from mlflow.entities import Metric, Param
+
+from components.hypermodel import HP_NAMES
+
+TrialProgress = Callable[[dict], None]
+
+
+def mean_per_epoch(series: list[list[float]]) -> list[float]:
+    """Mean over executions, epoch by epoch; an execution stopped early counts only in the epochs it ran."""
+    return [float(np.mean([s[epoch] for s in series if epoch < len(s)])) for epoch in range(max(map(len, series)))]
+
+
+class MlflowTrialLogging:
+    """Mixed into a KerasTuner tuner: opens, fills and closes one MLflow run per trial."""
+
+    def attach_mlflow(self, client, experiment_id: str, parent_run_id: str, progress: TrialProgress | None):
+        self._client = client
+        self._experiment_id = experiment_id
+        self._parent_run_id = parent_run_id
+        self._progress = progress
+        self._trial_runs: dict[str, tuple[str, float]] = {}
+        self._search_started = time.perf_counter()
+
+    def _try_build(self, hp):
+        # KerasTuner clears the Keras session and runs a full gc.collect() before every build: a second or more
+        # per execution in a process holding TensorFlow and MLflow, to free tiny heads that reference counting
+        # frees anyway. Skipping it also keeps the compiled heads HeadHyperModel reuses.
+        return self._build_hypermodel(hp)
+
+    def _existing_trial_run(self, trial_id: str) -> str | None:
+        runs = self._client.search_runs(
+            [self._experiment_id],
+            f"tags.mlflow.parentRunId = '{self._parent_run_id}' and tags.ffx_trial_id = '{trial_id}'")
+        return runs[0].info.run_id if runs else None
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        run_id = self._existing_trial_run(trial.trial_id)  # a trial cut short by a kill is re-run in its own run
+        if run_id is None:
+            run = self._client.create_run(
+                self._experiment_id, run_name=f"trial-{trial.trial_id}",
+                tags={"mlflow.parentRunId": self._parent_run_id, "ffx_trial_id": trial.trial_id})
+            run_id = run.info.run_id
+        else:
+            self._client.update_run(run_id, status="RUNNING")
+        # Logged on a re-run too (same values, so MLflow accepts them): a kill may have come before they were.
+        hp = trial.hyperparameters
+        values = {name: (hp.values[name] if name in hp.values and hp.is_active(name) else "inactive")
+                  for name in HP_NAMES}
+        values.update({k: v for k, v in hp.values.items() if k not in values})
+        self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        self._trial_runs[trial.trial_id] = (run_id, time.perf_counter())
+
+    def run_trial(self, trial, *args, **kwargs):
+        histories = super().run_trial(trial, *args, **kwargs)
+        run_id, _ = self._trial_runs[trial.trial_id]
+        now = int(time.time() * 1000)
+        metrics = []
+        for name in histories[0].history.keys():
+            # Mean over executions per epoch; the trial's score uses each execution's best epoch, as KerasTuner does.
+            per_epoch = mean_per_epoch([h.history[name] for h in histories])
+            metrics += [Metric(name, float(v), now, step) for step, v in enumerate(per_epoch)]
+        epoch_seconds = mean_per_epoch([h.epoch_seconds for h in histories])
+        metrics += [Metric("epoch_seconds", float(v), now, step) for step, v in enumerate(epoch_seconds)]
+        metrics.append(Metric("mean_epoch_seconds", float(np.mean(epoch_seconds)), now, 0))
+        for start in range(0, len(metrics), 1000):
+            self._client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        return histories
+
+    def on_trial_end(self, trial):
+        try:
+            super().on_trial_end(trial)  # the oracle scores the trial here (and raises after too many failures)
+        finally:
+            seconds = self._close_trial_run(trial)  # recorded, with its error, even when the oracle raises
+        if self._progress:
+            best = self.oracle.get_best_trials(1)
+            self._progress({
+                "trial_id": trial.trial_id, "total": self.oracle.max_trials,
+                # a distributed worker's oracle client cannot list trials: count this worker's own
+                "done": len(self.oracle.trials) if hasattr(self.oracle, "trials") else self._finished_here(),
+                "status": str(trial.status), "score": trial.score, "best": best[0].score if best else None,
+                "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
+            })
+
+    def _finished_here(self) -> int:
+        self._finished_count = getattr(self, "_finished_count", 0) + 1
+        return self._finished_count
+
+    def _close_trial_run(self, trial) -> float:
+        run_id, started = self._trial_runs.pop(trial.trial_id)
+        seconds = time.perf_counter() - started
+        self._client.log_metric(run_id, "trial_seconds", seconds)
+        status = str(trial.status)
+        self._client.set_tag(run_id, "trial_status", status)
+        if trial.score is not None:
+            self._client.log_metric(run_id, "score", float(trial.score))
+        failed = status != "COMPLETED"
+        if failed and trial.message:
+            self._client.set_tag(run_id, "error", trial.message[-4000:])
+            self._client.log_text(run_id, trial.message, "error.txt")
+        self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        return seconds
+
+
+def close_open_trials(client, experiment_id: str, parent_run_id: str, status: str) -> None:
+    """Trial runs still RUNNING under the parent (their process was killed or stopped): closed with `status`."""
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                   "and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, status)
+
+
+def progress_line(info: dict) -> str:
+    """One finished trial, as `ffx tune` and distributed workers print it."""
+    score = f"{info['score']:.4f}" if info["score"] is not None else (
+        "failed" if info["status"] != "COMPLETED" else "scored by the chief")
+    best = "-" if info["best"] is None else f"{info['best']:.4f}"
+    return (f"trial {info['done']}/{info['total'] or '?'} ({info['trial_id']}): score {score}, best {best}, "
+            f"{info['trial_seconds']:.1f}s, elapsed {info['elapsed']:.0f}s")

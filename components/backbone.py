@@ -109,15 +109,6 @@ def backbone_identity(config: BackboneConfig, weights_id: str, precision: str = 
     return identity
 
 
-def cpu_supports_bfloat16() -> bool:
-    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated, and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def check_backbone_config(config: BackboneConfig, root: Path) -> str:
     """Check what the params alone cannot tell (input size for the architecture, layer name, weights file);
     returns the weights identity."""

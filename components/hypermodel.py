@@ -45,7 +45,8 @@ class HeadHyperModel(kt.HyperModel):
         self.objective = objective
         self._compiled: dict[tuple, keras.Model] = {}
 
-    def build(self, hp: kt.HyperParameters) -> keras.Model:
+    def sizes(self, hp: kt.HyperParameters) -> tuple[int, float, int]:
+        """(units, dropout, extra units; 0: no extra layer) of a point of the space, declaring the space."""
         space = self.space
         units = hp.Choice("units", space.units)
         dropout = hp.Float("dropout", space.dropout_min, space.dropout_max, step=space.dropout_step)
@@ -55,6 +56,10 @@ class HeadHyperModel(kt.HyperModel):
             with hp.conditional_scope("units", extra_when):
                 chosen = hp.Choice("extra_units", [0] + list(space.extra_units))
             extra_units = chosen if units in extra_when else 0
+        return units, dropout, extra_units
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        units, dropout, extra_units = self.sizes(hp)
         # Tracing a new head's training graph costs several epochs' time; a trial's second execution (and any
         # repeated point of the space) gets the same compiled head back with fresh weights instead.
         key = (units, round(dropout, 6), extra_units)

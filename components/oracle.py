@@ -36,6 +36,12 @@ class GridBayesianOracle(kt.oracles.BayesianOptimizationOracle):
         self.gpr.fit(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(y, posinf=0, neginf=0))
         mean, std = self.gpr.predict(vectors, return_std=True)
         acquisition = mean - self.beta * std  # scores are negated when maximising, as in KerasTuner
+        # Trials taken together (tuner.parallel_heads, distributed workers) differ: besides the pessimistic guess
+        # `_vectorize_trials` gives running trials, a point still running is not proposed again.
+        running = [self._trial_vector(t) for t in self.ongoing_trials.values()]
+        taken = np.array([any(np.allclose(v, r) for r in running) for v in vectors])
+        if not taken.all():
+            acquisition = np.where(taken, np.inf, acquisition)
         return {"status": trial_module.TrialStatus.RUNNING, "values": points[int(np.argmin(acquisition))]}
 
     def _grid(self) -> tuple[np.ndarray, list[dict]] | None:
@@ -74,9 +80,7 @@ class GridBayesianOracle(kt.oracles.BayesianOptimizationOracle):
         x, y = [], []
         running = set(self.ongoing_trials.values())
         for trial in self.trials.values():
-            hps = trial.hyperparameters
-            vector = self._embed({hp.name: hps.values[hp.name] for hp in self._nonfixed_space()
-                                  if hps.is_active(hp) and hp.name in hps.values})
+            vector = self._trial_vector(trial)
             if trial in running:
                 mean, std = self.gpr.predict(np.array([vector]), return_std=True)
                 score = float(np.ravel(mean)[0] + np.ravel(std)[0])
@@ -87,6 +91,11 @@ class GridBayesianOracle(kt.oracles.BayesianOptimizationOracle):
             x.append(vector)
             y.append(score)
         return np.array(x), np.array(y)
+
+    def _trial_vector(self, trial) -> list[float]:
+        hps = trial.hyperparameters
+        return self._embed({hp.name: hps.values[hp.name] for hp in self._nonfixed_space()
+                            if hps.is_active(hp) and hp.name in hps.values})
 
     def _active_values(self, chosen: dict) -> dict:
         """`chosen` with only the knobs active under it (KerasTuner's conditional scopes)."""

@@ -1,7 +1,40 @@
-"""Process set-up shared by every entry point that runs TensorFlow: the CLI, distributed tuning workers."""
+"""The machine a process runs on: which precision is native there, and TensorFlow's start-up kept quiet."""
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
+
+NATIVE_BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo flags of x86 bfloat16 arithmetic
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_visible() -> bool:
+    """A GPU TensorFlow can use. TensorFlow (seconds to import) is asked only where an NVIDIA driver is present."""
+    driver = Path("/proc/driver/nvidia/gpus")
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1") or not driver.is_dir() or not any(driver.iterdir()):
+        return False
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_precision(requested: str, flags: frozenset[str] | None = None, gpu: bool | None = None) -> str:
+    """`auto`: bfloat16 where it is native — a CPU with AMX or AVX512-BF16, or a GPU — and float32 elsewhere,
+    where bfloat16 is emulated and slower. Other values stand as they are."""
+    if requested != "auto":
+        return requested
+    if NATIVE_BFLOAT16_FLAGS & (cpu_flags() if flags is None else flags):
+        return "bfloat16"
+    return "bfloat16" if (gpu_visible() if gpu is None else gpu) else "float32"
 
 
 def quiet_tensorflow(debug: bool = False) -> None:

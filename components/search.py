@@ -16,8 +16,9 @@ from components.config import Config, lower_is_better
 from components.errors import FFXError
 from components.features import FeatureSet
 from components.files import content_key
-from components.hypermodel import (HeadHyperModel, feature_statistics, steps_per_execution, training_datasets,
-                                   with_standardisation)
+from components.head_group import GroupedTrials, HeadGroup
+from components.hypermodel import (HeadHyperModel, feature_statistics, standardise, steps_per_execution,
+                                   training_datasets, with_standardisation)
 from components.oracle import GridBayesianOracle
 from components.tracking import git_commit, setup_mlflow
 from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials
@@ -44,7 +45,7 @@ class ParentRun:
     project: str
 
 
-class BayesianTuner(MlflowTrialLogging, kt.Tuner):
+class BayesianTuner(GroupedTrials, MlflowTrialLogging, kt.Tuner):
     """KerasTuner's Bayesian optimisation with the acquisition scored over the whole (finite) space."""
 
     def __init__(self, hypermodel, objective, max_trials: int, seed: int, **kwargs):
@@ -52,7 +53,7 @@ class BayesianTuner(MlflowTrialLogging, kt.Tuner):
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
 
 
-class RandomTuner(MlflowTrialLogging, kt.RandomSearch):
+class RandomTuner(GroupedTrials, MlflowTrialLogging, kt.RandomSearch):
     pass
 
 
@@ -158,9 +159,18 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
     tuner = make_tuner(config, hypermodel, parent.project)
     tuner.attach_mlflow(parent.client, parent.experiment_id, parent.run_id, progress)
     try:
-        train_inputs, valid_inputs = training_datasets(train, valid, batch_size, config.tuner.seed, statistics)
-        tuner.search(train_inputs, validation_data=valid_inputs,
-                     epochs=config.train.epochs, shuffle=False, verbose=0)
+        if isinstance(tuner, GroupedTrials) and config.tuner.parallel_heads > 1:
+            space, standardised = config.space, [standardise(s.features, statistics) if statistics is not None
+                                                 else s.features for s in (train, valid)]
+            group = HeadGroup(config.tuner.parallel_heads, train.features.shape[1], train.num_classes,
+                              max(space.units), max(space.extra_units, default=0), config.train.learning_rate,
+                              batch_size)
+            tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
+                                 config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
+        else:
+            train_inputs, valid_inputs = training_datasets(train, valid, batch_size, config.tuner.seed, statistics)
+            tuner.search(train_inputs, validation_data=valid_inputs,
+                         epochs=config.train.epochs, shuffle=False, verbose=0)
     except BaseException as exc:
         if not owner:
             raise

@@ -60,19 +60,26 @@ class MlflowTrialLogging:
 
     def run_trial(self, trial, *args, **kwargs):
         histories = super().run_trial(trial, *args, **kwargs)
+        self.log_executions(trial, [h.history for h in histories], [h.epoch_seconds for h in histories])
+        return histories
+
+    def log_heads_in_graph(self, trial, heads: int) -> None:
+        """How many heads trained side by side with this trial's (tuner.parallel_heads): its epoch_seconds are
+        the shared graph's."""
+        self._client.set_tag(self._trial_runs[trial.trial_id][0], "heads_in_graph", str(heads))
+
+    def log_executions(self, trial, histories: list[dict[str, list[float]]], epoch_seconds: list[list[float]]):
+        """A trial's per-epoch metrics, the mean over its executions; the trial's score uses each execution's
+        best epoch, as KerasTuner does."""
         run_id, _ = self._trial_runs[trial.trial_id]
         now = int(time.time() * 1000)
-        metrics = []
-        for name in histories[0].history.keys():
-            # Mean over executions per epoch; the trial's score uses each execution's best epoch, as KerasTuner does.
-            per_epoch = mean_per_epoch([h.history[name] for h in histories])
-            metrics += [Metric(name, float(v), now, step) for step, v in enumerate(per_epoch)]
-        epoch_seconds = mean_per_epoch([h.epoch_seconds for h in histories])
-        metrics += [Metric("epoch_seconds", float(v), now, step) for step, v in enumerate(epoch_seconds)]
-        metrics.append(Metric("mean_epoch_seconds", float(np.mean(epoch_seconds)), now, 0))
+        series = {name: mean_per_epoch([h[name] for h in histories]) for name in histories[0]}
+        series["epoch_seconds"] = mean_per_epoch(epoch_seconds)
+        metrics = [Metric(name, float(v), now, step) for name, values in series.items()
+                   for step, v in enumerate(values)]
+        metrics.append(Metric("mean_epoch_seconds", float(np.mean(series["epoch_seconds"])), now, 0))
         for start in range(0, len(metrics), 1000):
             self._client.log_batch(run_id, metrics=metrics[start:start + 1000])
-        return histories
 
     def on_trial_end(self, trial):
         try:

@@ -1,9 +1,12 @@
 import json
 
+import pytest
+
 from conftest import make_dataset
 
 from bench.run import main
 
+pytestmark = pytest.mark.e2e
 TINY = {"extract_images": 4, "rounds": 2, "rss_images": 2, "pipeline_per_class": 2, "head_rows": 12,
         "head_valid_rows": 4, "head_epochs": 2, "search_trials": 1, "head_batch_size": 2}
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import COLOURS, free_port, make_dataset, make_image, wait_for_http, write_params
 
+pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 

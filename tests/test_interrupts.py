@@ -25,6 +25,7 @@ from components.features import read_features
 from conftest import make_dataset, write_params
 from test_reliability import FFX, assert_one_line_error, ffx
 
+pytestmark = pytest.mark.e2e
 GIVE_UP_S = 300  # a safety net against a hung child, not a timing assertion
 
 

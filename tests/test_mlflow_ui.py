@@ -19,8 +19,9 @@ import pytest
 from components.config import tracking_uri
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
-                                reason="browser check needs /usr/bin/chromium (apt-get install chromium chromium-driver)")
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not CHROMIUM.is_file(),
+                                 reason="browser check needs /usr/bin/chromium (apt-get install chromium chromium-driver)")]
 BIN = Path(sys.executable).parent
 START_LIMIT_S = 300   # mlflow ui starts in seconds on an idle machine, far slower on a loaded 2-core one
 PAGE_TRIES = 3

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, make_dataset, write_params
 
+pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 

@@ -73,6 +73,7 @@ def test_bootstrap_auc_interval_of_a_perfect_model_and_of_a_one_class_test_split
     assert bootstrap_auc_interval(np.zeros(4, dtype=int), perfect[:4], samples=200) is None
 
 
+@pytest.mark.e2e
 def test_dvc_plots_show_writes_html_with_confusion_matrix_and_roc(tiny_run, tmp_path):
     # A copy of the finished run, so that `dvc init` does not touch the shared one.
     project = tmp_path / "project"

@@ -129,9 +129,10 @@ def test_sharded_extraction_on_a_two_worker_dask_cluster_matches_single_process(
     shard_states = {k: v for k, v in summary["states"].items() if k.startswith("extract-train-")}
     assert len(shard_states) == 5 and set(shard_states.values()) == {"Completed"}  # 24 images, shards of 5
     single = extract_all(load_config(tmp_path / "params.yaml", ["features.dir=single", "extract.shard_size=0"]))
-    for split in ("train", "valid", "test"):
+    for split, shards in (("train", 5), ("valid", 3), ("test", 3)):
         sharded, reference = read_features(tmp_path / "features" / f"{split}.h5"), read_features(single[split].path)
-        assert sharded.paths == reference.paths
+        assert sharded.paths == reference.paths and sharded.labels.tolist() == reference.labels.tolist()
         np.testing.assert_allclose(sharded.features, reference.features, rtol=1e-4, atol=1e-4)
+        assert sharded.attrs["key"] == reference.attrs["key"] and sharded.attrs["shards"] == shards, split
     again = _pipeline(tmp_path, prefect_api)  # finished shards are cache hits
     assert {v for k, v in again["states"].items() if k.startswith("extract-")} == {"Cached"}

@@ -20,8 +20,8 @@ def _children(config, parent_run_id):
     return client, runs
 
 
-def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(project):
-    config, result = _search(project)
+def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(tiny_run):
+    config, result = tiny_run.config, tiny_run.search
     client, runs = _children(config, result.parent_run_id)
     assert len(runs) == 3 and len(result.trials) == 3
     for run in runs:
@@ -41,8 +41,8 @@ def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(project):
     assert result.score == max(t["score"] for t in result.trials)
 
 
-def test_score_aggregates_executions_like_kerastuner(project):
-    config, result = _search(project, "tuner.max_trials=1", "tuner.executions_per_trial=2",
+def test_score_aggregates_executions_like_kerastuner(extracted_project):
+    config, result = _search(extracted_project, "tuner.max_trials=1", "tuner.executions_per_trial=2",
                              "tuner.algorithm=random")
     client, runs = _children(config, result.parent_run_id)
     (run,) = runs
@@ -51,12 +51,13 @@ def test_score_aggregates_executions_like_kerastuner(project):
     assert 0.0 <= run.data.metrics["score"] <= 1.0
 
 
-def test_rerun_of_a_finished_search_reuses_its_parent_run(project):
-    config, first = _search(project)
-    _, second = _search(project)
+def test_rerun_of_a_finished_search_reuses_its_parent_run(extracted_project):
+    settings = ("tuner.max_trials=2", "train.epochs=1")
+    config, first = _search(extracted_project, *settings)
+    _, second = _search(extracted_project, *settings)
     assert second.parent_run_id == first.parent_run_id
     _, runs = _children(config, first.parent_run_id)
-    assert len(runs) == 3  # no trial ran twice
+    assert len(runs) == 2  # no trial ran twice
 
 
 def test_multi_class_search_runs(tmp_path):
@@ -64,5 +65,5 @@ def test_multi_class_search_runs(tmp_path):
 
     make_dataset(tmp_path / "data", classes=("blue", "green", "red"))
     write_params(tmp_path)
-    _, result = _search(tmp_path, "tuner.max_trials=2")
+    _, result = _search(tmp_path, "tuner.max_trials=1", "train.epochs=1")
     assert result.model.output_shape == (None, 3)

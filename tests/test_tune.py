@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 from components.config import load_config, tracking_uri
@@ -41,14 +43,41 @@ def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(tiny_run):
     assert result.score == max(t["score"] for t in result.trials)
 
 
-def test_score_aggregates_executions_like_kerastuner(extracted_project):
+# What each of a trial's two executions reports, epoch by epoch: no series is monotone and each execution has its
+# best epoch elsewhere, so every other way of combining them (first or last execution, last epoch, best of the
+# per-epoch means, best of all epochs) gives a different number than KerasTuner's.
+EXECUTION_HISTORIES = [
+    {"loss": [1.0, 0.8, 0.7, 0.65], "accuracy": [0.5, 0.6, 0.7, 0.75],
+     "val_loss": [0.9, 0.3, 0.6, 0.7], "val_accuracy": [0.5, 0.9, 0.6, 0.7]},
+    {"loss": [1.2, 0.9, 0.6, 0.5], "accuracy": [0.55, 0.65, 0.6, 0.8],
+     "val_loss": [0.5, 0.8, 0.1, 0.4], "val_accuracy": [0.6, 0.4, 0.95, 0.8]},
+]
+
+
+def test_trial_logs_the_mean_of_its_executions_per_epoch_and_scores_their_mean_best_epoch(extracted_project,
+                                                                                          monkeypatch):
+    from components.hypermodel import HeadHyperModel
+
+    real_fit, executions = HeadHyperModel.fit, []
+
+    def fit(self, *args, **kwargs):  # real training, then the history it reports replaced by the known series
+        history = real_fit(self, *args, **kwargs)
+        history.history = {k: list(v) for k, v in EXECUTION_HISTORIES[len(executions)].items()}
+        executions.append(history)
+        return history
+
+    monkeypatch.setattr(HeadHyperModel, "fit", fit)
     config, result = _search(extracted_project, "tuner.max_trials=1", "tuner.executions_per_trial=2",
-                             "tuner.algorithm=random")
-    client, runs = _children(config, result.parent_run_id)
-    (run,) = runs
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert len(history) == 2  # one mean value per epoch
-    assert 0.0 <= run.data.metrics["score"] <= 1.0
+                             "tuner.algorithm=random", "train.epochs=4")
+    client, (run,) = _children(config, result.parent_run_id)
+    assert len(executions) == 2
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        logged = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in logged] == [0, 1, 2, 3], name  # one value per epoch, not per execution
+        expected = np.mean([h[name] for h in EXECUTION_HISTORIES], axis=0)
+        np.testing.assert_allclose([m.value for m in logged], expected, rtol=1e-6, err_msg=name)
+    # KerasTuner's score: each execution's best epoch (highest val_accuracy: 0.9 and 0.95), averaged.
+    assert run.data.metrics["score"] == pytest.approx(0.925) and result.score == pytest.approx(0.925)
 
 
 def test_rerun_of_a_finished_search_reuses_its_parent_run(extracted_project):

@@ -182,3 +182,58 @@ def wait_for_http(url: str, process, timeout: float = 120) -> None:
             raise RuntimeError(f"{url} did not come up")
         time.sleep(1)
 
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
+    """End the process group we started (a server's workers, Chromium's renderers) and reap it."""
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary for browser checks. Missing: skipped on a contributor's machine, an error under CI=true."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        message = "browser check needs Chromium (Debian: apt-get install -y chromium; .ci/run installs it)"
+        if _in_ci():
+            pytest.fail(f"CI=true and {message}: browser checks never skip in CI", pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+def page_text(chromium: str, url: str, profile: Path, expected: list[str], tries: int = 3) -> tuple[str, str]:
+    """(DOM, visible text) of `url` in headless Chromium after its scripts ran (`--dump-dom`), with a new empty
+    profile per try; retried while an expected string is still missing (a loaded machine renders slowly)."""
+    import re
+
+    dom = text = ""
+    for attempt in range(tries):
+        browser = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}-{attempt}",
+             "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", url],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            dom, _ = browser.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            dom = ""
+        finally:
+            stop_process_group(browser)
+        text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+        if all(item in text for item in expected):
+            break
+    return dom, text

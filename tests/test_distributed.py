@@ -14,7 +14,6 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()

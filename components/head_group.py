@@ -279,18 +279,13 @@ class GroupedTrials:
 
     def _take_trials(self, count: int, status) -> list:
         """Up to `count` new (or, after a kill, unfinished) trials, one per slot tuner id; none when the search
-        is over."""
-        trials = []
-        while not trials:
-            for slot in range(count):
-                trial = self.oracle.create_trial(f"{self.tuner_id}-{slot}")
-                if trial.status == status.STOPPED:
-                    return trials
-                if trial.status == status.RUNNING:
-                    trials.append(trial)
-            if not trials:  # IDLE: a distributed chief still computing; ask again
-                time.sleep(1)
-        return trials
+        is over. Every slot asks each time: a distributed chief ends only once each id it knows has been stopped."""
+        while True:
+            answers = [self.oracle.create_trial(f"{self.tuner_id}-{slot}") for slot in range(count)]
+            trials = [trial for trial in answers if trial.status == status.RUNNING]
+            if trials or any(trial.status == status.STOPPED for trial in answers):
+                return trials
+            time.sleep(1)  # IDLE: a distributed chief still computing; ask again
 
     def _train_together(self, group: HeadGroup, trials: list, data: tuple, epochs: int, patience: int,
                         seed: int) -> dict[str, list[HeadRun]]:

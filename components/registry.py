@@ -26,8 +26,8 @@ MODEL_CODE = Path(__file__).with_name("classifier_model.py")  # MLflow "models f
 # The package files a registered model carries, so that it runs where only its requirements are installed: the
 # import closure of classifier_model.py (tests/test_dvc_contract.py checks it), not the whole package.
 MODEL_FILES = ("__init__.py", "augment.py", "backbone.py", "classifier_model.py", "config.py", "defaults.yaml",
-               "errors.py", "evaluate.py", "features.py", "files.py", "images.py", "registry.py", "serving.py",
-               "tracking.py")
+               "errors.py", "evaluate.py", "features.py", "files.py", "images.py", "registry.py", "runtime.py",
+               "serving.py", "tracking.py")
 # What the served model imports, pinned to the versions that trained it.
 SERVING_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "pillow", "h5py", "pyyaml", "pydantic")
 

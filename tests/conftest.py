@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = Path(__file__).resolve().parents[1]
+FFX = Path(sys.executable).parent / "ffx"  # the installed `ffx` entry point
 COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 40, 40)}
 
 
@@ -68,21 +71,84 @@ def project(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """extract -> tune (3 trials) -> evaluate once per session on a tiny two-class dataset; tests only read it."""
+def extracted(tmp_path_factory):
+    """The `project` dataset and params with train/valid/test features extracted once per session (and the
+    feature cache filled); tests only read it. `results`: what extract_all returned."""
     from types import SimpleNamespace
 
     from components.config import load_config
     from components.extract import extract_all
-    from components.stages import evaluate_stage, tune_stage
 
-    root = tmp_path_factory.mktemp("tiny_run")
+    root = tmp_path_factory.mktemp("extracted")
     make_dataset(root / "data")
     config = load_config(write_params(root))
-    extract_all(config)
+    return SimpleNamespace(root=root, config=config, results=extract_all(config))
+
+
+@pytest.fixture
+def extracted_project(extracted, tmp_path) -> Path:
+    """A copy of `extracted` to change at will: the `project` folder with its features and feature cache."""
+    import shutil
+
+    return shutil.copytree(extracted.root, tmp_path / "project", symlinks=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(extracted, tmp_path_factory):
+    """extract -> tune (3 trials) -> evaluate once per session on a tiny two-class dataset; tests only read it."""
+    import shutil
+    from types import SimpleNamespace
+
+    from components.config import load_config
+    from components.stages import evaluate_stage, tune_stage
+
+    root = shutil.copytree(extracted.root, tmp_path_factory.mktemp("tiny_run") / "project", symlinks=True)
+    config = load_config(root / "params.yaml")
     search = tune_stage(config)
     evaluation = evaluate_stage(config, command="ffx evaluate --params params.yaml")
     return SimpleNamespace(root=root, config=config, search=search, evaluation=evaluation)
+
+
+def run_ffx(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`ffx ARGS` run from `cwd` in this process: ffx.cli.main, the installed entry point's function, inside Typer's
+    CliRunner isolation (captured stdout and stderr); an FFXError becomes one `error:` line and exit code 2."""
+    from typer.testing import CliRunner
+
+    from ffx.cli import main
+
+    previous_cwd, previous_argv = os.getcwd(), sys.argv
+    with CliRunner().isolation() as (stdout, stderr, _):
+        os.chdir(cwd)
+        sys.argv = ["ffx", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        finally:
+            os.chdir(previous_cwd)
+            sys.argv = previous_argv
+            sys.stdout.flush()
+            sys.stderr.flush()
+        out, err = stdout.getvalue().decode(), stderr.getvalue().decode()
+    return subprocess.CompletedProcess(["ffx", *args], code, out, err)
+
+
+def ffx_process(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`ffx ARGS` as a user runs it: the installed command in its own process."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([str(FFX), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit code 2, no traceback, exactly one `error:` line holding every fragment."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
 
 
 def free_port() -> int:
@@ -109,3 +175,59 @@ def wait_for_http(url: str, process, timeout: float = 120) -> None:
         if time.time() > deadline or process.poll() is not None:
             raise RuntimeError(f"{url} did not come up")
         time.sleep(1)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
+    """End the process group we started (a server's workers, Chromium's renderers) and reap it."""
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary for browser checks. Missing: skipped on a contributor's machine, an error under CI=true."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        message = "browser check needs Chromium (Debian: apt-get install -y chromium; .ci/run installs it)"
+        if _in_ci():
+            pytest.fail(f"CI=true and {message}: browser checks never skip in CI", pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+def page_text(chromium: str, url: str, profile: Path, expected: list[str], tries: int = 3) -> tuple[str, str]:
+    """(DOM, visible text) of `url` in headless Chromium after its scripts ran (`--dump-dom`), with a new empty
+    profile per try; retried while an expected string is still missing (a loaded machine renders slowly)."""
+    import re
+
+    dom = text = ""
+    for attempt in range(tries):
+        browser = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}-{attempt}",
+             "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", url],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            dom, _ = browser.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            dom = ""
+        finally:
+            stop_process_group(browser)
+        text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+        if all(item in text for item in expected):
+            break
+    return dom, text

@@ -39,7 +39,8 @@ def test_view_transforms_keep_the_image_size_and_type():
     assert row_key("ab" * 20, View()) == "ab" * 20 and row_key("ab" * 20, FLIP) != "ab" * 20
 
 
-def test_train_views_are_stored_with_their_source_and_other_splits_are_not_augmented(project):
+def test_train_views_are_stored_with_their_source_and_other_splits_are_not_augmented(extracted_project):
+    project = extracted_project
     config = load_config(project / "params.yaml", AUGMENT)
     results = extract_all(config)
     train = read_features(config.features.path("train"))
@@ -58,10 +59,9 @@ def test_train_views_are_stored_with_their_source_and_other_splits_are_not_augme
         load_split_features(load_config(project / "params.yaml", AUGMENT + ["extract.augment.seed=5"]), "train")
 
 
-def test_views_are_cached_and_only_new_views_are_computed(project):
-    plain_config = load_config(project / "params.yaml")
-    assert extract_all(plain_config, splits=("train",))["train"].computed == 24
-    plain = read_features(plain_config.features.path("train")).features
+def test_views_are_cached_and_only_new_views_are_computed(extracted_project):
+    project = extracted_project
+    plain = read_features(load_config(project / "params.yaml").features.path("train")).features
     config = load_config(project / "params.yaml", AUGMENT)
     assert extract_all(config, splits=("train",))["train"].computed == 48  # the originals came from the cache
     np.testing.assert_array_equal(read_features(config.features.path("train")).features[:24], plain)
@@ -71,10 +71,8 @@ def test_views_are_cached_and_only_new_views_are_computed(project):
     assert reseeded["train"].computed == 48 and not reseeded["train"].cached
 
 
-def test_default_extraction_has_no_views(project):
-    config = load_config(project / "params.yaml")
-    extract_all(config, splits=("train",))
-    train = read_features(config.features.path("train"))
+def test_default_extraction_has_no_views(extracted):
+    train = read_features(extracted.config.features.path("train"))
     assert train.source is None and len(train.labels) == 24 and "views" not in train.attrs
 
 
@@ -86,13 +84,13 @@ def test_bad_augmentation_settings_are_named(project, override, message):
         load_config(project / "params.yaml", [f"extract.augment.{override}"])
 
 
-def test_search_trains_on_every_view_and_records_the_augmentation(project):
+def test_search_trains_on_every_view_and_records_the_augmentation(extracted_project):
     from mlflow.tracking import MlflowClient
 
     from components.config import tracking_uri
     from components.search import run_search
 
-    config = load_config(project / "params.yaml", AUGMENT + ["tuner.max_trials=1"])
+    config = load_config(extracted_project / "params.yaml", AUGMENT + ["tuner.max_trials=1"])
     extract_all(config, splits=("train", "valid"))
     result = run_search(config, load_split_features(config, "train"), load_split_features(config, "valid"))
     tags = MlflowClient(tracking_uri(config)).get_run(result.parent_run_id).data.tags

@@ -24,11 +24,23 @@ def test_vgg19_at_150_gives_the_recipe_feature_size(tmp_path):
     assert backbone.feature_shape == (4, 4, 512) and backbone.feature_dim == 8192
 
 
-def test_offline_pretrained_vgg16_weights_load(tmp_path):
+def test_offline_pretrained_vgg16_weights_are_the_files_arrays_in_every_convolution(tmp_path):
+    import h5py
+
+    from components.backbone import hed_weights_path
+
     backbone = build_backbone(_config(name="vgg16", weights="hed-vgg16"), tmp_path)
-    kernel = backbone.model.get_layer("block1_conv1").get_weights()[0]
     assert backbone.weights_id.startswith("hed-vgg16(")
-    assert abs(float(kernel.std()) - 0.0) > 1e-3 and kernel.shape == (3, 3, 3, 64)
+    compared = 0
+    with h5py.File(hed_weights_path(), "r") as store:
+        for block, convs in enumerate((2, 2, 3, 3, 3), start=1):  # VGG16's 13 convolutions
+            for index in range(convs):
+                stored = store[f"block{block}/layers/conv2d{f'_{index}' if index else ''}/vars"]
+                kernel, bias = backbone.model.get_layer(f"block{block}_conv{index + 1}").get_weights()
+                np.testing.assert_array_equal(kernel, stored["0"][()], err_msg=f"block{block}_conv{index + 1}")
+                np.testing.assert_array_equal(bias, stored["1"][()], err_msg=f"block{block}_conv{index + 1}")
+                compared += 1
+    assert compared == 13
 
 
 @pytest.mark.parametrize("overrides,message", [

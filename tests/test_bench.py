@@ -1,28 +1,70 @@
 import json
 
+import pytest
+
 from conftest import make_dataset
 
-from bench.run import main
+from bench.run import TARGETS, main
 
+pytestmark = pytest.mark.e2e
 TINY = {"extract_images": 4, "rounds": 2, "rss_images": 2, "pipeline_per_class": 2, "head_rows": 12,
         "head_valid_rows": 4, "head_epochs": 2, "search_trials": 1, "head_batch_size": 2}
 
 
-def test_benchmark_times_every_path_side_by_side_and_writes_its_figures(tmp_path):
+def test_benchmark_times_every_path_side_by_side_and_writes_its_figures(tmp_path, capsys):
     data = make_dataset(tmp_path / "data", per_split={"train": 4, "valid": 2, "test": 2})
     out = tmp_path / "results" / "bench.json"
     main(["--data", str(data), "--out", str(out), "--input-size", "32", "--batch-size", "2",
           "--sizes", json.dumps(TINY)])
+    printed = capsys.readouterr().out
 
     figures = json.loads(out.read_text())
-    extraction = figures["extraction"]
-    assert extraction["images"] == 4
-    for path in ("baseline", "ffx", "limit", "ffx_bfloat16"):
-        assert extraction[f"{path}_images_per_s"] > 0
-    cache = figures["cache"]
-    assert cache["cold"]["computed_images"] == cache["images"] == 12 and cache["rerun"]["computed_images"] == 0
-    head = figures["head"]
-    assert head["train_rows"] == 12 and head["baseline_epoch_ms"] > 0 and head["ffx_trial_s"] > 0
-    assert figures["rss"]["n"] == 2 and figures["rss"]["peak_rss_mb_4n"] > 0
-    assert set(figures["checks"]) >= {"extract_vs_baseline", "extract_vs_limit", "head_epoch_speedup",
-                                      "cache_hit_fraction", "rss_growth_4n", "bf16_vs_fp32"}
+    assert figures["sizes"] == TINY and figures["data"] == str(data)
+    e = figures["extraction"]
+    assert e["images"] == 4
+    rate = {path: e[f"{path}_images_per_s"] for path in ("baseline", "ffx", "limit", "ffx_bfloat16")}
+    assert all(value > 0 for value in rate.values()), rate
+    # Every ratio is the one its name says, from the timed figures (numerator / denominator, not the reverse).
+    assert e["ffx_vs_baseline"] == pytest.approx(rate["ffx"] / rate["baseline"])
+    assert e["ffx_vs_limit"] == pytest.approx(rate["ffx"] / rate["limit"])
+    native = figures["machine"]["bfloat16_native"]
+    assert ("ffx_auto" in rate) == native  # precision auto is timed apart only where it is not float32
+    if native:
+        assert e["auto_vs_fp32"] == pytest.approx(rate["ffx_auto"] / rate["ffx"])
+        assert e["auto_vs_baseline"] == pytest.approx(rate["ffx_auto"] / rate["baseline"])
+
+    c = figures["cache"]
+    assert c["cold"]["computed_images"] == c["images"] == 12 and c["rerun"]["computed_images"] == 0
+    assert c["rerun_fraction"] == pytest.approx(c["rerun"]["total_s"] / c["cold"]["total_s"])
+    for run in ("cold", "rerun"):
+        assert c[run]["total_s"] == pytest.approx(c[run]["extract_s"] + c[run]["tune_s"])
+
+    h = figures["head"]
+    assert (h["train_rows"], h["valid_rows"], h["epochs"]) == (12, 4, 2)
+    assert min(h["baseline_epoch_ms"], h["ffx_epoch_ms"], h["limit_epoch_ms"], h["ffx_trial_s"]) > 0
+    assert h["epoch_speedup"] == pytest.approx(h["baseline_epoch_ms"] / h["ffx_epoch_ms"])
+    assert h["ffx_vs_limit"] == pytest.approx(h["limit_epoch_ms"] / h["ffx_epoch_ms"])
+    assert h["fit_speedup"] == pytest.approx(h["baseline_fit_s"] / h["ffx_fit_s"])
+    assert h["trial_speedup"] == pytest.approx(h["baseline_trial_s"] / h["ffx_trial_s"])
+    assert h["baseline_trial_s"] == h["baseline_fit_s"]
+
+    m = figures["rss"]
+    assert m["n"] == 2 and min(m["peak_rss_mb_n"], m["peak_rss_mb_4n"]) > 0
+    assert m["growth_4n"] == pytest.approx(m["peak_rss_mb_4n"] / m["peak_rss_mb_n"])
+
+    # Each target is judged on its figure, in the target's direction.
+    values = {"extract_vs_baseline": e["ffx_vs_baseline"], "extract_vs_limit": e["ffx_vs_limit"],
+              "head_epoch_speedup": h["epoch_speedup"], "cache_hit_fraction": c["rerun_fraction"],
+              "rss_growth_4n": m["growth_4n"]}
+    if native:
+        values.update(auto_vs_fp32=e["auto_vs_fp32"], auto_vs_baseline=e["auto_vs_baseline"])
+    assert set(figures["checks"]) == set(values)
+    for name, check in figures["checks"].items():
+        assert check["value"] == pytest.approx(values[name]), name
+        lower_is_better = name in ("cache_hit_fraction", "rss_growth_4n")
+        assert check["target"] == f"{'<=' if lower_is_better else '>='} {TARGETS[name]}", name
+        met = values[name] <= TARGETS[name] if lower_is_better else values[name] >= TARGETS[name]
+        assert check["met"] == met, name
+        verdict = {True: "MET ", False: "MISS", None: "N/A "}[check["met"]]
+        assert f"{verdict} {name}" in printed, name  # the printed verdicts are the stored ones
+    assert sum(figures["section_seconds"].values()) <= figures["seconds"] + 0.5

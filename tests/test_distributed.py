@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import free_port, make_dataset, wait_for_http, write_params
 
+pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Prefect: a real server on 127.0.0.1, cached tasks across runs, incremental extraction, a served schedule."""
+"""Prefect: a real server (and its UI) on 127.0.0.1, cached tasks across runs, incremental extraction, sharded
+extraction on Dask, a served schedule seen through the API and in the UI."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,28 +10,50 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import COLOURS, free_port, make_dataset, make_image, wait_for_http, write_params
+from conftest import (COLOURS, free_port, make_dataset, make_image, page_text, stop_process_group, wait_for_http,
+                      write_params)
 
+pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-
+CRON, TIMEZONE = "30 3 * * *", "Europe/Paris"
+CRON_IN_THE_UI = "At 03:30 AM every day"  # how the Prefect UI words CRON
 
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
-    """`prefect server start` on loopback with its own home; stopped at the end of the module."""
+    """`prefect server start` with its UI on loopback and its own home; stopped at the end of the module."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false")
+               PREFECT_UI_ENABLED="true")
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_http(f"{url}/health", server)
-        yield {"url": url, "env": {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
+        yield {"url": url, "ui": f"http://127.0.0.1:{port}", "env": {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_process_group(server)
+    assert server.returncode is not None  # the server is down
+
+
+@pytest.fixture(scope="module")
+def served(prefect_api, tmp_path_factory):
+    """`ffx serve` of a tiny project whose params schedule CRON in TIMEZONE; the deployment as the API returns it."""
+    project = tmp_path_factory.mktemp("served")
+    make_dataset(project / "data")
+    write_params(project, schedule={"cron": CRON, "timezone": TIMEZONE})
+    process = subprocess.Popen(["ffx", "serve"], cwd=project, env=_env(prefect_api), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"{prefect_api['url']}/deployments/name/pipeline/ffx-pipeline"
+        deadline = time.time() + 180
+        while (response := httpx.get(url, timeout=10)).status_code != 200:
+            assert time.time() < deadline and process.poll() is None, "deployment never appeared"
+            time.sleep(2)
+        yield {"project": project, "deployment": response.json()}
+    finally:
+        stop_process_group(process)
 
 
 def _env(api) -> dict:
@@ -52,7 +74,8 @@ def _task_states(api, flow_run_id: str) -> dict:
 
 
 def _latest_flow_run(api) -> dict:
-    body = {"sort": "EXPECTED_START_TIME_DESC", "limit": 1}
+    """The latest `ffx pipeline` run (not one of the served deployment's scheduled runs)."""
+    body = {"flow_runs": {"deployment_id": {"is_null_": True}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 1}
     return httpx.post(f"{api['url']}/flow_runs/filter", json=body, timeout=30).json()[0]
 
 
@@ -81,39 +104,6 @@ def test_second_run_is_cached_and_a_new_image_is_extracted_alone(tmp_path, prefe
     assert fourth["states"]["extract-valid"] == "Completed" and fourth["extract"]["valid"]["computed"] == 0
 
 
-def test_served_deployment_has_the_cron_schedule_and_a_triggered_run_completes(tmp_path, prefect_api):
-    make_dataset(tmp_path / "data")
-    write_params(tmp_path, schedule={"cron": "30 3 * * *", "timezone": "Europe/Paris"})
-    env = _env(prefect_api)
-    served = subprocess.Popen(["ffx", "serve"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        url = f"{prefect_api['url']}/deployments/name/pipeline/ffx-pipeline"
-        deadline = time.time() + 180
-        while (response := httpx.get(url, timeout=10)).status_code != 200:
-            assert time.time() < deadline and served.poll() is None, "deployment never appeared"
-            time.sleep(2)
-        schedules = response.json()["schedules"]
-        assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in schedules] == [("30 3 * * *",
-                                                                                           "Europe/Paris")]
-        trigger = subprocess.run(["prefect", "deployment", "run", "pipeline/ffx-pipeline"], env=env,
-                                 capture_output=True, text=True, timeout=120)
-        assert trigger.returncode == 0, trigger.stderr
-        flow_run_id = next(line.split()[-1] for line in trigger.stdout.splitlines() if "UUID" in line)
-        deadline = time.time() + 600
-        while True:
-            state = httpx.get(f"{prefect_api['url']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
-            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            assert time.time() < deadline, f"run still {state['type']}"
-            time.sleep(3)
-        assert state["type"] == "COMPLETED", state
-        assert (tmp_path / "metrics" / "test.json").is_file()
-    finally:
-        os.killpg(served.pid, signal.SIGTERM)
-        served.wait(timeout=60)
-
-
 def test_sharded_extraction_on_a_two_worker_dask_cluster_matches_single_process(tmp_path, prefect_api):
     import numpy as np
 
@@ -128,9 +118,44 @@ def test_sharded_extraction_on_a_two_worker_dask_cluster_matches_single_process(
     shard_states = {k: v for k, v in summary["states"].items() if k.startswith("extract-train-")}
     assert len(shard_states) == 5 and set(shard_states.values()) == {"Completed"}  # 24 images, shards of 5
     single = extract_all(load_config(tmp_path / "params.yaml", ["features.dir=single", "extract.shard_size=0"]))
-    for split in ("train", "valid", "test"):
+    for split, shards in (("train", 5), ("valid", 3), ("test", 3)):
         sharded, reference = read_features(tmp_path / "features" / f"{split}.h5"), read_features(single[split].path)
-        assert sharded.paths == reference.paths
+        assert sharded.paths == reference.paths and sharded.labels.tolist() == reference.labels.tolist()
         np.testing.assert_allclose(sharded.features, reference.features, rtol=1e-4, atol=1e-4)
+        assert sharded.attrs["key"] == reference.attrs["key"] and sharded.attrs["shards"] == shards, split
     again = _pipeline(tmp_path, prefect_api)  # finished shards are cache hits
     assert {v for k, v in again["states"].items() if k.startswith("extract-")} == {"Cached"}
+
+
+def test_served_deployment_has_the_cron_schedule_and_a_triggered_run_completes(served, prefect_api):
+    schedules = served["deployment"]["schedules"]
+    assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in schedules] == [(CRON, TIMEZONE)]
+    trigger = subprocess.run(["prefect", "deployment", "run", "pipeline/ffx-pipeline"], env=_env(prefect_api),
+                             capture_output=True, text=True, timeout=120)
+    assert trigger.returncode == 0, trigger.stderr
+    flow_run_id = next(line.split()[-1] for line in trigger.stdout.splitlines() if "UUID" in line)
+    deadline = time.time() + 600
+    while True:
+        state = httpx.get(f"{prefect_api['url']}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        assert time.time() < deadline, f"run still {state['type']}"
+        time.sleep(3)
+    assert state["type"] == "COMPLETED", state
+    assert (served["project"] / "metrics" / "test.json").is_file()
+
+
+def test_prefect_ui_deployments_page_shows_the_served_deployment_and_its_schedule(chromium, served, prefect_api,
+                                                                                 tmp_path):
+    deployment = served["deployment"]
+    expected = ["ffx-pipeline", "pipeline", CRON_IN_THE_UI]
+    _, text = page_text(chromium, f"{prefect_api['ui']}/deployments", tmp_path / "list", expected)
+    assert "1 Deployment" in text, text[:2000]
+    row = text[text.index("ffx-pipeline"):]  # the table row: deployment, its flow, status, schedule
+    assert row.split()[:2] == ["ffx-pipeline", "pipeline"] and CRON_IN_THE_UI in row, text[:2000]
+
+    expected = [f"Deployment ID {deployment['id']}", f"Schedules {CRON_IN_THE_UI}"]
+    _, text = page_text(chromium, f"{prefect_api['ui']}/deployments/deployment/{deployment['id']}",
+                        tmp_path / "detail", expected)
+    missing = [item for item in expected if item not in text]
+    assert not missing, f"not on the deployment page: {missing}\n{text[:3000]}"

@@ -1,12 +1,9 @@
 """Browser check: `mlflow ui` over a tiny run's store, pages loaded in headless Chromium.
 
-Skipped when Chromium is not installed (Debian: `apt-get install chromium chromium-driver`).
+Skipped when Chromium is not installed, except under CI=true (see the `chromium` fixture); .ci/run installs it.
 """
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,36 +14,18 @@ from pathlib import Path
 import pytest
 
 from components.config import tracking_uri
+from conftest import free_port, page_text, stop_process_group
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
-                                reason="browser check needs /usr/bin/chromium (apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 START_LIMIT_S = 300   # mlflow ui starts in seconds on an idle machine, far slower on a loaded 2-core one
-PAGE_TRIES = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """End the process group we started (the server's workers, Chromium's renderers) and reap it."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(tiny_run, tmp_path_factory):
-    """Base URL of `mlflow ui` on 127.0.0.1 and a free port; always stopped afterwards."""
-    port = _free_port()
+def mlflow_ui(chromium, tiny_run, tmp_path_factory):
+    """Base URL of `mlflow ui` on 127.0.0.1 and a free port (started only when Chromium is there to look at it);
+    always stopped afterwards."""
+    port = free_port()
     log = tmp_path_factory.mktemp("mlflow_ui") / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", tracking_uri(tiny_run.config),
@@ -69,28 +48,7 @@ def mlflow_ui(tiny_run, tmp_path_factory):
             time.sleep(1)
         yield base
     finally:
-        _stop(server)
-
-
-def _page_text(url: str, profile: Path, expected: list[str]) -> tuple[str, str]:
-    """(DOM, visible text) of `url` after its scripts ran; retried while an expected string is still missing."""
-    for attempt in range(PAGE_TRIES):
-        browser = subprocess.Popen(
-            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}-{attempt}",
-             "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", url],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-        try:
-            dom, _ = browser.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            dom = ""
-        finally:
-            _stop(browser)
-        text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
-        if all(item in text for item in expected):
-            break
-    return dom, text
+        stop_process_group(server)
 
 
 def _runs(base: str, experiment_id: str) -> dict[str, str]:
@@ -107,33 +65,33 @@ def _experiment_id(base: str, name: str) -> str:
         return json.load(response)["experiment"]["experiment_id"]
 
 
-def test_mlflow_compare_page_lists_the_trial_runs_side_by_side(tiny_run, mlflow_ui, tmp_path):
+def test_mlflow_compare_page_lists_the_trial_runs_side_by_side(chromium, tiny_run, mlflow_ui, tmp_path):
     experiment_id = _experiment_id(mlflow_ui, tiny_run.config.mlflow.experiment)
     trials = {name: run_id for name, run_id in _runs(mlflow_ui, experiment_id).items() if name.startswith("trial-")}
     assert sorted(trials) == ["trial-0", "trial-1", "trial-2"]
     query = urllib.parse.urlencode({"runs": json.dumps(list(trials.values())),
                                     "experiments": json.dumps([experiment_id])})
     expected = ["Comparing 3 Runs", *trials, "dropout", "extra_units", "units", "val_accuracy", "score"]
-    _, text = _page_text(f"{mlflow_ui}/#/compare-runs?{query}", tmp_path / "profile", expected)
+    _, text = page_text(chromium, f"{mlflow_ui}/#/compare-runs?{query}", tmp_path / "profile", expected)
     missing = [item for item in expected if item not in text]
     assert not missing, f"not on the compare page: {missing}\n{text[:2000]}"
 
 
-def test_mlflow_run_page_lists_the_plots_trial_table_and_model_card(tiny_run, mlflow_ui, tmp_path):
+def test_mlflow_run_page_lists_the_plots_trial_table_and_model_card(chromium, tiny_run, mlflow_ui, tmp_path):
     experiment_id = _experiment_id(mlflow_ui, tiny_run.config.mlflow.experiment)
     run_id = tiny_run.search.parent_run_id
     page = f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_id}/artifacts"
 
     search_files = ["parallel_coordinates.png", "objective_by_trial.png", "learning_curves.png", "trials.csv",
                     "trials.html"]
-    dom, text = _page_text(f"{page}/search/parallel_coordinates.png", tmp_path / "search", search_files)
+    dom, text = page_text(chromium, f"{page}/search/parallel_coordinates.png", tmp_path / "search", search_files)
     missing = [name for name in search_files if name not in text]
     assert not missing, f"not listed under search/: {missing}\n{text[:2000]}"
     assert re.search(r'<img[^>]*alt="search/parallel_coordinates.png"', dom)  # the preview shows the image
 
     evaluation_files = ["model_card.md", "confusion_matrix.png", "roc.png", "precision_recall.png",
                         "calibration.png", "confident_errors.png"]
-    _, text = _page_text(f"{page}/evaluation/model_card.md", tmp_path / "evaluation", evaluation_files)
+    _, text = page_text(chromium, f"{page}/evaluation/model_card.md", tmp_path / "evaluation", evaluation_files)
     missing = [name for name in evaluation_files if name not in text]
     assert not missing, f"not listed under evaluation/: {missing}\n{text[:2000]}"
     assert "Model card: ffx-classifier" in text  # the Markdown preview rendered the card

@@ -3,34 +3,14 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from components.config import load_config, tracking_uri
-from components.errors import FFXError, UnsafeModelError
-from conftest import make_dataset, write_params
-
-FFX = Path(sys.executable).parent / "ffx"
-
-
-def ffx(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([str(FFX), *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit code 2, no traceback, exactly one `error:` line holding every fragment."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
+from components.errors import ConfigError, FFXError, UnsafeModelError
+from conftest import assert_one_line_error, ffx_process, run_ffx, write_params
 
 
 def closed_port() -> int:
@@ -58,7 +38,12 @@ def _corrupt_weights_file(project):
     (project / "corrupt.weights.h5").write_bytes(b"\0" * 64)
 
 
+def _empty_train_image(project):
+    (project / "data" / "train" / "red" / "bad.jpg").write_bytes(b"")
+
+
 CLI_FAILURES = {
+    "bad_image": (_empty_train_image, ["extract"], ["1 bad image(s) in", "data/train"]),  # files on the next lines
     "symlink_loop": (_link_loop, ["extract"], ["data/train/blue/loop", "symbolic link loop"]),
     "split_without_classes": (_no_classes_in_valid, ["extract"], ["data/valid", "no class folders"]),
     "class_empty_after_skipping": (_all_red_train_images_corrupt, ["extract", "--set", "data.on_bad_image=skip"],
@@ -68,6 +53,7 @@ CLI_FAILURES = {
     "unreadable_weights_file": (_corrupt_weights_file, ["extract", "--set", "backbone.weights=corrupt.weights.h5"],
                                 ["'backbone.weights'", "corrupt.weights.h5"]),
     "empty_search_space": (None, ["tune", "--set", "space.units=[]"], ["'space.units'", "non-empty"]),
+    "unknown_tuner_algorithm": (None, ["tune", "--set", "tuner.algorithm=grid"], ["'tuner.algorithm' must be one of"]),
     "unreachable_tracking_server": (None, ["extract", "--set", "mlflow.tracking_uri=http://127.0.0.1:{port}"],
                                     ["mlflow.tracking_uri", "does not answer"]),
 }
@@ -79,13 +65,24 @@ def test_cli_refuses_before_any_work_with_one_line_naming_the_culprit(project, c
     if breakage:
         breakage(project)
     args = [a.format(port=closed_port()) for a in args]
-    assert_one_line_error(ffx(project, *args), *fragments)
+    assert_one_line_error(run_ffx(project, *args), *fragments)
     assert not (project / "features").exists()  # nothing extracted, nothing half-written
 
 
-def test_debug_flag_shows_the_traceback(project):
-    result = ffx(project, "--debug", "extract", "--set", "backbone.input_size=16")
-    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+def test_debug_flag_lets_the_error_through_with_its_traceback(project):
+    with pytest.raises(ConfigError, match="'backbone.input_size' 16"):  # main() re-raises: Python prints it
+        run_ffx(project, "--debug", "extract", "--set", "backbone.input_size=16")
+
+
+def test_installed_ffx_command_prints_one_error_line_or_with_debug_the_traceback(project):
+    """The one test of the real entry point (the others run ffx.cli.main in-process, see `run_ffx`)."""
+    _empty_train_image(project)
+    result = ffx_process(project, "extract")
+    assert result.stderr.startswith("error: 1 bad image(s)") and "train/red/bad.jpg: empty file" in result.stderr
+    assert_one_line_error(result, "data/train")
+    debug = ffx_process(project, "--debug", "extract", "--set", "backbone.input_size=16")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+    assert not (project / "features").exists()
 
 
 def test_links_to_one_folder_from_two_places_are_refused_as_duplicates(project, tmp_path_factory):
@@ -120,7 +117,7 @@ def test_predict_refuses_a_model_that_needs_unsafe_deserialisation(project):
     with pytest.raises(UnsafeModelError, match="Lambda layer"):
         load_head(model_path)
     image = next((project / "data" / "test" / "blue").glob("*.jpg"))
-    assert_one_line_error(ffx(project, "predict", str(image), "--model", str(model_path)),
+    assert_one_line_error(run_ffx(project, "predict", str(image), "--model", str(model_path)),
                           "elsewhere/head.keras", "refused", "safe_mode")
 
 
@@ -143,35 +140,40 @@ def test_registered_model_is_loaded_in_safe_mode(project):
 
 
 @pytest.fixture(scope="module")
-def extracted(tmp_path_factory):
-    """A project with features extracted once, shared by the tuning tests (each uses its own experiment)."""
+def skipped_image_project(extracted, tmp_path_factory):
+    """The session's extracted project plus an empty train image left out by data.on_bad_image: skip, shared by the
+    tuning tests (each uses its own experiment)."""
     from components.extract import extract_all
 
-    root = tmp_path_factory.mktemp("extracted")
-    make_dataset(root / "data")
-    (root / "data" / "train" / "blue" / "empty.jpg").write_bytes(b"")  # left out by data.on_bad_image: skip
+    root = shutil.copytree(extracted.root, tmp_path_factory.mktemp("skipped") / "project", symlinks=True)
+    (root / "data" / "train" / "blue" / "empty.jpg").write_bytes(b"")
     write_params(root, data={"on_bad_image": "skip"},
                  tuner={"algorithm": "random", "max_trials": 3, "executions_per_trial": 1})
+    shutil.rmtree(root / "features")  # the files are rebuilt, recording the skipped image; features from the cache
     extract_all(load_config(root / "params.yaml"))
     return root
 
 
-def _search_with_failing_fits(project: Path, experiment: str, failing_calls: set[int], monkeypatch):
-    """run_search where the given calls of the head's fit raise (a fault injected into real training)."""
-    from components.hypermodel import HeadHyperModel
+def _search_with_failing_fits(project: Path, experiment: str, failing_calls: set[int], monkeypatch,
+                              heads: int = 1):
+    """run_search where the given calls of the training raise (a fault injected into real training): a head's
+    Keras fit (tuner.parallel_heads 1), or a group's training of several heads at once."""
     from components.extract import load_split_features
+    from components.head_group import HeadGroup
+    from components.hypermodel import HeadHyperModel
     from components.search import run_search
 
-    real_fit, calls = HeadHyperModel.fit, []
+    owner, name = (HeadHyperModel, "fit") if heads == 1 else (HeadGroup, "train")
+    real, calls = getattr(owner, name), []
 
-    def fit(self, *args, **kwargs):
+    def failing(self, *args, **kwargs):
         calls.append(1)
         if len(calls) in failing_calls:
-            raise RuntimeError(f"injected failure in fit call {len(calls)}")
-        return real_fit(self, *args, **kwargs)
+            raise RuntimeError(f"injected failure in {name} call {len(calls)}")
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(HeadHyperModel, "fit", fit)
-    config = load_config(project / "params.yaml", [f"mlflow.experiment={experiment}",
+    monkeypatch.setattr(owner, name, failing)
+    config = load_config(project / "params.yaml", [f"mlflow.experiment={experiment}", f"tuner.parallel_heads={heads}",
                                                     f"tuner.directory=.ffx/tuner-{experiment}"])
     train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
     client = MlflowClient(tracking_uri(config))
@@ -186,8 +188,8 @@ def _runs(client, config, kind_filter: str):
     return client.search_runs([experiment.experiment_id], kind_filter)
 
 
-def test_failing_trial_is_recorded_failed_with_its_error_and_the_search_goes_on(extracted, monkeypatch):
-    config, client, result = _search_with_failing_fits(extracted, "one-fails", {1}, monkeypatch)
+def test_failing_trial_is_recorded_failed_with_its_error_and_the_search_goes_on(skipped_image_project, monkeypatch):
+    config, client, result = _search_with_failing_fits(skipped_image_project, "one-fails", {1}, monkeypatch)
     assert not isinstance(result, FFXError), result
     trials = _runs(client, config, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert sorted(r.info.status for r in trials) == ["FAILED", "FINISHED", "FINISHED"]
@@ -199,8 +201,19 @@ def test_failing_trial_is_recorded_failed_with_its_error_and_the_search_goes_on(
     assert parent.data.tags["skipped_images"] == "1"  # the bad image left out at extraction is on record
 
 
-def test_search_whose_trials_all_fail_stops_with_a_clear_error_and_leaves_no_run_open(extracted, monkeypatch):
-    config, client, result = _search_with_failing_fits(extracted, "all-fail", {1, 2, 3}, monkeypatch)
+def test_a_failing_group_of_heads_fails_its_trials_and_the_search_goes_on(skipped_image_project, monkeypatch):
+    config, client, result = _search_with_failing_fits(skipped_image_project, "group-fails", {1}, monkeypatch,
+                                                       heads=2)  # trials 0 and 1 train together, then trial 2
+    assert not isinstance(result, FFXError), result
+    trials = _runs(client, config, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert sorted(r.info.status for r in trials) == ["FAILED", "FAILED", "FINISHED"]
+    assert all("injected failure in train call 1" in r.data.tags["error"] for r in trials if r.info.status == "FAILED")
+    assert client.get_run(result.parent_run_id).data.metrics["trials_failed"] == 2
+
+
+def test_search_whose_trials_all_fail_stops_with_a_clear_error_and_leaves_no_run_open(skipped_image_project,
+                                                                                     monkeypatch):
+    config, client, result = _search_with_failing_fits(skipped_image_project, "all-fail", {1, 2, 3}, monkeypatch)
     assert isinstance(result, FFXError) and "tuning stopped" in str(result)
     assert "injected failure in fit call 3" in str(result)
     runs = _runs(client, config, "attributes.status != 'FAILED'")

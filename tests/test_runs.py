@@ -1,26 +1,15 @@
 """`ffx runs` and the trial table: searches and trials read back from a real MLflow store."""
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from components.errors import FFXError
 from components.runs import find_search, format_table, search_trials, store_client
-from conftest import write_params
-
-BIN = Path(sys.executable).parent
-
-
-def _ffx(args, cwd):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(["ffx", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+from conftest import run_ffx, write_params
 
 
 def test_ffx_runs_prints_the_search_and_its_trials_best_first(tiny_run):
-    result = _ffx(["runs", "--top", "2"], tiny_run.root)
+    result = run_ffx(tiny_run.root, "runs", "--top", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     searches, trials = out.split("\nTop ")
@@ -34,16 +23,16 @@ def test_ffx_runs_prints_the_search_and_its_trials_best_first(tiny_run):
 
 
 def test_ffx_runs_picks_a_search_by_run_id_prefix_and_names_an_unknown_one(tiny_run):
-    chosen = _ffx(["runs", "--search", tiny_run.search.parent_run_id[:8]], tiny_run.root)
+    chosen = run_ffx(tiny_run.root, "runs", "--search", tiny_run.search.parent_run_id[:8])
     assert chosen.returncode == 0 and "3 of 3 trials" in chosen.stdout
-    unknown = _ffx(["runs", "--search", "zzzz"], tiny_run.root)
+    unknown = run_ffx(tiny_run.root, "runs", "--search", "zzzz")
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "error: --search zzzz: no search runs match; `ffx runs` lists them"
 
 
 def test_ffx_runs_without_a_store_says_to_tune_first(tmp_path):
     write_params(tmp_path)
-    result = _ffx(["runs"], tmp_path)
+    result = run_ffx(tmp_path, "runs")
     assert result.returncode == 2
     assert "no MLflow store here yet" in result.stderr and "ffx tune" in result.stderr
     assert not (tmp_path / "mlruns").exists()  # reading made nothing

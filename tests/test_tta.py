@@ -19,11 +19,10 @@ def _head(dim, seed=0):
     return build_head(dim, 2, 8, 0.0, 0, 0.001)
 
 
-def test_mirrored_test_features_are_extracted_only_with_tta(project):
-    plain = load_config(project / "params.yaml")
-    assert set(extract_all(plain)) == {"train", "valid", "test"}
-    assert not plain.features.path("test_flip").exists()
-    config = load_config(project / "params.yaml", ["predict.tta=true"])
+def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted_project):
+    assert set(extracted.results) == {"train", "valid", "test"}
+    assert not extracted.config.features.path("test_flip").exists()
+    config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
     results = extract_all(config)
     assert results["test"].cached and results["test_flip"].computed == 12  # the other files are unchanged
     test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
@@ -31,8 +30,8 @@ def test_mirrored_test_features_are_extracted_only_with_tta(project):
     assert not np.allclose(flipped.features, test.features)
 
 
-def test_evaluation_reports_accuracy_with_and_without_tta(project):
-    config = load_config(project / "params.yaml", ["predict.tta=true"])
+def test_evaluation_reports_accuracy_with_and_without_tta(extracted_project):
+    config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
     extract_all(config, splits=("test",))
     test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
     head = _head(test.features.shape[1])
@@ -67,12 +66,13 @@ def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
     assert not np.allclose(got, plain[["p_blue", "p_red"]].to_numpy())
 
 
-def test_evaluate_stage_scores_with_tta_and_writes_both_accuracies(project):
+def test_evaluate_stage_scores_with_tta_and_writes_both_accuracies(extracted_project):
     import json
 
     from components.stages import evaluate_stage, tune_stage
 
-    config = load_config(project / "params.yaml", ["predict.tta=true", "tuner.max_trials=1", "train.epochs=1"])
+    config = load_config(extracted_project / "params.yaml",
+                         ["predict.tta=true", "tuner.max_trials=1", "train.epochs=1"])
     extract_all(config)
     tune_stage(config)
     result = evaluate_stage(config)

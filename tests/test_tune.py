@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 from components.config import load_config, tracking_uri
@@ -20,8 +22,8 @@ def _children(config, parent_run_id):
     return client, runs
 
 
-def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(project):
-    config, result = _search(project)
+def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(tiny_run):
+    config, result = tiny_run.config, tiny_run.search
     client, runs = _children(config, result.parent_run_id)
     assert len(runs) == 3 and len(result.trials) == 3
     for run in runs:
@@ -41,22 +43,77 @@ def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(project):
     assert result.score == max(t["score"] for t in result.trials)
 
 
-def test_score_aggregates_executions_like_kerastuner(project):
-    config, result = _search(project, "tuner.max_trials=1", "tuner.executions_per_trial=2",
-                             "tuner.algorithm=random")
-    client, runs = _children(config, result.parent_run_id)
-    (run,) = runs
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert len(history) == 2  # one mean value per epoch
-    assert 0.0 <= run.data.metrics["score"] <= 1.0
+# What each of a trial's two executions reports, epoch by epoch: no series is monotone and each execution has its
+# best epoch elsewhere, so every other way of combining them (first or last execution, last epoch, best of the
+# per-epoch means, best of all epochs) gives a different number than KerasTuner's.
+EXECUTION_HISTORIES = [
+    {"loss": [1.0, 0.8, 0.7, 0.65], "accuracy": [0.5, 0.6, 0.7, 0.75],
+     "val_loss": [0.9, 0.3, 0.6, 0.7], "val_accuracy": [0.5, 0.9, 0.6, 0.7]},
+    {"loss": [1.2, 0.9, 0.6, 0.5], "accuracy": [0.55, 0.65, 0.6, 0.8],
+     "val_loss": [0.5, 0.8, 0.1, 0.4], "val_accuracy": [0.6, 0.4, 0.95, 0.8]},
+]
 
 
-def test_rerun_of_a_finished_search_reuses_its_parent_run(project):
-    config, first = _search(project)
-    _, second = _search(project)
+def _report_known_histories(monkeypatch, heads: int) -> list:
+    """Real training, then what each execution reports replaced by the known series: through a head's Keras fit
+    (tuner.parallel_heads 1) or a group of heads trained together."""
+    from components.head_group import HeadGroup
+    from components.hypermodel import HeadHyperModel
+
+    executions = []
+    if heads == 1:
+        real_fit = HeadHyperModel.fit
+
+        def fit(self, *args, **kwargs):
+            history = real_fit(self, *args, **kwargs)
+            history.history = {k: list(v) for k, v in EXECUTION_HISTORIES[len(executions)].items()}
+            executions.append(history)
+            return history
+
+        monkeypatch.setattr(HeadHyperModel, "fit", fit)
+        return executions
+    real_train = HeadGroup.train
+
+    def train(self, *args, **kwargs):
+        runs = real_train(self, *args, **kwargs)
+        for run in runs:  # the group's own bookkeeping of each head's best epoch, on the known series
+            run.history = {k: list(v) for k, v in EXECUTION_HISTORIES[len(executions)].items()}
+            run.best_epoch = int(np.argmax(run.history["val_accuracy"]))
+            run.best_value = max(run.history["val_accuracy"])
+            run.epoch_seconds = run.epoch_seconds[:1] * 4
+            executions.append(run)
+        return runs
+
+    monkeypatch.setattr(HeadGroup, "train", train)
+    return executions
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_trial_logs_the_mean_of_its_executions_per_epoch_and_scores_their_mean_best_epoch(extracted_project,
+                                                                                          monkeypatch, heads):
+    executions = _report_known_histories(monkeypatch, heads)
+    config, result = _search(extracted_project, "tuner.max_trials=1", "tuner.executions_per_trial=2",
+                             "tuner.algorithm=random", "train.epochs=4", "train.early_stopping_patience=0",
+                             f"tuner.parallel_heads={heads}", f"tuner.directory=.ffx/tuner-{heads}",
+                             f"mlflow.experiment=heads-{heads}")
+    client, (run,) = _children(config, result.parent_run_id)
+    assert len(executions) == 2
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        logged = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in logged] == [0, 1, 2, 3], name  # one value per epoch, not per execution
+        expected = np.mean([h[name] for h in EXECUTION_HISTORIES], axis=0)
+        np.testing.assert_allclose([m.value for m in logged], expected, rtol=1e-6, err_msg=name)
+    # KerasTuner's score: each execution's best epoch (highest val_accuracy: 0.9 and 0.95), averaged.
+    assert run.data.metrics["score"] == pytest.approx(0.925) and result.score == pytest.approx(0.925)
+
+
+def test_rerun_of_a_finished_search_reuses_its_parent_run(extracted_project):
+    settings = ("tuner.max_trials=2", "train.epochs=1")
+    config, first = _search(extracted_project, *settings)
+    _, second = _search(extracted_project, *settings)
     assert second.parent_run_id == first.parent_run_id
     _, runs = _children(config, first.parent_run_id)
-    assert len(runs) == 3  # no trial ran twice
+    assert len(runs) == 2  # no trial ran twice
 
 
 def test_multi_class_search_runs(tmp_path):
@@ -64,5 +121,5 @@ def test_multi_class_search_runs(tmp_path):
 
     make_dataset(tmp_path / "data", classes=("blue", "green", "red"))
     write_params(tmp_path)
-    _, result = _search(tmp_path, "tuner.max_trials=2")
+    _, result = _search(tmp_path, "tuner.max_trials=1", "train.epochs=1")
     assert result.model.output_shape == (None, 3)

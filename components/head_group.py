@@ -2,8 +2,8 @@
 
 A small head is bound by per-step overhead, not arithmetic: one graph that steps K heads costs far less than K
 graphs. The group has a fixed number of slots of a fixed width (the space's largest sizes), so it compiles once
-per search; a head narrower than its slot has the unused units masked to zero, which keeps their gradients at
-zero, so it trains exactly as a head of its own size would. The heads' parameters are disjoint and the loss is
+per search; a head narrower than its slot has its unused units' weights at zero, where ReLU gives them no
+gradient, so they stay zero and it trains exactly as a head of its own size would. The heads' parameters are disjoint and the loss is
 the sum of theirs, so each head's gradient, RMSprop state and update are its own: the group trains what K
 separate heads would on the same sequence of shuffled batches. Each head keeps its own initialisation, dropout
 rate, layer sizes, early stopping and best epoch, and comes out as an ordinary single head (`build_head`).
@@ -56,8 +56,6 @@ class HeadGroup:
         self.params = {k: tf.Variable(tf.zeros(s), name=k) for k, s in shapes.items()}
         self.velocity = {k: tf.Variable(tf.zeros(s), trainable=False) for k, s in shapes.items()}
         self.best = {k: tf.Variable(tf.zeros(s), trainable=False) for k, s in shapes.items()}
-        self.unit_mask = tf.Variable(tf.zeros((slots, max_units)), trainable=False)
-        self.extra_mask = tf.Variable(tf.zeros((slots, self.extra_width)), trainable=False)
         self.has_extra = tf.Variable(tf.zeros((slots,)), trainable=False)
         self.rate = tf.Variable(tf.zeros((slots,)), trainable=False)
         self.active = tf.Variable(tf.zeros((slots,)), trainable=False)  # 0: a stopped or empty slot stays put
@@ -80,12 +78,12 @@ class HeadGroup:
 
         p = self.params
         hidden = tf.nn.relu(tf.matmul(x, p["w1"]) + p["b1"])
-        hidden = tf.reshape(hidden, (-1, self.slots, self.width)) * self.unit_mask
+        hidden = tf.reshape(hidden, (-1, self.slots, self.width))
         if dropout_seed is not None:
             draw = tf.random.stateless_uniform(tf.shape(hidden), dropout_seed)
             rate = self.rate[None, :, None]
             hidden = tf.where(draw >= rate, hidden / (1.0 - rate), 0.0)
-        extra = tf.nn.relu(tf.einsum("bhu,hue->bhe", hidden, p["w2"]) + p["b2"]) * self.extra_mask
+        extra = tf.nn.relu(tf.einsum("bhu,hue->bhe", hidden, p["w2"]) + p["b2"])
         direct_logits = tf.einsum("bhu,huc->bhc", hidden, p["wo_direct"])
         extra_logits = tf.einsum("bhe,hec->bhc", extra, p["wo_extra"])
         return tf.where(self.has_extra[None, :, None] > 0, extra_logits, direct_logits) + p["bo"]
@@ -148,27 +146,21 @@ class HeadGroup:
     def _load(self, specs: list[HeadSpec | None]) -> None:
         """Fresh weights and optimizer state for each slot's head (None: an empty slot)."""
         values = {k: np.zeros(v.shape, np.float32) for k, v in self.params.items()}
-        unit_mask = np.zeros((self.slots, self.width), np.float32)
-        extra_mask = np.zeros((self.slots, self.extra_width), np.float32)
         for slot, spec in enumerate(specs):
             if spec is None:
                 continue
             rng = np.random.default_rng(spec.seed)
             columns = slice(slot * self.width, slot * self.width + spec.units)
             values["w1"][:, columns] = self._glorot(rng, self.input_dim, spec.units)
-            unit_mask[slot, :spec.units] = 1
             if spec.extra_units:
                 values["w2"][slot, :spec.units, :spec.extra_units] = self._glorot(rng, spec.units, spec.extra_units)
                 values["wo_extra"][slot, :spec.extra_units] = self._glorot(rng, spec.extra_units, self.outputs)
-                extra_mask[slot, :spec.extra_units] = 1
             else:
                 values["wo_direct"][slot, :spec.units] = self._glorot(rng, spec.units, self.outputs)
         for name, value in values.items():
             self.params[name].assign(value)
             self.best[name].assign(value)
             self.velocity[name].assign(np.zeros_like(value))
-        self.unit_mask.assign(unit_mask)
-        self.extra_mask.assign(extra_mask)
         self.has_extra.assign([float(bool(s and s.extra_units)) for s in specs])
         self.rate.assign([s.dropout if s else 0.0 for s in specs])
         self.active.assign([float(s is not None) for s in specs])

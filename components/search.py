@@ -22,7 +22,7 @@ from components.hypermodel import (HeadHyperModel, feature_statistics, standardi
                                    training_datasets, with_standardisation)
 from components.oracle import GridBayesianOracle
 from components.tracking import git_commit, setup_mlflow
-from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials
+from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials, finish_completed_trials
 
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
 
@@ -165,6 +165,8 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
                                 steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
     tuner = make_tuner(config, hypermodel, parent.project)
     tuner.attach_mlflow(parent.client, parent.experiment_id, parent.run_id, progress)
+    if owner:
+        finish_completed_trials(parent.client, parent.experiment_id, parent.run_id, tuner.oracle)
     try:
         # A distributed chief only hands out trials (tuner.search starts its oracle server); the others train.
         if isinstance(tuner, GroupedTrials) and config.tuner.parallel_heads > 1 and distributed_role() != "chief":

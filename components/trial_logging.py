@@ -123,6 +123,20 @@ def close_open_trials(client, experiment_id: str, parent_run_id: str, status: st
         client.set_terminated(run.info.run_id, status)
 
 
+def finish_completed_trials(client, experiment_id: str, parent_run_id: str, oracle) -> None:
+    """Trial runs closed KILLED when a search resumed although the oracle had completed their trial (the kill came
+    between the oracle's record and the run's close, a window trials trained together can fall in): FINISHED."""
+    completed = {t.trial_id: t.score for t in oracle.trials.values() if str(t.status) == "COMPLETED"}
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                   "and attributes.status = 'KILLED'"):
+        trial_id = run.data.tags.get("ffx_trial_id")
+        if trial_id in completed:
+            if completed[trial_id] is not None:
+                client.log_metric(run.info.run_id, "score", float(completed[trial_id]))
+            client.set_tag(run.info.run_id, "trial_status", "COMPLETED")
+            client.set_terminated(run.info.run_id, "FINISHED")
+
+
 def progress_line(info: dict) -> str:
     """One finished trial, as `ffx tune` and distributed workers print it."""
     score = f"{info['score']:.4f}" if info["score"] is not None else (

@@ -90,8 +90,10 @@ class MlflowTrialLogging:
             best = self.oracle.get_best_trials(1)
             self._progress({
                 "trial_id": trial.trial_id, "total": self.oracle.max_trials,
-                # a distributed worker's oracle client cannot list trials: count this worker's own
-                "done": len(self.oracle.trials) if hasattr(self.oracle, "trials") else self._finished_here(),
+                # trials ended, not started (several run at once); a distributed worker's oracle client cannot
+                # list trials: it counts its own
+                "done": (sum(str(t.status) != "RUNNING" for t in self.oracle.trials.values())
+                         if hasattr(self.oracle, "trials") else self._finished_here()),
                 "status": str(trial.status), "score": trial.score, "best": best[0].score if best else None,
                 "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
             })

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "search.json")
     args = parser.parse_args(argv)
+    from components.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
     from components.config import default_params
     from components.extract import extract_all, load_split_features
     from components.runtime import cpu_flags

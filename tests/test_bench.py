@@ -22,7 +22,8 @@ def test_benchmark_times_every_path_side_by_side_and_writes_its_figures(tmp_path
     assert figures["sizes"] == TINY and figures["data"] == str(data)
     e = figures["extraction"]
     assert e["images"] == 4
-    rate = {path: e[f"{path}_images_per_s"] for path in ("baseline", "ffx", "limit", "ffx_bfloat16")}
+    rate = {path: e[f"{path}_images_per_s"] for path in ("baseline", "ffx", "limit")}
+    rate |= {"ffx_auto": e["ffx_auto_images_per_s"]} if "ffx_auto_images_per_s" in e else {}
     assert all(value > 0 for value in rate.values()), rate
     # Every ratio is the one its name says, from the timed figures (numerator / denominator, not the reverse).
     assert e["ffx_vs_baseline"] == pytest.approx(rate["ffx"] / rate["baseline"])

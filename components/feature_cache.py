@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from components.features import output_lock
+from components.features import output_lock, reopen_h5
 
 
 class FeatureCache:
@@ -59,15 +59,10 @@ def open_feature_cache(folder: Path, backbone_key: str, feature_dim: int):
 
 
 def _open_or_create(path: Path, feature_dim: int) -> h5py.File:
-    if path.exists():
-        try:
-            handle = h5py.File(path, "r+")
-            if handle["features"].shape[1] == feature_dim and "rows" in handle.attrs:
-                return handle
-            handle.close()
-        except (OSError, KeyError):
-            pass  # damaged by a hard kill mid-write: a cache, so start it again
-        path.unlink()
+    # Damaged by a hard kill mid-write, or another layout: a cache, so start it again.
+    handle = reopen_h5(path, lambda handle: handle["features"].shape[1] == feature_dim and "rows" in handle.attrs)
+    if handle is not None:
+        return handle
     handle = h5py.File(path, "w")
     chunk_rows = max(1, (1 << 20) // (4 * feature_dim))
     handle.create_dataset("features", shape=(0, feature_dim), maxshape=(None, feature_dim), dtype="float32",

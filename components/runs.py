@@ -1,16 +1,14 @@
 """Searches and trials read back from the MLflow store: for trial plots, the model card and `ffx runs`."""
 from __future__ import annotations
 
-import csv
 import html
-import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Config, lower_is_better, sqlite_path, tracking_uri
 from components.errors import FFXError
-from components.files import write_text_atomic
+from components.files import write_csv_atomic, write_text_atomic
 
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -29,16 +27,11 @@ class Trial:
 @dataclass
 class Search:
     run_id: str
-    name: str
     status: str
-    started: int
-    seconds: float | None
-    best_score: float | None
-    trials_completed: int | None
-    trials_failed: int | None
+    started: int                # ms since the epoch
     objective: str | None
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str]
+    metrics: dict[str, float]   # best_score, trials_completed, trials_failed, search_seconds, test_accuracy
 
 
 def store_client(config: Config):
@@ -57,20 +50,12 @@ def store_client(config: Config):
     return client, experiment.experiment_id
 
 
-def _search(run) -> Search:
-    metrics = run.data.metrics
-    completed, failed = metrics.get("trials_completed"), metrics.get("trials_failed")
-    return Search(run.info.run_id, run.info.run_name or "", run.info.status, run.info.start_time,
-                  metrics.get("search_seconds"), metrics.get("best_score"),
-                  None if completed is None else int(completed), None if failed is None else int(failed),
-                  run.data.params.get("tuner.objective"), dict(run.data.tags), dict(metrics))
-
-
 def recent_searches(client, experiment_id: str, limit: int = 5) -> list[Search]:
     """The latest search parent runs, newest first."""
     runs = client.search_runs([experiment_id], "tags.ffx_kind = 'search'", order_by=["attributes.start_time DESC"],
                               max_results=limit)
-    return [_search(run) for run in runs]
+    return [Search(run.info.run_id, run.info.status, run.info.start_time, run.data.params.get("tuner.objective"),
+                   dict(run.data.tags), dict(run.data.metrics)) for run in runs]
 
 
 def find_search(client, experiment_id: str, run_id_prefix: str) -> Search:
@@ -105,10 +90,10 @@ def maximises(objective: str | None) -> bool:
     return not lower_is_better(objective or "")
 
 
-def metric_histories(client, run_id: str, names=HISTORY_METRICS) -> dict[str, list[float]]:
+def metric_histories(client, run_id: str) -> dict[str, list[float]]:
     """Per-epoch values of a trial run, by step."""
     histories = {}
-    for name in names:
+    for name in HISTORY_METRICS:
         points = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
         if points:
             histories[name] = [m.value for m in points]
@@ -135,11 +120,7 @@ def trial_table_rows(trials: list[Trial]) -> tuple[list[str], list[list[str]]]:
 
 def write_trial_table(csv_path: Path, html_path: Path, trials: list[Trial], title: str) -> None:
     header, rows = trial_table_rows(trials)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text_atomic(csv_path, buffer.getvalue())
+    write_csv_atomic(csv_path, header, rows)
     cells = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     write_text_atomic(html_path, f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -172,9 +153,12 @@ def _number(value, fmt: str) -> str:
 def searches_table(searches: list[Search]) -> str:
     header = ["run_id", "started", "status", "objective", "best", "trials", "failed", "seconds", "test_accuracy",
               "backbone"]
-    rows = [[s.run_id[:12], _when(s.started), s.status, s.objective or "-", _number(s.best_score, ".4f"),
-             _number(s.trials_completed, "d"), _number(s.trials_failed, "d"), _number(s.seconds, ".0f"),
-             _number(s.metrics.get("test_accuracy"), ".4f"), s.tags.get("backbone", "-")] for s in searches]
+    # The search run's metrics; counts are MLflow metrics too, floats, shown without decimals.
+    columns = (("best_score", ".4f"), ("trials_completed", ".0f"), ("trials_failed", ".0f"), ("search_seconds", ".0f"),
+               ("test_accuracy", ".4f"))
+    rows = [[s.run_id[:12], _when(s.started), s.status, s.objective or "-",
+             *(_number(s.metrics.get(name), fmt) for name, fmt in columns), s.tags.get("backbone", "-")]
+            for s in searches]
     return format_table(header, rows)
 
 

@@ -5,6 +5,7 @@ The models below hold types, choices and bounds only; every value comes from the
 from __future__ import annotations
 
 import datetime
+import functools
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
@@ -279,10 +280,7 @@ def merged(base: dict, patch: dict) -> dict:
 
 def write_params(path: Path, *patches: dict) -> Path:
     """A complete params file (as DVC needs): the defaults with `patches` merged in. For benches and tests."""
-    values = default_params()
-    for patch in patches:
-        values = merged(values, patch)
-    write_text_atomic(path, yaml.safe_dump(values))
+    write_text_atomic(path, yaml.safe_dump(functools.reduce(merged, patches, default_params())))
     return Path(path)
 
 

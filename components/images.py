@@ -21,14 +21,11 @@ def is_image_name(path: Path) -> bool:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white; float: clipped.
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
+        wide = image.mode.startswith("I;16") or (image.mode == "I" and array.max() > 255)
+        image = Image.fromarray(np.clip(array * (255.0 / 65535.0 if wide else 1.0), 0, 255).astype(np.uint8), mode="L")
     elif image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
         # Composite transparency over white, as viewers show it, rather than exposing hidden colours.
         rgba = image.convert("RGBA")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,8 @@ class Split:
         return digest.hexdigest()
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.class_names, 0)
-        for r in self.records:
-            counts[self.class_names[r.label]] += 1
-        return counts
+        labels = Counter(r.label for r in self.records)
+        return {name: labels[label] for label, name in enumerate(self.class_names)}
 
     def without(self, relpaths: set[str]) -> "Split":
         return Split(self.name, self.root, self.class_names,

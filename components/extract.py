@@ -240,9 +240,8 @@ def load_split_features(config: Config, split: str) -> FeatureSet:
     expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size,
                 "precision": config.extract.precision, "pooling": config.backbone.pooling,
                 "layer": config.backbone.layer, "views": split_views(config, split)}
-    found = {k: features.attrs.get(k) for k in expected}
-    found["precision"] = features.attrs.get("precision", "float32")  # files from before the option are float32
-    found["layer"] = features.attrs.get("layer", "last")             # ... and from the base's last layer
+    before_the_option = {"precision": "float32", "layer": "last"}  # what files made before these options hold
+    found = {k: features.attrs.get(k, before_the_option.get(k)) for k in expected}
     if found != expected:
         raise FFXError(f"{config.features.path(split)}: made with {found}, but params.yaml asks for {expected}; "
                        "run `ffx extract` again")

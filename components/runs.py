@@ -71,14 +71,11 @@ def search_trials(client, experiment_id: str, parent_run_id: str) -> list[Trial]
     """Every trial run of a search, in the order they started."""
     runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               order_by=["attributes.start_time ASC"], max_results=10000)
-    trials = []
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        trials.append(Trial(run.info.run_id, tags.get("ffx_trial_id", run.info.run_name or ""),
-                            tags.get("trial_status", run.info.status), dict(run.data.params),
-                            metrics.get("score"), metrics.get("trial_seconds"), run.info.start_time))
-    trials.sort(key=lambda t: (t.started, t.trial_id))
-    return trials
+    trials = [Trial(run.info.run_id, run.data.tags.get("ffx_trial_id", run.info.run_name or ""),
+                    run.data.tags.get("trial_status", run.info.status), dict(run.data.params),
+                    run.data.metrics.get("score"), run.data.metrics.get("trial_seconds"), run.info.start_time)
+              for run in runs]
+    return sorted(trials, key=lambda t: (t.started, t.trial_id))
 
 
 def top_trials(trials: list[Trial], maximise: bool, count: int) -> list[Trial]:

@@ -75,8 +75,7 @@ class MlflowTrialLogging:
         metrics = [Metric(name, float(v), now, step) for name, values in series.items()
                    for step, v in enumerate(values)]
         metrics.append(Metric("mean_epoch_seconds", float(np.mean(series["epoch_seconds"])), now, 0))
-        for start in range(0, len(metrics), 1000):
-            self._client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        self._client.log_batch(run_id, metrics=metrics)  # MLflow splits it into batches its store accepts
 
     def on_trial_end(self, trial):
         try:

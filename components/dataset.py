@@ -98,16 +98,12 @@ def scan_dataset(root: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Spli
     return scanned
 
 
-def find_bad_images(split: Split, max_pixels: int, workers: int = 4) -> dict[str, str]:
-    """relpath -> reason for every record that does not decode; decoded in parallel threads."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = pool.map(lambda r: check_image(r.path, max_pixels), split.records)
-        return {r.relpath: reason for r, reason in zip(split.records, reasons) if reason}
-
-
 def screen_split(split: Split, max_pixels: int, on_bad_image: str) -> tuple[Split, dict[str, str]]:
-    """Apply data.on_bad_image: raise listing every bad file, or drop them and return what was dropped."""
-    bad = find_bad_images(split, max_pixels)
+    """Decode every image (in parallel threads), then apply data.on_bad_image: raise listing every bad file, or
+    drop them and return what was dropped (relpath -> reason)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reasons = pool.map(lambda r: check_image(r.path, max_pixels), split.records)
+        bad = {r.relpath: reason for r, reason in zip(split.records, reasons) if reason}
     if not bad:
         return split, {}
     if on_bad_image == "error":

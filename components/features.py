@@ -84,10 +84,9 @@ class FeatureWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.count = len(rows)
-        self.file = reopen_h5(self.partial, lambda handle: handle.attrs.get("key") == key
-                              and handle["features"].shape[0] == self.count)
-        if self.file is None:
-            self.file = self._create(key, rows, feature_dim, attrs)
+        self.file = (reopen_h5(self.partial, lambda handle: handle.attrs.get("key") == key
+                               and handle["features"].shape[0] == self.count)
+                     or self._create(key, rows, feature_dim, attrs))
 
     def _create(self, key, rows, feature_dim, attrs):
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,8 @@ def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, b
     gap = float(np.abs(np.bincount(which, correct - confidence, bins)).sum() / max(len(labels), 1))
     figure, (top, bottom) = _pyplot().subplots(2, 1, height_ratios=(3, 1), sharex=True)
     CalibrationDisplay.from_predictions(correct, confidence, n_bins=bins, name="model", ax=top)
-    top.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="", ylabel="accuracy in bin")
-    top.set_title(f"Calibration of the predicted class's probability (expected calibration error {gap:.3f})")
+    top.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="", ylabel="accuracy in bin",
+            title=f"Calibration of the predicted class's probability (expected calibration error {gap:.3f})")
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
     bottom.bar((edges[:-1] + edges[1:]) / 2, counts, width=1 / bins * 0.9, color="tab:grey")
@@ -212,12 +212,8 @@ def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Seque
         for position, label in ticks:
             ax.text(column + 0.03, position, label, va="center", fontsize=9,
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
-    ax.set_xticks(x, columns)
-    ax.set_yticks([])
-    ax.set_xlim(-0.1, len(columns) - 0.6)
-    ax.set_ylim(-0.06, 1.06)
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
+    ax.set(xticks=x, xticklabels=columns, yticks=[], xlim=(-0.1, len(columns) - 0.6), ylim=(-0.06, 1.06))
+    ax.spines[["top", "right", "left"]].set_visible(False)
     figure.colorbar(cm.ScalarMappable(norm=norm, cmap=colormap), ax=ax, label=objective)
     ax.set_title(f"Hyperparameters vs {objective} ({len(scored)} completed trials; "
                  f"{'higher' if maximise else 'lower'} is better)")
@@ -237,8 +233,8 @@ def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective
         worst = (np.nanmin(values) if maximise else np.nanmax(values)) if done.any() else 0.0
         ax.scatter(numbers[~done], np.full((~done).sum(), worst), marker="x", color="tab:red", s=60,
                    label="failed (no score)", zorder=3)
-    ax.set(xlabel="trial (in the order run)", ylabel=objective)
-    ax.set_title(f"{objective} by trial ({'higher' if maximise else 'lower'} is better)")
+    ax.set(xlabel="trial (in the order run)", ylabel=objective,
+           title=f"{objective} by trial ({'higher' if maximise else 'lower'} is better)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="best")
     ax.grid(alpha=0.3)

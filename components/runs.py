@@ -139,10 +139,6 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _when(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
-
-
 def _number(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -153,9 +149,9 @@ def searches_table(searches: list[Search]) -> str:
     # The search run's metrics; counts are MLflow metrics too, floats, shown without decimals.
     columns = (("best_score", ".4f"), ("trials_completed", ".0f"), ("trials_failed", ".0f"), ("search_seconds", ".0f"),
                ("test_accuracy", ".4f"))
-    rows = [[s.run_id[:12], _when(s.started), s.status, s.objective or "-",
-             *(_number(s.metrics.get(name), fmt) for name, fmt in columns), s.tags.get("backbone", "-")]
-            for s in searches]
+    rows = [[s.run_id[:12], time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started / 1000)), s.status,
+             s.objective or "-", *(_number(s.metrics.get(name), fmt) for name, fmt in columns),
+             s.tags.get("backbone", "-")] for s in searches]
     return format_table(header, rows)
 
 

@@ -22,12 +22,6 @@ def average_views(probabilities: list[np.ndarray]) -> np.ndarray:
     return np.mean(probabilities, axis=0)
 
 
-def _clipped(probabilities: np.ndarray) -> np.ndarray:
-    """Away from 0 and 1 so the loss stays finite, rows renormalised to sum to one."""
-    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    return clipped / clipped.sum(axis=1, keepdims=True)
-
-
 def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) -> tuple[dict, np.ndarray]:
     """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities.
 
@@ -48,9 +42,10 @@ def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) ->
     classes = list(range(test.num_classes))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes,
                                                                      zero_division=0)
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)  # the loss stays finite; rows then renormalised to sum to 1
     metrics = {
         "count": int(len(labels)),
-        "loss": float(log_loss(labels, _clipped(probabilities), labels=classes)),
+        "loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)),
         "accuracy": float((predicted == labels).mean()),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(test.class_names)},

@@ -140,13 +140,11 @@ def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: 
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.imshow(image)
-        ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{_shorten(Path(name).name, 20)}", fontsize=9)
+        name = Path(name).name
+        name = name if len(name) <= 20 else "…" + name[-19:]  # the end of a long name: what tells files apart
+        ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{name}", fontsize=9)
     figure.suptitle(f"Most confidently wrong test images ({count} of {total_errors} errors)")
     return save_figure(figure, path)
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 def _axis_positions(values: Sequence, categories_up_to: int = 6) -> tuple[np.ndarray, list[tuple[float, str]]]:

@@ -103,20 +103,12 @@ def param_names(trials: list[Trial]) -> list[str]:
     return sorted({k for t in trials for k in t.params})
 
 
-def trial_table_rows(trials: list[Trial]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one per trial, the same hyperparameter columns for all."""
+def write_trial_table(csv_path: Path, html_path: Path, trials: list[Trial], title: str) -> None:
+    """One row per trial, the same hyperparameter columns for all, as CSV and as an HTML page."""
     names = param_names(trials)
     header = ["trial", "trial_id", "status", *names, "score", "seconds", "run_id"]
-    rows = []
-    for number, t in enumerate(trials, start=1):
-        rows.append([str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names),
-                     "" if t.score is None else f"{t.score:.4f}", "" if t.seconds is None else f"{t.seconds:.1f}",
-                     t.run_id])
-    return header, rows
-
-
-def write_trial_table(csv_path: Path, html_path: Path, trials: list[Trial], title: str) -> None:
-    header, rows = trial_table_rows(trials)
+    rows = [[str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names), _number(t.score, ".4f", ""),
+             _number(t.seconds, ".1f", ""), t.run_id] for number, t in enumerate(trials, start=1)]
     write_csv_atomic(csv_path, header, rows)
     cells = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     write_text_atomic(html_path, f"""<!doctype html>
@@ -139,8 +131,8 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _number(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+def _number(value, fmt: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, fmt)
 
 
 def searches_table(searches: list[Search]) -> str:

@@ -44,9 +44,7 @@ LAST_LAYER = "last"  # backbone.layer: the base's own output
 
 def pool_feature_map(maps: np.ndarray, pooling: str) -> np.ndarray:
     """(N, H, W, C) feature maps -> (N, D) features: flattened (the recipe), or averaged and/or maxed over H, W.
-
-    A flattened map can be reshaped back and pooled later, so one extraction serves every pooling.
-    """
+    A flattened map can be reshaped back and pooled later, so one extraction serves every pooling."""
     maps = np.asarray(maps, dtype=np.float32)
     if pooling == "flatten" or maps.ndim != 4:
         return maps.reshape(len(maps), -1)
@@ -94,10 +92,8 @@ def hed_weights_path() -> Path:
 
 
 def backbone_identity(config: BackboneConfig, weights_id: str, precision: str = "float32") -> dict:
-    """What makes features comparable: recorded in HDF5 attributes, cache keys and MLflow.
-
-    Computable without building the model, so cache checks stay cheap.
-    """
+    """What makes features comparable, recorded in HDF5 attributes, cache keys and MLflow; computable without
+    building the model, so cache checks stay cheap."""
     identity = {"name": config.name, "weights": weights_id, "input_size": config.input_size,
                 "pooling": config.pooling, "precision": precision}
     if config.layer != LAST_LAYER:  # absent for the base's output: features made before the option keep their key
@@ -212,11 +208,9 @@ def _keras_model(config: BackboneConfig, root: Path):
 
 
 def _initialise_deterministically(model, seed: int) -> None:
-    """Re-draw every weight from its layer's own initializer with an explicit per-variable seed.
-
-    Keras initializers without a seed draw one from Python's global `random`, which other threads (Prefect,
-    Dask) also use: random weights would then differ between extraction and prediction processes.
-    """
+    """Re-draw every weight from its layer's own initializer with an explicit per-variable seed. Keras initializers
+    without a seed draw one from Python's global `random`, which other threads (Prefect, Dask) also use: random
+    weights would then differ between extraction and prediction processes."""
     counter = 0
     for layer in model.layers:
         for attribute in ("kernel", "depthwise_kernel", "pointwise_kernel", "bias", "gamma", "beta",

@@ -1,7 +1,5 @@
-"""One typed configuration, read once from params.yaml over components/defaults.yaml, the one place defaults live.
-
-The models below hold types, choices and bounds only; every value comes from the YAML files.
-"""
+"""One typed configuration, read once from params.yaml over components/defaults.yaml, the one place defaults live:
+the models below hold types, choices and bounds only; every value comes from the YAML files."""
 from __future__ import annotations
 
 import datetime

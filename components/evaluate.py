@@ -23,11 +23,9 @@ def average_views(probabilities: list[np.ndarray]) -> np.ndarray:
 
 
 def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities.
-
-    With `flipped` (the test images mirrored, row for row) the metrics are those of test-time augmentation,
-    and `accuracy_without_tta` / `accuracy_with_tta` report both.
-    """
+    """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities. With
+    `flipped` (the test images mirrored, row for row) they are test-time augmentation's, and
+    `accuracy_without_tta` / `accuracy_with_tta` report both."""
     from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
     probabilities = class_probabilities(model, test.features)

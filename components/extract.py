@@ -116,10 +116,8 @@ def decode_batch(paths: list[Path], size: int, max_pixels: int, views: list[View
 
 def run_backbone(rows: list[Row], backbone: Backbone, batch_size: int, max_pixels: int,
                  sink: Callable[[list[Row], np.ndarray], None], progress: Progress | None = None) -> None:
-    """Batches of `rows` through the backbone, each result handed to `sink(batch, features)` in order.
-
-    The next batch is decoded in a background thread while the backbone computes the current one.
-    """
+    """Batches of `rows` through the backbone, each result handed to `sink(batch, features)` in order; the next
+    batch is decoded in a background thread while the backbone computes the current one."""
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     size = backbone.config.input_size
     with ThreadPoolExecutor(max_workers=1) as decoder:

@@ -72,11 +72,8 @@ def reopen_h5(path: Path, usable: Callable[[h5py.File], bool]) -> h5py.File | No
 
 class FeatureWriter:
     """Writes one split's features in order, batch by batch, into `<name>.partial`, renamed over `<name>` when the
-    `with` block succeeds.
-
-    Progress is flushed after every batch; a writer opened on the same inputs (same `key`) after a
-    crash continues from the last flushed row (`rows_done`) instead of starting over.
-    """
+    `with` block succeeds. Progress is flushed after every batch; a writer opened on the same inputs (same `key`)
+    after a crash continues from the last flushed row (`rows_done`) instead of starting over."""
 
     def __init__(self, path: Path, key: str, rows, feature_dim: int, attrs: dict):
         """`rows`: extraction rows (an image record seen through a view), in order; the file holds each one's

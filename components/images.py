@@ -36,10 +36,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(source: str | Path | bytes, size: int, max_pixels: int) -> np.ndarray:
     """Read an image file, or its bytes, as a size x size x 3 uint8 array (EXIF orientation applied, bilinear
-    resize): extraction, `ffx predict` and the served model decode alike.
-
-    Raises ImageReadError with a short reason for anything that is not a usable image.
-    """
+    resize): extraction, `ffx predict` and the served model decode alike. ImageReadError, with a short reason, for
+    anything that is not a usable image."""
     try:
         if isinstance(source, (bytes, bytearray)):
             if not source:

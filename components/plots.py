@@ -148,11 +148,8 @@ def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: 
 
 
 def _axis_positions(values: Sequence, categories_up_to: int = 6) -> tuple[np.ndarray, list[tuple[float, str]]]:
-    """Values placed on [0, 1] for a parallel-coordinates axis, and (position, label) ticks.
-
-    A few distinct values are evenly spaced categories; more numbers are spread linearly. Text (e.g.
-    `inactive`) gets its own slot at the bottom.
-    """
+    """Values placed on [0, 1] for a parallel-coordinates axis, and (position, label) ticks: a few distinct values
+    are evenly spaced categories, more numbers are spread linearly; text (e.g. `inactive`) has a slot at the bottom."""
     numbers = sorted({float(v) for v in values if _is_number(v)})
     words = sorted({str(v) for v in values if not _is_number(v)})
     if len(numbers) <= categories_up_to:

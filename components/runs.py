@@ -79,8 +79,7 @@ def search_trials(client, experiment_id: str, parent_run_id: str) -> list[Trial]
 
 
 def top_trials(trials: list[Trial], maximise: bool, count: int) -> list[Trial]:
-    scored = [t for t in trials if t.score is not None]
-    return sorted(scored, key=lambda t: t.score, reverse=maximise)[:count]
+    return sorted((t for t in trials if t.score is not None), key=lambda t: t.score, reverse=maximise)[:count]
 
 
 def maximises(objective: str | None) -> bool:
@@ -88,13 +87,10 @@ def maximises(objective: str | None) -> bool:
 
 
 def metric_histories(client, run_id: str) -> dict[str, list[float]]:
-    """Per-epoch values of a trial run, by step."""
-    histories = {}
-    for name in HISTORY_METRICS:
-        points = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
-        if points:
-            histories[name] = [m.value for m in points]
-    return histories
+    """Per-epoch values of a trial run, by step; metrics it did not log are left out."""
+    histories = {name: sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+                 for name in HISTORY_METRICS}
+    return {name: [m.value for m in points] for name, points in histories.items() if points}
 
 
 def param_names(trials: list[Trial]) -> list[str]:

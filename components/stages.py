@@ -65,15 +65,15 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
             raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
                            f"{config.features.path('test')} row for row; run `ffx extract` again")
     metrics, probabilities = evaluate_head(model, test, flipped)
-    metrics_dir = config.metrics.dir
-    write_json_atomic(metrics_dir / "test.json", metrics)
-    write_predictions_csv(metrics_dir / PREDICTIONS_FILE, test, probabilities)
-    write_roc_csv(metrics_dir / ROC_FILE, test, probabilities)
+    predictions, roc = config.metrics.dir / PREDICTIONS_FILE, config.metrics.dir / ROC_FILE
+    write_json_atomic(config.metrics.dir / "test.json", metrics)
+    write_predictions_csv(predictions, test, probabilities)
+    write_roc_csv(roc, test, probabilities)
     figures = write_evaluation_plots(config, test, probabilities, metrics)
     card = write_model_card(config, metadata, metrics, test, probabilities, command)
-    registration = register_classifier(config, head_file, metadata, metrics, example_image=config.data.root / test.paths[0],
-                                       artifacts=[metrics_dir / PREDICTIONS_FILE, metrics_dir / ROC_FILE, *figures,
-                                                  card])
+    registration = register_classifier(config, head_file, metadata, metrics,
+                                       example_image=config.data.root / test.paths[0],
+                                       artifacts=[predictions, roc, *figures, card])
     return EvaluationResult(metrics, registration)
 
 

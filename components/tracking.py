@@ -11,11 +11,8 @@ SERVER_TIMEOUT_S = 5
 
 
 def check_tracking_server(config: Config) -> None:
-    """Fail fast when an http(s) tracking server does not answer (MLflow itself retries for minutes).
-
-    Called before extraction too, so a dead server is found before an hour of backbone work, not after.
-    A local store (SQLite, files) needs no check.
-    """
+    """Fail fast when an http(s) tracking server does not answer (MLflow itself retries for minutes); called before
+    extraction too, so a dead server is found before an hour of backbone work, not after. Local stores pass."""
     import urllib.error
     import urllib.request
 

@@ -1,6 +1,7 @@
 """The dataset on disk: SPLIT/CLASS/image files, checked and hashed by content."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,10 +45,6 @@ class Split:
         labels = Counter(r.label for r in self.records)
         return {name: labels[label] for label, name in enumerate(self.class_names)}
 
-    def without(self, relpaths: set[str]) -> "Split":
-        return Split(self.name, self.root, self.class_names,
-                     tuple(r for r in self.records if r.relpath not in relpaths))
-
 
 def _image_files(folder: Path) -> list[Path]:
     """Image files below `folder` (recursively, links followed once), hidden ones left out."""
@@ -78,9 +75,8 @@ def scan_split(root: Path, name: str) -> Split:
         files = _image_files(folder / class_name)
         if not files:
             raise DatasetError(f"{folder / class_name}: class folder has no images")
-        for path in files:
-            records.append(ImageRecord(path=path, relpath=path.relative_to(root).as_posix(), label=label,
-                                       size=path.stat().st_size, sha1=file_sha1(path)))
+        records += [ImageRecord(path, path.relative_to(root).as_posix(), label, path.stat().st_size, file_sha1(path))
+                    for path in files]
     return Split(name, root, class_names, tuple(records))
 
 
@@ -110,7 +106,7 @@ def screen_split(split: Split, max_pixels: int, on_bad_image: str) -> tuple[Spli
         lines = "\n".join(f"  {split.root / rel}: {reason}" for rel, reason in sorted(bad.items()))
         raise BadImagesError(f"{len(bad)} bad image(s) in {split.root / split.name} "
                              f"(set data.on_bad_image: skip to leave them out):\n{lines}")
-    kept = split.without(set(bad))
+    kept = dataclasses.replace(split, records=tuple(r for r in split.records if r.relpath not in bad))
     for class_name, count in kept.counts().items():
         if count == 0:
             raise DatasetError(f"{split.root / split.name / class_name}: no usable images left after skipping bad ones")

@@ -105,9 +105,8 @@ def split_summary(path: Path) -> dict:
     attrs = read_attrs(path)
     with h5py.File(path, "r") as handle:
         labels = handle["labels"][()]
-    names = list(attrs["class_names"])
-    counts = np.bincount(labels, minlength=len(names))
-    return {"counts": {n: int(c) for n, c in zip(names, counts)}, "total": int(len(labels)),
+    counts = np.bincount(labels, minlength=len(attrs["class_names"])).tolist()
+    return {"counts": dict(zip(attrs["class_names"], counts)), "total": int(len(labels)),
             "content_hash": str(attrs.get("content_hash", "unknown"))}
 
 
@@ -185,7 +184,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
                      f"{row['f1']:.3f} | {row['support']} |")
     lines += ["", "Plots: `evaluation/confusion_matrix.png`, `roc.png`, `precision_recall.png`, `calibration.png`, "
               "`confident_errors.png`.", "", "## Known limits", ""]
-    lines += _limits(splits, names, backbone, metrics)
+    lines += _limits(splits, backbone, metrics)
     commit = git_commit(config.root)
     checkout = [f"git checkout {commit.removesuffix('-dirty')}"] if commit != "unknown" else []
     lines += ["", "## Reproduce", "",
@@ -199,17 +198,15 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
     return path
 
 
-def _limits(splits: dict, names: list[str], backbone: dict, metrics: dict) -> list[str]:
-    limits = []
+def _limits(splits: dict, backbone: dict, metrics: dict) -> list[str]:
     train = splits["train"]["counts"]
     largest, smallest = max(train.values()), min(train.values())
     ratio = largest / max(smallest, 1)
-    limits.append(f"- Class balance (train): largest class {largest} images, smallest {smallest} "
-                  f"(ratio {ratio:.1f})." + (" Imbalanced: accuracy flatters the majority class; read per-class "
-                                             "recall." if ratio >= 1.5 else ""))
     size = backbone.get("input_size")
-    limits.append(f"- Image size: every image is resized to {size}×{size} pixels without keeping its aspect "
-                  "ratio; detail smaller than a few pixels at that size is lost.")
+    limits = [f"- Class balance (train): largest class {largest} images, smallest {smallest} (ratio {ratio:.1f})."
+              + (" Imbalanced: accuracy flatters the majority class; read per-class recall." if ratio >= 1.5 else ""),
+              f"- Image size: every image is resized to {size}×{size} pixels without keeping its aspect ratio; detail "
+              "smaller than a few pixels at that size is lost."]
     if metrics["count"] < 100:
         limits.append(f"- Small test set ({metrics['count']} images): the intervals above are wide.")
     if str(backbone.get("weights")) == "none":

@@ -2,6 +2,7 @@
 HDF5 file, then merged in order into the same file a single-process extraction writes."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +47,12 @@ def shard_key(rows: list[Row], index: int, backbone_identity: dict) -> str:
                         "backbone": backbone_identity, "code": EXTRACTION_CODE_VERSION})
 
 
-_BACKBONES: dict = {}
+_last_backbone = functools.lru_cache(maxsize=1)(build_backbone)
 
 
 def worker_backbone(config: Config) -> Backbone:
     """One backbone per worker process and setting, kept between shards: building it costs seconds."""
-    key = (config.backbone, str(config.root), config.extract.precision)
-    if key not in _BACKBONES:
-        _BACKBONES.clear()
-        _BACKBONES[key] = build_backbone(config.backbone, config.root, config.extract.precision)
-    return _BACKBONES[key]
+    return _last_backbone(config.backbone, config.root, config.extract.precision)
 
 
 def extract_shard(config: Config, split: Split, index: int, name: str | None = None, backbone: Backbone | None = None,

@@ -24,16 +24,6 @@ class Trial:
     started: int                # ms since the epoch, for ordering
 
 
-@dataclass
-class Search:
-    run_id: str
-    status: str
-    started: int                # ms since the epoch
-    objective: str | None
-    tags: dict[str, str]
-    metrics: dict[str, float]   # best_score, trials_completed, trials_failed, search_seconds, test_accuracy
-
-
 def store_client(config: Config):
     """(client, experiment_id) for reading; refuses a store or experiment that is not there instead of making one."""
     from mlflow.tracking import MlflowClient
@@ -50,17 +40,15 @@ def store_client(config: Config):
     return client, experiment.experiment_id
 
 
-def recent_searches(client, experiment_id: str, limit: int = 5) -> list[Search]:
-    """The latest search parent runs, newest first."""
-    runs = client.search_runs([experiment_id], "tags.ffx_kind = 'search'", order_by=["attributes.start_time DESC"],
+def recent_searches(client, experiment_id: str, limit: int = 5) -> list:
+    """The latest search parent runs (MLflow runs), newest first."""
+    return client.search_runs([experiment_id], "tags.ffx_kind = 'search'", order_by=["attributes.start_time DESC"],
                               max_results=limit)
-    return [Search(run.info.run_id, run.info.status, run.info.start_time, run.data.params.get("tuner.objective"),
-                   dict(run.data.tags), dict(run.data.metrics)) for run in runs]
 
 
-def find_search(client, experiment_id: str, run_id_prefix: str) -> Search:
-    """A search by (a prefix of) its parent run id."""
-    matches = [s for s in recent_searches(client, experiment_id, limit=1000) if s.run_id.startswith(run_id_prefix)]
+def find_search(client, experiment_id: str, run_id_prefix: str):
+    """A search's parent run by (a prefix of) its id."""
+    matches = [s for s in recent_searches(client, experiment_id, limit=1000) if s.info.run_id.startswith(run_id_prefix)]
     if len(matches) != 1:
         raise FFXError(f"--search {run_id_prefix}: {'no' if not matches else len(matches)} search runs match; "
                        "`ffx runs` lists them")
@@ -131,15 +119,17 @@ def _number(value, fmt: str, missing: str = "-") -> str:
     return missing if value is None else format(value, fmt)
 
 
-def searches_table(searches: list[Search]) -> str:
+def searches_table(searches: list) -> str:
+    """Search parent runs, one a row."""
     header = ["run_id", "started", "status", "objective", "best", "trials", "failed", "seconds", "test_accuracy",
               "backbone"]
     # The search run's metrics; counts are MLflow metrics too, floats, shown without decimals.
     columns = (("best_score", ".4f"), ("trials_completed", ".0f"), ("trials_failed", ".0f"), ("search_seconds", ".0f"),
                ("test_accuracy", ".4f"))
-    rows = [[s.run_id[:12], time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started / 1000)), s.status,
-             s.objective or "-", *(_number(s.metrics.get(name), fmt) for name, fmt in columns),
-             s.tags.get("backbone", "-")] for s in searches]
+    rows = [[s.info.run_id[:12], time.strftime("%Y-%m-%d %H:%M", time.localtime(s.info.start_time / 1000)),
+             s.info.status, s.data.params.get("tuner.objective") or "-",
+             *(_number(s.data.metrics.get(name), fmt) for name, fmt in columns), s.data.tags.get("backbone", "-")]
+            for s in searches]
     return format_table(header, rows)
 
 

@@ -62,8 +62,6 @@ def load_rgb(source: str | Path | bytes, size: int, max_pixels: int) -> np.ndarr
                 if rgb.size != (size, size):
                     rgb = rgb.resize((size, size), Image.BILINEAR)
                 return np.asarray(rgb, dtype=np.uint8)
-    except ImageReadError:
-        raise
     except Image.UnidentifiedImageError:
         raise ImageReadError("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -10,6 +10,7 @@ import sys
 
 from components.config import Config, load_config
 from components.errors import FFXError
+from components.runtime import quiet_tensorflow
 
 
 def distributed_role() -> str:
@@ -43,9 +44,11 @@ def run_tuner_processes(config: Config, show_progress: bool) -> None:
     for override in config.overrides:
         command += ["--set", override]
     base = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
-    chief = subprocess.Popen(command, env=dict(base, KERASTUNER_TUNER_ID="chief"))
+    # Their standard output is KerasTuner's alone (1.4.8 prints a conditional hyperparameter's value on every
+    # request); errors and progress lines are on standard error.
+    chief = subprocess.Popen(command, env=dict(base, KERASTUNER_TUNER_ID="chief"), stdout=subprocess.DEVNULL)
     worker_command = command + (["--progress"] if show_progress else [])
-    crew = [subprocess.Popen(worker_command, env=dict(base, KERASTUNER_TUNER_ID=f"tuner{i}"))
+    crew = [subprocess.Popen(worker_command, env=dict(base, KERASTUNER_TUNER_ID=f"tuner{i}"), stdout=subprocess.DEVNULL)
             for i in range(config.tuner.workers)]
     try:
         codes = [process.wait() for process in crew]
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if role == "single":
         parser.error("set KERASTUNER_TUNER_ID (chief, tuner0, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT")
     config = load_config(args.params, args.set)
+    quiet_tensorflow()
     if role == "worker":
         share_cores_among_workers(config.tuner.workers)
     from components.extract import load_split_features

@@ -2,8 +2,8 @@
 
 A small head is bound by per-step overhead, not arithmetic: one graph that steps K heads costs far less than K
 graphs. The group has a fixed number of slots of a fixed width (the space's largest sizes), so it compiles once
-per search; a head narrower than its slot has the unused units masked to zero, which keeps their gradients at
-zero, so it trains exactly as a head of its own size would. The heads' parameters are disjoint and the loss is
+per search; a head narrower than its slot has its unused units' weights at zero, where ReLU gives them no
+gradient, so they stay zero and it trains exactly as a head of its own size would. The heads' parameters are disjoint and the loss is
 the sum of theirs, so each head's gradient, RMSprop state and update are its own: the group trains what K
 separate heads would on the same sequence of shuffled batches. Each head keeps its own initialisation, dropout
 rate, layer sizes, early stopping and best epoch, and comes out as an ordinary single head (`build_head`).
@@ -56,8 +56,6 @@ class HeadGroup:
         self.params = {k: tf.Variable(tf.zeros(s), name=k) for k, s in shapes.items()}
         self.velocity = {k: tf.Variable(tf.zeros(s), trainable=False) for k, s in shapes.items()}
         self.best = {k: tf.Variable(tf.zeros(s), trainable=False) for k, s in shapes.items()}
-        self.unit_mask = tf.Variable(tf.zeros((slots, max_units)), trainable=False)
-        self.extra_mask = tf.Variable(tf.zeros((slots, self.extra_width)), trainable=False)
         self.has_extra = tf.Variable(tf.zeros((slots,)), trainable=False)
         self.rate = tf.Variable(tf.zeros((slots,)), trainable=False)
         self.active = tf.Variable(tf.zeros((slots,)), trainable=False)  # 0: a stopped or empty slot stays put
@@ -80,12 +78,12 @@ class HeadGroup:
 
         p = self.params
         hidden = tf.nn.relu(tf.matmul(x, p["w1"]) + p["b1"])
-        hidden = tf.reshape(hidden, (-1, self.slots, self.width)) * self.unit_mask
+        hidden = tf.reshape(hidden, (-1, self.slots, self.width))
         if dropout_seed is not None:
             draw = tf.random.stateless_uniform(tf.shape(hidden), dropout_seed)
             rate = self.rate[None, :, None]
             hidden = tf.where(draw >= rate, hidden / (1.0 - rate), 0.0)
-        extra = tf.nn.relu(tf.einsum("bhu,hue->bhe", hidden, p["w2"]) + p["b2"]) * self.extra_mask
+        extra = tf.nn.relu(tf.einsum("bhu,hue->bhe", hidden, p["w2"]) + p["b2"])
         direct_logits = tf.einsum("bhu,huc->bhc", hidden, p["wo_direct"])
         extra_logits = tf.einsum("bhe,hec->bhc", extra, p["wo_extra"])
         return tf.where(self.has_extra[None, :, None] > 0, extra_logits, direct_logits) + p["bo"]
@@ -145,33 +143,31 @@ class HeadGroup:
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
 
-    def _load(self, specs: list[HeadSpec | None]) -> None:
-        """Fresh weights and optimizer state for each slot's head (None: an empty slot)."""
-        values = {k: np.zeros(v.shape, np.float32) for k, v in self.params.items()}
-        unit_mask = np.zeros((self.slots, self.width), np.float32)
-        extra_mask = np.zeros((self.slots, self.extra_width), np.float32)
-        for slot, spec in enumerate(specs):
-            if spec is None:
-                continue
-            rng = np.random.default_rng(spec.seed)
-            columns = slice(slot * self.width, slot * self.width + spec.units)
-            values["w1"][:, columns] = self._glorot(rng, self.input_dim, spec.units)
-            unit_mask[slot, :spec.units] = 1
-            if spec.extra_units:
-                values["w2"][slot, :spec.units, :spec.extra_units] = self._glorot(rng, spec.units, spec.extra_units)
-                values["wo_extra"][slot, :spec.extra_units] = self._glorot(rng, spec.extra_units, self.outputs)
-                extra_mask[slot, :spec.extra_units] = 1
-            else:
-                values["wo_direct"][slot, :spec.units] = self._glorot(rng, spec.units, self.outputs)
-        for name, value in values.items():
-            self.params[name].assign(value)
-            self.best[name].assign(value)
-            self.velocity[name].assign(np.zeros_like(value))
-        self.unit_mask.assign(unit_mask)
-        self.extra_mask.assign(extra_mask)
-        self.has_extra.assign([float(bool(s and s.extra_units)) for s in specs])
-        self.rate.assign([s.dropout if s else 0.0 for s in specs])
-        self.active.assign([float(s is not None) for s in specs])
+    def start(self, slot: int, spec: HeadSpec) -> None:
+        """A fresh head in `slot`: its own initial weights, zero optimizer state, nothing learnt yet."""
+        rng = np.random.default_rng(spec.seed)
+        w1 = np.zeros((self.input_dim, self.width), np.float32)
+        w1[:, :spec.units] = self._glorot(rng, self.input_dim, spec.units)
+        w2 = np.zeros((self.width, self.extra_width), np.float32)
+        wo_direct = np.zeros((self.width, self.outputs), np.float32)
+        wo_extra = np.zeros((self.extra_width, self.outputs), np.float32)
+        if spec.extra_units:
+            w2[:spec.units, :spec.extra_units] = self._glorot(rng, spec.units, spec.extra_units)
+            wo_extra[:spec.extra_units] = self._glorot(rng, spec.extra_units, self.outputs)
+        else:
+            wo_direct[:spec.units] = self._glorot(rng, spec.units, self.outputs)
+        columns = slice(slot * self.width, (slot + 1) * self.width)
+        values = {"w1": ((slice(None), columns), w1), "b1": (columns, 0.0), "w2": (slot, w2), "b2": (slot, 0.0),
+                  "wo_direct": (slot, wo_direct), "wo_extra": (slot, wo_extra), "bo": (slot, 0.0)}
+        for name, (where, value) in values.items():
+            for variable in (self.params[name], self.best[name]):
+                variable[where].assign(np.broadcast_to(value, variable[where].shape))
+            self.velocity[name][where].assign(np.zeros(self.velocity[name][where].shape, np.float32))
+        for variable, value in ((self.has_extra, float(bool(spec.extra_units))), (self.rate, spec.dropout),
+                                (self.active, 1.0)):
+            variable[slot].assign(value)
+        self.runs[slot] = HeadRun(spec)
+        self._waited[slot] = 0
 
     def head_weights(self, slot: int, spec: HeadSpec) -> list[np.ndarray]:
         """The slot's best weights in the order of `build_head(...).get_weights()`."""
@@ -187,124 +183,178 @@ class HeadGroup:
 
     # ------------------------------------------------------------------------------------------ training
 
-    def train(self, specs: list[HeadSpec], train_x: np.ndarray, train_y: np.ndarray, valid_x: np.ndarray,
-              valid_y: np.ndarray, epochs: int, patience: int, objective: str, shuffle_seed: int,
-              on_epoch=None) -> list[HeadRun]:
-        """Train up to `slots` heads together; each stops on its own after `patience` epochs without a better
-        `objective` (0: never) and keeps its best epoch. `on_epoch(epoch, runs)` is called after every epoch."""
+    def set_data(self, train_x: np.ndarray, train_y: np.ndarray, valid_x: np.ndarray, valid_y: np.ndarray,
+                 epochs: int, patience: int, objective: str, shuffle_seed: int) -> None:
+        """What every head trains on: a head stops after `patience` epochs without a better `objective` (0: never)
+        or after `epochs`, and keeps its best epoch."""
         import tensorflow as tf
 
-        if not 0 < len(specs) <= self.slots:
-            raise ValueError(f"{len(specs)} heads for a group of {self.slots}")
-        self._load(list(specs) + [None] * (self.slots - len(specs)))
-        runs = [HeadRun(spec) for spec in specs]
-        maximise = not objective.endswith("loss")
-        waited = [0] * len(specs)
-        active = [True] * len(specs)
-        rng = np.random.default_rng(shuffle_seed)
         steps = math.ceil(len(train_y) / self.batch_size)
         weight = np.zeros(steps * self.batch_size, np.float32)
         weight[:len(train_y)] = 1.0
-        x, y = tf.constant(train_x, tf.float32), tf.constant(train_y, tf.float32)
-        vx, vy = tf.constant(valid_x, tf.float32), tf.constant(valid_y, tf.float32)
-        row_weight = tf.constant(weight.reshape(steps, self.batch_size))
-        names = ("loss", "accuracy", "val_loss", "val_accuracy")
-        for epoch in range(epochs):
-            started = time.perf_counter()
-            order = np.zeros(steps * self.batch_size, np.int32)
-            order[:len(train_y)] = rng.permutation(len(train_y))
-            metrics = self._epoch(x, y, tf.constant(order.reshape(steps, self.batch_size)), row_weight,
-                                  vx, vy, tf.constant(epoch + 1000 * shuffle_seed, tf.int32)).numpy()
-            seconds = time.perf_counter() - started
-            improved = np.zeros(self.slots, np.float32)
-            for slot, run in enumerate(runs):
-                if not active[slot]:
-                    continue
-                for index, name in enumerate(names):
-                    run.history.setdefault(name, []).append(float(metrics[index, slot]))
-                run.epoch_seconds.append(seconds)
-                value = run.history[objective][-1]
-                if run.best_value is None or (value > run.best_value if maximise else value < run.best_value):
-                    run.best_value, run.best_epoch, waited[slot] = value, epoch, 0
-                    improved[slot] = 1
-                else:
-                    waited[slot] += 1
-                    active[slot] = not (patience and waited[slot] >= patience)
-            if improved.any():
-                self._keep_best(tf.constant(improved))
-            self.active.assign(np.array(active + [False] * (self.slots - len(specs)), np.float32))
-            if on_epoch:
-                on_epoch(epoch, runs)
-            if not any(active):
-                break
-        for slot, run in enumerate(runs):
+        self._data = (tf.constant(train_x, tf.float32), tf.constant(train_y, tf.float32),
+                      tf.constant(weight.reshape(steps, self.batch_size)), tf.constant(valid_x, tf.float32),
+                      tf.constant(valid_y, tf.float32))
+        self._rows, self._steps = len(train_y), steps
+        self._epochs, self._patience, self._objective = epochs, patience, objective
+        self._rng = np.random.default_rng(shuffle_seed)
+        self._waited = [0] * self.slots
+        self.clear()
+
+    def free_slots(self) -> list[int]:
+        return [slot for slot, run in enumerate(self.runs) if run is None]
+
+    def clear(self) -> None:
+        """Every slot free (the heads in training abandoned)."""
+        self.runs = [None] * self.slots
+        self.active.assign(np.zeros(self.slots, np.float32))
+
+    def step(self) -> list[tuple[int, HeadRun]]:
+        """One epoch of every running head (one shuffled pass, shared); returns the heads that finished, with their
+        best weights, and frees their slots."""
+        import tensorflow as tf
+
+        x, y, row_weight, valid_x, valid_y = self._data
+        order = np.zeros(self._steps * self.batch_size, np.int32)
+        order[:self._rows] = self._rng.permutation(self._rows)
+        seed = tf.constant(int(self._rng.integers(2**31)), tf.int32)
+        started = time.perf_counter()
+        metrics = self._epoch(x, y, tf.constant(order.reshape(self._steps, self.batch_size)), row_weight,
+                              valid_x, valid_y, seed).numpy()
+        seconds = time.perf_counter() - started
+        maximise = not self._objective.endswith("loss")
+        improved, finished = np.zeros(self.slots, np.float32), []
+        for slot, run in enumerate(self.runs):
+            if run is None:
+                continue
+            for index, name in enumerate(("loss", "accuracy", "val_loss", "val_accuracy")):
+                run.history.setdefault(name, []).append(float(metrics[index, slot]))
+            run.epoch_seconds.append(seconds)
+            value, epoch = run.history[self._objective][-1], len(run.epoch_seconds) - 1
+            if run.best_value is None or (value > run.best_value if maximise else value < run.best_value):
+                run.best_value, run.best_epoch, self._waited[slot] = value, epoch, 0
+                improved[slot] = 1
+            else:
+                self._waited[slot] += 1
+            if epoch + 1 >= self._epochs or (self._patience and self._waited[slot] >= self._patience):
+                finished.append(slot)
+        if improved.any():
+            self._keep_best(tf.constant(improved))
+        done = []
+        for slot in finished:
+            run, self.runs[slot] = self.runs[slot], None
             run.weights = self.head_weights(slot, run.spec)
-        return runs
+            self.active[slot].assign(0.0)
+            done.append((slot, run))
+        return done
+
+    def train(self, specs: list[HeadSpec], train_x: np.ndarray, train_y: np.ndarray, valid_x: np.ndarray,
+              valid_y: np.ndarray, epochs: int, patience: int, objective: str, shuffle_seed: int) -> list[HeadRun]:
+        """Train up to `slots` heads together until each has finished; their runs, in the order of `specs`."""
+        if not 0 < len(specs) <= self.slots:
+            raise ValueError(f"{len(specs)} heads for a group of {self.slots}")
+        self.set_data(train_x, train_y, valid_x, valid_y, epochs, patience, objective, shuffle_seed)
+        for slot, spec in enumerate(specs):
+            self.start(slot, spec)
+        runs: dict[int, HeadRun] = {}
+        while len(runs) < len(specs):
+            runs.update(self.step())
+        return [runs[slot] for slot in range(len(specs))]
 
 
 class GroupedTrials:
-    """Mixed into a KerasTuner tuner: its search takes several trials from the oracle at once — concurrent trials,
-    as KerasTuner hands them to distributed workers — and trains all their executions together in a HeadGroup.
+    """Mixed into a KerasTuner tuner: its search keeps every slot of a HeadGroup busy with the executions of
+    trials taken from the oracle as slots free up — concurrent trials, as KerasTuner hands them to distributed
+    workers. A head that stops early makes room for the next one at once.
 
     Each trial is still a trial: its MLflow run, its own score reported to the oracle (the mean over executions of
     each one's best epoch, as KerasTuner scores), its best weights in KerasTuner's checkpoint (so `load_model`
-    gives the ordinary head), and resumption after a kill (a slot's tuner id gets its unfinished trial back).
+    gives the ordinary head), and resumption after a kill (a request id gets its unfinished trial back).
     """
 
     def search_grouped(self, group: HeadGroup, data: tuple, epochs: int, patience: int, seed: int) -> None:
         """`data`: standardised (train features, train labels, valid features, valid labels)."""
         import keras_tuner as kt
+        from components.files import content_key
 
         self.oracle.verbose = 0  # as tuner.search(verbose=0): ffx prints its own line per trial
         self.on_search_begin()
-        per_group = max(1, group.slots // self.executions_per_trial)
-        while trials := self._take_trials(per_group, kt.engine.trial.TrialStatus):
-            for trial in trials:
-                self.on_trial_begin(trial)
+        group.set_data(*data, epochs, patience, self.oracle.objective.name, seed)
+        # One oracle request id per slot: a trial holds its id until it ends, so at most `slots` run at once.
+        ids = {f"{self.tuner_id}-{n}": None for n in range(group.slots)}
+        waiting: list = []          # (trial, execution) not yet in a slot
+        done: dict[str, list] = {}  # trial id -> finished HeadRuns
+        in_slot: dict[int, tuple] = {}
+        over = False
+        while True:
+            while group.free_slots() and (waiting or not over):
+                if not waiting:
+                    trial, over = self._next_trial(ids, bool(in_slot))
+                    if trial is None:
+                        break
+                    self.on_trial_begin(trial)
+                    done[trial.trial_id] = []
+                    waiting += [(trial, execution) for execution in range(self.executions_per_trial)]
+                trial, execution = job = waiting.pop(0)
+                slot = group.free_slots()[0]
+                group.start(slot, HeadSpec(*self.hypermodel.sizes(trial.hyperparameters),
+                                           seed=int(content_key([seed, trial.trial_id, execution])[:8], 16)))
+                in_slot[slot] = job
+            if not in_slot:
+                break
             try:
-                runs, failure = self._train_together(group, trials, data, epochs, patience, seed), None
-            except Exception as exc:  # every trial of the group fails with it, as KerasTuner records a failure
+                finished = group.step()
+            except Exception as exc:  # every trial in training fails with it, as KerasTuner records a failure
                 if isinstance(exc, kt.errors.FatalError):
                     raise
-                runs, failure = {}, traceback.format_exc()
-            for trial in trials:  # scored and ended one by one: the oracle ranks every completed trial it holds
-                try:
-                    if failure:
-                        raise kt.errors.FailedTrialError(failure)
-                    self._report(trial, runs[trial.trial_id], len(trials))
-                except Exception:
-                    trial.status, trial.message = kt.engine.trial.TrialStatus.FAILED, failure or traceback.format_exc()
-                self.on_trial_end(trial)
+                failure = traceback.format_exc()
+                for trial in {t.trial_id: t for t, _ in [*in_slot.values(), *waiting]}.values():
+                    done.pop(trial.trial_id)
+                    self._end(trial, ids, failure=failure)
+                group.clear()
+                in_slot.clear()
+                waiting.clear()
+                continue
+            for slot, run in finished:
+                trial, _ = in_slot.pop(slot)
+                done[trial.trial_id].append(run)
+                if len(done[trial.trial_id]) == self.executions_per_trial:
+                    self._end(trial, ids, runs=done.pop(trial.trial_id), slots=group.slots)
+        for tuner_id in ids:  # a distributed chief ends once every id it has seen was told the search is over
+            self.oracle.create_trial(tuner_id)
         self.on_search_end()
 
-    def _take_trials(self, count: int, status) -> list:
-        """Up to `count` new (or, after a kill, unfinished) trials, one per slot tuner id; none when the search
-        is over. Every slot asks each time: a distributed chief ends only once each id it knows has been stopped."""
+    def _next_trial(self, ids: dict, busy: bool):
+        """(a new or, after a kill, unfinished trial under a free request id, or None; whether the search is over)."""
+        import keras_tuner as kt
+
+        status = kt.engine.trial.TrialStatus
         while True:
-            answers = [self.oracle.create_trial(f"{self.tuner_id}-{slot}") for slot in range(count)]
-            trials = [trial for trial in answers if trial.status == status.RUNNING]
-            if trials or any(trial.status == status.STOPPED for trial in answers):
-                return trials
-            time.sleep(1)  # IDLE: a distributed chief still computing; ask again
+            tuner_id = next(i for i, held in ids.items() if held is None)
+            trial = self.oracle.create_trial(tuner_id)
+            if trial.status == status.RUNNING:
+                ids[tuner_id] = trial.trial_id
+                return trial, False
+            if trial.status == status.STOPPED:
+                return None, True
+            if busy:  # IDLE: a distributed chief still computing; the heads in training go on meanwhile
+                return None, False
+            time.sleep(1)
 
-    def _train_together(self, group: HeadGroup, trials: list, data: tuple, epochs: int, patience: int,
-                        seed: int) -> dict[str, list[HeadRun]]:
-        from components.files import content_key
+    def _end(self, trial, ids: dict, runs: list[HeadRun] | None = None, slots: int = 0, failure: str = "") -> None:
+        """Score, checkpoint and log a trial whose executions all finished (or record its failure); end it."""
+        import keras_tuner as kt
 
-        jobs = [(trial, execution) for trial in trials for execution in range(self.executions_per_trial)]
-        runs: dict[str, list[HeadRun]] = {}
-        for start in range(0, len(jobs), group.slots):
-            chunk = jobs[start:start + group.slots]
-            specs = [HeadSpec(*self.hypermodel.sizes(trial.hyperparameters),
-                              seed=int(content_key([seed, trial.trial_id, execution])[:8], 16))
-                     for trial, execution in chunk]
-            shuffle = int(content_key([seed, [trial.trial_id for trial, _ in chunk]])[:8], 16)
-            for (trial, _), run in zip(chunk, group.train(specs, *data, epochs, patience,
-                                                          self.oracle.objective.name, shuffle)):
-                runs.setdefault(trial.trial_id, []).append(run)
-        return runs
+        try:
+            if failure:
+                raise kt.errors.FailedTrialError(failure)
+            self._report(trial, runs, slots)
+        except Exception:
+            trial.status, trial.message = kt.engine.trial.TrialStatus.FAILED, failure or traceback.format_exc()
+        ids[next(i for i, held in ids.items() if held == trial.trial_id)] = None
+        self.on_trial_end(trial)
 
-    def _report(self, trial, runs: list[HeadRun], trials_in_graph: int) -> None:
+    def _report(self, trial, runs: list[HeadRun], slots: int) -> None:
         """The trial's score to the oracle, its best weights to KerasTuner's checkpoint, its epochs to MLflow."""
         import keras_tuner as kt
 
@@ -317,5 +367,5 @@ class GroupedTrials:
         head.set_weights(best.weights)
         head.save_weights(self._get_checkpoint_fname(trial.trial_id))
         self.log_executions(trial, [run.history for run in runs], [run.epoch_seconds for run in runs])
-        self.log_heads_in_graph(trial, trials_in_graph * self.executions_per_trial)
+        self.log_heads_in_graph(trial, slots)
         trial.status = kt.engine.trial.TrialStatus.COMPLETED

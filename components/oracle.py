@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import keras_tuner as kt
 import numpy as np
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
+from sklearn.exceptions import ConvergenceWarning
 
 MAX_GRID_POINTS = 10_000  # larger (or continuous) spaces fall back to KerasTuner's own L-BFGS restarts
 
@@ -33,7 +35,9 @@ class GridBayesianOracle(kt.oracles.BayesianOptimizationOracle):
             return super().populate_space(trial_id)
         vectors, points = grid
         x, y = self._vectorize_trials()
-        self.gpr.fit(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(y, posinf=0, neginf=0))
+        with warnings.catch_warnings():  # a length scale at its bound is a fine fit here, not news for the user
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.gpr.fit(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(y, posinf=0, neginf=0))
         mean, std = self.gpr.predict(vectors, return_std=True)
         acquisition = mean - self.beta * std  # scores are negated when maximising, as in KerasTuner
         # Trials taken together (tuner.parallel_heads, distributed workers) differ: besides the pessimistic guess

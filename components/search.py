@@ -16,12 +16,13 @@ from components.config import Config, lower_is_better
 from components.errors import FFXError
 from components.features import FeatureSet
 from components.files import content_key
+from components.distributed import distributed_role
 from components.head_group import GroupedTrials, HeadGroup
 from components.hypermodel import (HeadHyperModel, feature_statistics, standardise, steps_per_execution,
                                    training_datasets, with_standardisation)
 from components.oracle import GridBayesianOracle
 from components.tracking import git_commit, setup_mlflow
-from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials
+from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials, finish_completed_trials
 
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
 
@@ -89,10 +90,16 @@ def make_tuner(config: Config, hypermodel: HeadHyperModel, project: str):
     resuming = (config.tuner.directory / project / "oracle.json").exists()
     try:
         if config.tuner.algorithm == "bayesian":
-            return BayesianTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
-        if config.tuner.algorithm == "random":
-            return RandomTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
-        return HyperbandTuner(hypermodel, max_epochs=config.train.epochs, **common)
+            tuner = BayesianTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+        elif config.tuner.algorithm == "random":
+            tuner = RandomTuner(hypermodel, max_trials=config.tuner.max_trials, **common)
+        else:
+            tuner = HyperbandTuner(hypermodel, max_epochs=config.train.epochs, **common)
+        if resuming and distributed_role() == "single" and not tuner.oracle.trials:
+            # KerasTuner reloads the oracle only with this process's own tuner file; after distributed workers
+            # that file may not exist (another worker ran every trial), and the oracle's state is the search's.
+            tuner.oracle.reload()
+        return tuner
     except (ValueError, KeyError, RuntimeError) as exc:
         if not resuming:
             raise
@@ -158,8 +165,11 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
                                 steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
     tuner = make_tuner(config, hypermodel, parent.project)
     tuner.attach_mlflow(parent.client, parent.experiment_id, parent.run_id, progress)
+    if owner:
+        finish_completed_trials(parent.client, parent.experiment_id, parent.run_id, tuner.oracle)
     try:
-        if isinstance(tuner, GroupedTrials) and config.tuner.parallel_heads > 1:
+        # A distributed chief only hands out trials (tuner.search starts its oracle server); the others train.
+        if isinstance(tuner, GroupedTrials) and config.tuner.parallel_heads > 1 and distributed_role() != "chief":
             space, standardised = config.space, [standardise(s.features, statistics) if statistics is not None
                                                  else s.features for s in (train, valid)]
             group = HeadGroup(config.tuner.parallel_heads, train.features.shape[1], train.num_classes,

@@ -87,8 +87,10 @@ class MlflowTrialLogging:
             best = self.oracle.get_best_trials(1)
             self._progress({
                 "trial_id": trial.trial_id, "total": self.oracle.max_trials,
-                # a distributed worker's oracle client cannot list trials: count this worker's own
-                "done": len(self.oracle.trials) if hasattr(self.oracle, "trials") else self._finished_here,
+                # trials ended, not started (several run at once); a distributed worker's oracle client cannot
+                # list trials: it counts its own
+                "done": (sum(str(t.status) != "RUNNING" for t in self.oracle.trials.values())
+                         if hasattr(self.oracle, "trials") else self._finished_here),
                 "status": str(trial.status), "score": trial.score, "best": best[0].score if best else None,
                 "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
             })
@@ -114,6 +116,20 @@ def close_open_trials(client, experiment_id: str, parent_run_id: str, status: st
     for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
                                                    "and attributes.status = 'RUNNING'"):
         client.set_terminated(run.info.run_id, status)
+
+
+def finish_completed_trials(client, experiment_id: str, parent_run_id: str, oracle) -> None:
+    """Trial runs closed KILLED when a search resumed although the oracle had completed their trial (the kill came
+    between the oracle's record and the run's close, a window trials trained together can fall in): FINISHED."""
+    completed = {t.trial_id: t.score for t in oracle.trials.values() if str(t.status) == "COMPLETED"}
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                   "and attributes.status = 'KILLED'"):
+        trial_id = run.data.tags.get("ffx_trial_id")
+        if trial_id in completed:
+            if completed[trial_id] is not None:
+                client.log_metric(run.info.run_id, "score", float(completed[trial_id]))
+            client.set_tag(run.info.run_id, "trial_status", "COMPLETED")
+            client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def progress_line(info: dict) -> str:

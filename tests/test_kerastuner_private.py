@@ -12,8 +12,8 @@ MODULES = {  # module -> names imported from it
     "keras_tuner.src.engine.hyperparameters": ["HyperParameters", "Choice", "Boolean", "Int", "Float", "Fixed"],
     "keras_tuner.src.engine.trial": ["TrialStatus"],
 }
-METHODS = {  # class -> private methods called or overridden (components/trial_logging.py, oracle.py, hypermodel.py)
-    "keras_tuner.Tuner": ["_try_build", "_build_hypermodel"],
+METHODS = {  # class -> private methods called or overridden (trial_logging.py, oracle.py, hypermodel.py, head_group.py)
+    "keras_tuner.Tuner": ["_try_build", "_build_hypermodel", "_get_checkpoint_fname"],
     "keras_tuner.oracles.BayesianOptimizationOracle": ["_vectorize_trials", "_nonfixed_space", "populate_space"],
     "keras_tuner.src.engine.tuner_utils.SaveBestEpoch": ["_save_model"],
 }

@@ -44,3 +44,14 @@ def test_search_finds_the_best_point_of_a_smooth_objective(tmp_path):
     best = tuner.oracle.get_best_trials(1)[0].hyperparameters.values
     assert best == best_possible == {"units": 32, "dropout": 0.5, "extra_units": 8}
     assert len(tuner.oracle.trials) == 20  # 20 of 66 points: a random search finds the best one in 20 tries ~30%
+
+
+def test_trials_taken_together_are_different_points(tmp_path):
+    """Past the random start, four trials asked for at once (tuner.parallel_heads, or workers) all differ."""
+    tuner = _tuner(tmp_path, 40)
+    tuner.search(verbose=0)  # 40 trials scored one by one: the Gaussian process is well past its random start
+    oracle, status = tuner.oracle, kt.engine.trial.TrialStatus
+    oracle.max_trials = 44
+    taken = [oracle.create_trial(f"slot-{slot}") for slot in range(4)]
+    assert [t.status for t in taken] == [status.RUNNING] * 4
+    assert len({tuple(sorted(t.hyperparameters.values.items())) for t in taken}) == 4

@@ -157,13 +157,13 @@ def skipped_image_project(extracted, tmp_path_factory):
 def _search_with_failing_fits(project: Path, experiment: str, failing_calls: set[int], monkeypatch,
                               heads: int = 1):
     """run_search where the given calls of the training raise (a fault injected into real training): a head's
-    Keras fit (tuner.parallel_heads 1), or a group's training of several heads at once."""
+    Keras fit (tuner.parallel_heads 1), or an epoch of a group of heads trained at once."""
     from components.extract import load_split_features
     from components.head_group import HeadGroup
     from components.hypermodel import HeadHyperModel
     from components.search import run_search
 
-    owner, name = (HeadHyperModel, "fit") if heads == 1 else (HeadGroup, "train")
+    owner, name = (HeadHyperModel, "fit") if heads == 1 else (HeadGroup, "step")
     real, calls = getattr(owner, name), []
 
     def failing(self, *args, **kwargs):
@@ -207,7 +207,7 @@ def test_a_failing_group_of_heads_fails_its_trials_and_the_search_goes_on(skippe
     assert not isinstance(result, FFXError), result
     trials = _runs(client, config, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert sorted(r.info.status for r in trials) == ["FAILED", "FAILED", "FINISHED"]
-    assert all("injected failure in train call 1" in r.data.tags["error"] for r in trials if r.info.status == "FAILED")
+    assert all("injected failure in step call 1" in r.data.tags["error"] for r in trials if r.info.status == "FAILED")
     assert client.get_run(result.parent_run_id).data.metrics["trials_failed"] == 2
 
 

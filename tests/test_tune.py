@@ -72,19 +72,18 @@ def _report_known_histories(monkeypatch, heads: int) -> list:
 
         monkeypatch.setattr(HeadHyperModel, "fit", fit)
         return executions
-    real_train = HeadGroup.train
+    real_step = HeadGroup.step
 
-    def train(self, *args, **kwargs):
-        runs = real_train(self, *args, **kwargs)
-        for run in runs:  # the group's own bookkeeping of each head's best epoch, on the known series
+    def step(self):
+        finished = real_step(self)
+        for _, run in finished:  # the group's own bookkeeping of each head's best epoch, on the known series
             run.history = {k: list(v) for k, v in EXECUTION_HISTORIES[len(executions)].items()}
             run.best_epoch = int(np.argmax(run.history["val_accuracy"]))
             run.best_value = max(run.history["val_accuracy"])
-            run.epoch_seconds = run.epoch_seconds[:1] * 4
             executions.append(run)
-        return runs
+        return finished
 
-    monkeypatch.setattr(HeadGroup, "train", train)
+    monkeypatch.setattr(HeadGroup, "step", step)
     return executions
 
 

@@ -1,0 +1,45 @@
+"""Several heads in one compiled graph: each trains as it would alone and comes out as an ordinary head."""
+import numpy as np
+import pytest
+
+from components.head_group import HeadGroup, HeadSpec
+from components.hypermodel import build_head
+
+
+@pytest.fixture(scope="module")
+def features():
+    """A small separable problem: 160 train and 60 valid rows of 48 standardised features."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 220)
+    rows = rng.normal(size=(220, 48)).astype(np.float32) + labels[:, None] * rng.normal(0.6, 0.2, 48)
+    return rows[:160], labels[:160], rows[160:], labels[160:]
+
+
+def _group(slots: int) -> HeadGroup:
+    return HeadGroup(slots, 48, 2, max_units=16, max_extra=8, learning_rate=1e-3, batch_size=16)
+
+
+def test_each_head_comes_out_as_an_ordinary_head_at_its_best_epoch(features):
+    specs = [HeadSpec(16, 0.5, 0, 1), HeadSpec(4, 0.3, 0, 2), HeadSpec(16, 0.4, 8, 3)]
+    runs = _group(4).train(specs, *features, epochs=12, patience=3, objective="val_accuracy", shuffle_seed=0)
+    valid_x, valid_y = features[2], features[3]
+    for spec, run in zip(specs, runs):
+        head = build_head(48, 2, spec.units, spec.dropout, spec.extra_units, 1e-3)
+        head.set_weights(run.weights)  # raises if a shape is not the head's own size
+        accuracy = ((head.predict(valid_x, verbose=0)[:, 0] > 0.5) == valid_y).mean()
+        assert accuracy == pytest.approx(run.history["val_accuracy"][run.best_epoch], abs=1e-6)
+        assert run.best_value == max(run.history["val_accuracy"])
+        # Early stopping is each head's own: it ran until `patience` epochs without a better one, or to the end.
+        assert len(run.history["loss"]) == min(12, run.best_epoch + 3 + 1)
+
+
+def test_a_head_trains_the_same_alone_or_beside_others(features):
+    """Without dropout (whose masks depend on the graph's shape) training is deterministic: the heads' parameters,
+    gradients and optimizer state are disjoint, and a narrow head's unused units stay at zero."""
+    alone = _group(1).train([HeadSpec(8, 0.0, 0, 7)], *features, 6, 0, "val_loss", 5)[0]
+    together = _group(3).train([HeadSpec(16, 0.0, 8, 1), HeadSpec(8, 0.0, 0, 7), HeadSpec(4, 0.0, 0, 2)],
+                               *features, 6, 0, "val_loss", 5)[1]
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(together.history[name], alone.history[name], rtol=1e-4, err_msg=name)
+    for mine, theirs in zip(together.weights, alone.weights):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-3, atol=1e-5)

@@ -7,7 +7,6 @@ import importlib.util
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -45,22 +44,17 @@ LAST_LAYER = "last"  # backbone.layer: the base's own output
 
 def pool_feature_map(maps: np.ndarray, pooling: str) -> np.ndarray:
     """(N, H, W, C) feature maps -> (N, D) features: flattened (the recipe), or averaged and/or maxed over H, W.
-
-    A flattened map can be reshaped back and pooled later, so one extraction serves every pooling.
-    """
+    A flattened map can be reshaped back and pooled later, so one extraction serves every pooling."""
     maps = np.asarray(maps, dtype=np.float32)
     if pooling == "flatten" or maps.ndim != 4:
         return maps.reshape(len(maps), -1)
-    pooled = {"avg": [maps.mean(axis=(1, 2))], "max": [maps.max(axis=(1, 2))],
-              "avg+max": [maps.mean(axis=(1, 2)), maps.max(axis=(1, 2))]}[pooling]
-    return np.concatenate(pooled, axis=1)
+    reductions = {"avg": [np.mean], "max": [np.max], "avg+max": [np.mean, np.max]}[pooling]
+    return np.concatenate([reduce(maps, axis=(1, 2)) for reduce in reductions], axis=1)
 
 
 def pooled_dim(shape: tuple[int, ...], pooling: str) -> int:
     """Feature size after `pool_feature_map` of maps shaped (N, *shape)."""
-    if pooling == "flatten" or len(shape) != 3:
-        return int(np.prod(shape))
-    return int(shape[-1]) * (2 if pooling == "avg+max" else 1)
+    return pool_feature_map(np.zeros((1, *shape), dtype=np.float32), pooling).shape[1]
 
 
 def resolve_weights(config: BackboneConfig, root: Path) -> tuple[str | None, str]:
@@ -98,10 +92,8 @@ def hed_weights_path() -> Path:
 
 
 def backbone_identity(config: BackboneConfig, weights_id: str, precision: str = "float32") -> dict:
-    """What makes features comparable: recorded in HDF5 attributes, cache keys and MLflow.
-
-    Computable without building the model, so cache checks stay cheap.
-    """
+    """What makes features comparable, recorded in HDF5 attributes, cache keys and MLflow; computable without
+    building the model, so cache checks stay cheap."""
     identity = {"name": config.name, "weights": weights_id, "input_size": config.input_size,
                 "pooling": config.pooling, "precision": precision}
     if config.layer != LAST_LAYER:  # absent for the base's output: features made before the option keep their key
@@ -141,20 +133,18 @@ class Backbone:
     weights_id: str
     root: Path
     precision: str = "float32"
-    _model: object | None = None       # keras.Model, include_top=False
-    _forward: Callable | None = None
 
-    @property
+    @functools.cached_property
     def model(self):
-        if self._model is None:
-            self._model = _build_model(self.config, self.root, self.precision)
-        return self._model
-
-    @property
-    def preprocess(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The keras.Model, include_top=False; `precision: bfloat16` builds it under Keras' mixed_bfloat16 policy."""
         import keras
 
-        return getattr(keras.applications, ARCHITECTURES[self.config.name].module).preprocess_input
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if self.precision == "bfloat16" else "float32")
+        try:
+            return _keras_model(self.config, self.root)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)  # the head and anything built later keep their policy
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -172,34 +162,25 @@ class Backbone:
     def key(self) -> str:
         return content_key(self.identity)[:16]
 
+    @functools.cached_property
+    def _forward(self):
+        import tensorflow as tf
+
+        model = self.model  # built here, eagerly: weights loaded inside a graph trace would not stick
+        # Cast inside the graph: bfloat16 activations come back as float32 features.
+        return tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+
     def features(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, S, S, 3) -> float32 features (N, D), pooled as `backbone.pooling` says."""
-        if self._forward is None:
-            import tensorflow as tf
+        import keras
 
-            model = self.model  # built here, eagerly: weights loaded inside a graph trace would not stick
-            # Cast inside the graph: bfloat16 activations come back as float32 features.
-            self._forward = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                                        reduce_retracing=True)
-        batch = self.preprocess(images.astype(np.float32))
-        return pool_feature_map(self._forward(batch).numpy(), self.config.pooling)
+        preprocess = getattr(keras.applications, ARCHITECTURES[self.config.name].module).preprocess_input
+        return pool_feature_map(self._forward(preprocess(images.astype(np.float32))).numpy(), self.config.pooling)
 
 
 def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32") -> Backbone:
-    """The convolutional base, checked now and built on first use; `precision: bfloat16` builds it under
-    Keras' mixed_bfloat16 policy."""
+    """The convolutional base, checked now and built on first use."""
     return Backbone(config, check_backbone_config(config, root), root, precision)
-
-
-def _build_model(config: BackboneConfig, root: Path, precision: str):
-    import keras
-
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    try:
-        return _keras_model(config, root)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)  # the head and anything built later keep their policy
 
 
 def _keras_model(config: BackboneConfig, root: Path):
@@ -227,11 +208,9 @@ def _keras_model(config: BackboneConfig, root: Path):
 
 
 def _initialise_deterministically(model, seed: int) -> None:
-    """Re-draw every weight from its layer's own initializer with an explicit per-variable seed.
-
-    Keras initializers without a seed draw one from Python's global `random`, which other threads (Prefect,
-    Dask) also use: random weights would then differ between extraction and prediction processes.
-    """
+    """Re-draw every weight from its layer's own initializer with an explicit per-variable seed. Keras initializers
+    without a seed draw one from Python's global `random`, which other threads (Prefect, Dask) also use: random
+    weights would then differ between extraction and prediction processes."""
     counter = 0
     for layer in model.layers:
         for attribute in ("kernel", "depthwise_kernel", "pointwise_kernel", "bias", "gamma", "beta",

@@ -1,10 +1,9 @@
-"""One typed configuration, read once from params.yaml over components/defaults.yaml, the one place defaults live.
-
-The models below hold types, choices and bounds only; every value comes from the YAML files.
-"""
+"""One typed configuration, read once from params.yaml over components/defaults.yaml, the one place defaults live:
+the models below hold types, choices and bounds only; every value comes from the YAML files."""
 from __future__ import annotations
 
 import datetime
+import functools
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
@@ -70,7 +69,7 @@ class Section(BaseModel):
         try:
             return handler(values)
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc.errors()[0], _key_of(cls))) from None
+            raise ConfigError(_one_line(exc.errors()[0], cls)) from None
 
 
 class DataConfig(Section):
@@ -279,10 +278,7 @@ def merged(base: dict, patch: dict) -> dict:
 
 def write_params(path: Path, *patches: dict) -> Path:
     """A complete params file (as DVC needs): the defaults with `patches` merged in. For benches and tests."""
-    values = default_params()
-    for patch in patches:
-        values = merged(values, patch)
-    write_text_atomic(path, yaml.safe_dump(values))
+    write_text_atomic(path, yaml.safe_dump(functools.reduce(merged, patches, default_params())))
     return Path(path)
 
 
@@ -301,14 +297,16 @@ EXPECTED = {"bool_type": "true or false", "int_type": "an integer", "float_type"
             "list_type": "a list of integers", "too_short": "a non-empty list"}
 
 
-def _one_line(error: dict, prefix: tuple[str, ...]) -> str:
-    """A pydantic error as the one line the CLI prints: the dotted key, what it must be, what it got."""
+def _one_line(error: dict, section: type[Section]) -> str:
+    """A pydantic error in `section` (the innermost one: each catches its own) as the one line the CLI prints: the
+    dotted key, what it must be, what it got."""
+    prefix = _key_of(section)
     names = [*prefix, *(str(part) for part in error["loc"] if not isinstance(part, int))]
     key, kind, got, ctx = ".".join(names), error["type"], error.get("input"), error.get("ctx", {})
     if kind == "extra_forbidden":
-        return f"params: unknown key '{key}' (allowed here: {', '.join(sorted(_model_at(names[:-1]).model_fields))})"
+        return f"params: unknown key '{key}' (allowed here: {', '.join(sorted(section.model_fields))})"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"params: '{key}' must be a mapping with keys {', '.join(_model_at(names).model_fields)}"
+        return f"params: '{key}' must be a mapping with keys {', '.join(section.model_fields)}"
     if kind == "missing":
         return f"params: '{key}' is missing"
     if kind == "literal_error":
@@ -323,13 +321,6 @@ def _one_line(error: dict, prefix: tuple[str, ...]) -> str:
         each = "" if kind == "int_type" else f", each {expected}"
         return f"params: '{key}' must be a list of integers{each}; got {got!r} in it"
     return f"params: '{key}' must be {expected}, got {got!r}"
-
-
-def _model_at(names: list[str]) -> type[BaseModel]:
-    model = Config
-    for name in names:
-        model = model.model_fields[name].annotation
-    return model
 
 
 def _key_of(model: type[Section], within: type[Section] = Config, prefix: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -1,9 +1,11 @@
 """The dataset on disk: SPLIT/CLASS/image files, checked and hashed by content."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +42,8 @@ class Split:
         return digest.hexdigest()
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.class_names, 0)
-        for r in self.records:
-            counts[self.class_names[r.label]] += 1
-        return counts
-
-    def without(self, relpaths: set[str]) -> "Split":
-        return Split(self.name, self.root, self.class_names,
-                     tuple(r for r in self.records if r.relpath not in relpaths))
+        labels = Counter(r.label for r in self.records)
+        return {name: labels[label] for label, name in enumerate(self.class_names)}
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -79,9 +75,8 @@ def scan_split(root: Path, name: str) -> Split:
         files = _image_files(folder / class_name)
         if not files:
             raise DatasetError(f"{folder / class_name}: class folder has no images")
-        for path in files:
-            records.append(ImageRecord(path=path, relpath=path.relative_to(root).as_posix(), label=label,
-                                       size=path.stat().st_size, sha1=file_sha1(path)))
+        records += [ImageRecord(path, path.relative_to(root).as_posix(), label, path.stat().st_size, file_sha1(path))
+                    for path in files]
     return Split(name, root, class_names, tuple(records))
 
 
@@ -99,23 +94,19 @@ def scan_dataset(root: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Spli
     return scanned
 
 
-def find_bad_images(split: Split, max_pixels: int, workers: int = 4) -> dict[str, str]:
-    """relpath -> reason for every record that does not decode; decoded in parallel threads."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = pool.map(lambda r: check_image(r.path, max_pixels), split.records)
-        return {r.relpath: reason for r, reason in zip(split.records, reasons) if reason}
-
-
 def screen_split(split: Split, max_pixels: int, on_bad_image: str) -> tuple[Split, dict[str, str]]:
-    """Apply data.on_bad_image: raise listing every bad file, or drop them and return what was dropped."""
-    bad = find_bad_images(split, max_pixels)
+    """Decode every image (in parallel threads), then apply data.on_bad_image: raise listing every bad file, or
+    drop them and return what was dropped (relpath -> reason)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        reasons = pool.map(lambda r: check_image(r.path, max_pixels), split.records)
+        bad = {r.relpath: reason for r, reason in zip(split.records, reasons) if reason}
     if not bad:
         return split, {}
     if on_bad_image == "error":
         lines = "\n".join(f"  {split.root / rel}: {reason}" for rel, reason in sorted(bad.items()))
         raise BadImagesError(f"{len(bad)} bad image(s) in {split.root / split.name} "
                              f"(set data.on_bad_image: skip to leave them out):\n{lines}")
-    kept = split.without(set(bad))
+    kept = dataclasses.replace(split, records=tuple(r for r in split.records if r.relpath not in bad))
     for class_name, count in kept.counts().items():
         if count == 0:
             raise DatasetError(f"{split.root / split.name / class_name}: no usable images left after skipping bad ones")

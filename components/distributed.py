@@ -22,11 +22,9 @@ def distributed_role() -> str:
 
 
 def share_cores_among_workers(workers: int) -> None:
-    """A distributed worker's TensorFlow uses its share of this machine's cores.
-
-    A small dense head gains nothing from a second thread (per-op overhead dominates), so parallel trials are
-    where more cores pay; without a limit each worker would spread over every core and they would contend.
-    """
+    """A distributed worker's TensorFlow uses its share of this machine's cores. A small dense head gains nothing
+    from a second thread (per-op overhead dominates), so parallel trials are where more cores pay; without a limit
+    each worker would spread over every core and they would contend."""
     import tensorflow as tf
 
     try:
@@ -36,11 +34,9 @@ def share_cores_among_workers(workers: int) -> None:
 
 
 def run_tuner_processes(config: Config, show_progress: bool) -> None:
-    """A chief oracle and tuner.workers worker processes on this machine, waited for.
-
-    Each runs this module with KERASTUNER_TUNER_ID / KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set and the
-    same params and overrides; the workers take trials from the chief and log each one under the parent run.
-    """
+    """A chief oracle and tuner.workers worker processes on this machine, waited for. Each runs this module with
+    KERASTUNER_TUNER_ID / KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT set and the same params and overrides; the
+    workers take trials from the chief and log each one under the parent run."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

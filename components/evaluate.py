@@ -1,14 +1,12 @@
 """Test-split metrics of a trained head, written as DVC metrics and plot data."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
 from components.features import FeatureSet
-from components.files import write_text_atomic
+from components.files import write_csv_atomic
 
 
 def class_probabilities(model, features: np.ndarray) -> np.ndarray:
@@ -24,19 +22,11 @@ def average_views(probabilities: list[np.ndarray]) -> np.ndarray:
     return np.mean(probabilities, axis=0)
 
 
-def _clipped(probabilities: np.ndarray) -> np.ndarray:
-    """Away from 0 and 1 so the loss stays finite, rows renormalised to sum to one."""
-    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    return clipped / clipped.sum(axis=1, keepdims=True)
-
-
 def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities.
-
-    With `flipped` (the test images mirrored, row for row) the metrics are those of test-time augmentation,
-    and `accuracy_without_tta` / `accuracy_with_tta` report both.
-    """
-    from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, roc_auc_score
+    """Metrics dict (loss, accuracy, per-class precision/recall/F1, ROC AUC) and the (N, C) probabilities. With
+    `flipped` (the test images mirrored, row for row) they are test-time augmentation's, and
+    `accuracy_without_tta` / `accuracy_with_tta` report both."""
+    from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
     probabilities = class_probabilities(model, test.features)
     tta = {}
@@ -50,9 +40,10 @@ def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) ->
     classes = list(range(test.num_classes))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes,
                                                                      zero_division=0)
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)  # the loss stays finite; rows then renormalised to sum to 1
     metrics = {
         "count": int(len(labels)),
-        "loss": float(log_loss(labels, _clipped(probabilities), labels=classes)),
+        "loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)),
         "accuracy": float((predicted == labels).mean()),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(test.class_names)},
@@ -60,33 +51,34 @@ def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) ->
         **tta,
     }
     if len(set(labels.tolist())) == test.num_classes:
-        if test.num_classes == 2:
-            metrics["roc_auc"] = float(roc_auc_score(labels, probabilities[:, 1]))
-        else:
-            metrics["roc_auc"] = float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
+        metrics["roc_auc"] = roc_auc(labels, probabilities)
     return metrics, probabilities
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Of the positive class for two classes, one-vs-rest otherwise; every class must be among `labels`."""
+    from sklearn.metrics import roc_auc_score
+
+    classes = probabilities.shape[1]
+    if classes == 2:
+        return float(roc_auc_score(labels, probabilities[:, 1]))
+    return float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=list(range(classes))))
 
 
 def write_predictions_csv(path: Path, test: FeatureSet, probabilities: np.ndarray) -> None:
     """One row per test image: the data behind DVC's confusion plot and the error grid."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "actual", "predicted", "probability"])
-    for rel, label, row in zip(test.paths, test.labels, probabilities):
-        guess = int(row.argmax())
-        writer.writerow([rel, test.class_names[label], test.class_names[guess], f"{row[guess]:.6f}"])
-    write_text_atomic(path, buffer.getvalue())
+    guesses = probabilities.argmax(axis=1)
+    write_csv_atomic(path, ["path", "actual", "predicted", "probability"],
+                     [[rel, test.class_names[label], test.class_names[guess], f"{row[guess]:.6f}"]
+                      for rel, label, guess, row in zip(test.paths, test.labels, guesses, probabilities)])
 
 
 def write_roc_csv(path: Path, test: FeatureSet, probabilities: np.ndarray) -> None:
     """ROC points of the positive class (binary) for DVC's linear plot."""
     from sklearn.metrics import roc_curve
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["fpr", "tpr", "threshold"])
+    points = []
     if test.num_classes == 2 and len(set(test.labels.tolist())) == 2:
-        fpr, tpr, thresholds = roc_curve(test.labels, probabilities[:, 1])
-        for a, b, t in zip(fpr, tpr, thresholds):
-            writer.writerow([f"{a:.6f}", f"{b:.6f}", f"{min(t, 1.0):.6f}"])
-    write_text_atomic(path, buffer.getvalue())
+        points = zip(*roc_curve(test.labels, probabilities[:, 1]))
+    write_csv_atomic(path, ["fpr", "tpr", "threshold"],
+                     [[f"{fpr:.6f}", f"{tpr:.6f}", f"{min(threshold, 1.0):.6f}"] for fpr, tpr, threshold in points])

@@ -36,10 +36,6 @@ class Row:
     def key(self) -> str:
         return row_key(self.record.sha1, self.view)
 
-    @property
-    def path(self) -> Path:
-        return self.record.path
-
 
 def split_rows(split: Split, views: dict | None) -> list[Row]:
     """The rows of a split's feature file. No views: one per image, in split order. `{"flip": true}`: each
@@ -118,19 +114,16 @@ def decode_batch(paths: list[Path], size: int, max_pixels: int, views: list[View
     return np.stack(images)
 
 
-def run_backbone(records, backbone: Backbone, batch_size: int, max_pixels: int,
-                 sink: Callable[[list, np.ndarray], None], progress: Progress | None = None) -> None:
-    """Batches of `records` through the backbone, each result handed to `sink(batch, features)` in order.
-
-    The next batch is decoded in a background thread while the backbone computes the current one.
-    """
-    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
+def run_backbone(rows: list[Row], backbone: Backbone, batch_size: int, max_pixels: int,
+                 sink: Callable[[list[Row], np.ndarray], None], progress: Progress | None = None) -> None:
+    """Batches of `rows` through the backbone, each result handed to `sink(batch, features)` in order; the next
+    batch is decoded in a background thread while the backbone computes the current one."""
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     size = backbone.config.input_size
     with ThreadPoolExecutor(max_workers=1) as decoder:
         def submit(batch):
-            # Rows carry a view (augmented, mirrored); plain image records are the original.
-            return decoder.submit(decode_batch, [r.path for r in batch], size, max_pixels,
-                                  [getattr(r, "view", ORIGINAL) for r in batch])
+            return decoder.submit(decode_batch, [r.record.path for r in batch], size, max_pixels,
+                                  [r.view for r in batch])
 
         pending = submit(batches[0]) if batches else None
         for index, batch in enumerate(batches):
@@ -145,14 +138,13 @@ def run_backbone(records, backbone: Backbone, batch_size: int, max_pixels: int,
 def _compute_missing(rows: list[Row], backbone: Backbone, cache, batch_size: int, max_pixels: int,
                      progress: Progress | None) -> int:
     """Run the rows (image and view) absent from the cache through the backbone, appending each batch to it."""
-    todo, seen = [], set()
+    todo = {}  # by key: an image that stands twice in the split is computed once
     for row in rows:
-        if row.key not in cache and row.key not in seen:
-            seen.add(row.key)
-            todo.append(row)
+        if row.key not in cache:
+            todo.setdefault(row.key, row)
     if progress and len(rows) > len(todo):
         progress(len(rows) - len(todo))
-    run_backbone(todo, backbone, batch_size, max_pixels,
+    run_backbone(list(todo.values()), backbone, batch_size, max_pixels,
                  lambda batch, features: cache.add([r.key for r in batch], features), progress)
     return len(todo)
 
@@ -186,14 +178,9 @@ def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: P
     with output_lock(out_path), open_feature_cache(cache_dir, backbone.key, backbone.feature_dim) as cache:
         computed = _compute_missing(rows, backbone, cache, batch_size, max_pixels, progress)
         attrs = feature_attrs(split, backbone, skipped, views)
-        writer = FeatureWriter(out_path, key, rows, backbone.feature_dim, attrs)
-        try:
+        with FeatureWriter(out_path, key, rows, backbone.feature_dim, attrs) as writer:
             for start in range(writer.rows_done, len(rows), ASSEMBLY_ROWS):
-                chunk = rows[start:start + ASSEMBLY_ROWS]
-                writer.write(start, cache.get([r.key for r in chunk]))
-            writer.finish()
-        finally:
-            writer.close()
+                writer.append(cache.get([r.key for r in rows[start:start + ASSEMBLY_ROWS]]))
     return ExtractionResult(split.name, out_path, len(rows), computed, time.perf_counter() - started,
                             skipped, key)
 
@@ -224,10 +211,8 @@ def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: B
     return result
 
 
-def write_skipped_report(config: Config, plan: ExtractionPlan) -> Path:
-    path = config.features.dir / "skipped.json"
-    write_json_atomic(path, plan.skipped)
-    return path
+def write_skipped_report(config: Config, plan: ExtractionPlan) -> None:
+    write_json_atomic(config.features.dir / "skipped.json", plan.skipped)
 
 
 def extract_all(config: Config, splits: tuple[str, ...] = SPLITS,
@@ -253,9 +238,8 @@ def load_split_features(config: Config, split: str) -> FeatureSet:
     expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size,
                 "precision": config.extract.precision, "pooling": config.backbone.pooling,
                 "layer": config.backbone.layer, "views": split_views(config, split)}
-    found = {k: features.attrs.get(k) for k in expected}
-    found["precision"] = features.attrs.get("precision", "float32")  # files from before the option are float32
-    found["layer"] = features.attrs.get("layer", "last")             # ... and from the base's last layer
+    before_the_option = {"precision": "float32", "layer": "last"}  # what files made before these options hold
+    found = {k: features.attrs.get(k, before_the_option.get(k)) for k in expected}
     if found != expected:
         raise FFXError(f"{config.features.path(split)}: made with {found}, but params.yaml asks for {expected}; "
                        "run `ffx extract` again")

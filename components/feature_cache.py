@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from components.features import output_lock
+from components.features import output_lock, reopen_h5
 
 
 class FeatureCache:
@@ -51,23 +51,14 @@ def open_feature_cache(folder: Path, backbone_key: str, feature_dim: int):
     """The cache for one backbone setting, locked against a concurrent writer while open."""
     path = Path(folder) / f"{backbone_key}.h5"
     with output_lock(path):
-        handle = _open_or_create(path, feature_dim)
-        try:
+        # Damaged by a hard kill mid-write, or another layout: a cache, so start it again.
+        handle = (reopen_h5(path, lambda handle: handle["features"].shape[1] == feature_dim and "rows" in handle.attrs)
+                  or _create(path, feature_dim))
+        with handle:
             yield FeatureCache(handle)
-        finally:
-            handle.close()
 
 
-def _open_or_create(path: Path, feature_dim: int) -> h5py.File:
-    if path.exists():
-        try:
-            handle = h5py.File(path, "r+")
-            if handle["features"].shape[1] == feature_dim and "rows" in handle.attrs:
-                return handle
-            handle.close()
-        except (OSError, KeyError):
-            pass  # damaged by a hard kill mid-write: a cache, so start it again
-        path.unlink()
+def _create(path: Path, feature_dim: int) -> h5py.File:
     handle = h5py.File(path, "w")
     chunk_rows = max(1, (1 << 20) // (4 * feature_dim))
     handle.create_dataset("features", shape=(0, feature_dim), maxshape=(None, feature_dim), dtype="float32",

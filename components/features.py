@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -54,12 +55,25 @@ def output_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class FeatureWriter:
-    """Writes one split's features batch by batch into `<name>.partial`, renamed on `finish()`.
+def reopen_h5(path: Path, usable: Callable[[h5py.File], bool]) -> h5py.File | None:
+    """`path` opened to continue writing when it exists and `usable` accepts it; else deleted (made from other
+    inputs, or damaged by a hard kill mid-write) and None, for the caller to start it again."""
+    if path.exists():
+        try:
+            handle = h5py.File(path, "r+")
+            if usable(handle):
+                return handle
+            handle.close()
+        except (OSError, KeyError):
+            pass  # unreadable after a hard kill: start over
+        path.unlink()
+    return None
 
-    Progress is flushed after every batch; a writer opened on the same inputs (same `key`) after a
-    crash continues from the last flushed row instead of starting over.
-    """
+
+class FeatureWriter:
+    """Writes one split's features in order, batch by batch, into `<name>.partial`, renamed over `<name>` when the
+    `with` block succeeds. Progress is flushed after every batch; a writer opened on the same inputs (same `key`)
+    after a crash continues from the last flushed row (`rows_done`) instead of starting over."""
 
     def __init__(self, path: Path, key: str, rows, feature_dim: int, attrs: dict):
         """`rows`: extraction rows (an image record seen through a view), in order; the file holds each one's
@@ -67,27 +81,14 @@ class FeatureWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.count = len(rows)
-        self.file = self._open_resumable(key)
-        if self.file is None:
-            self.file = self._create(key, rows, feature_dim, attrs)
-
-    def _open_resumable(self, key: str):
-        if not self.partial.exists():
-            return None
-        try:
-            handle = h5py.File(self.partial, "r+")
-            if handle.attrs.get("key") == key and handle["features"].shape[0] == self.count:
-                return handle
-            handle.close()
-        except (OSError, KeyError):
-            pass  # unreadable after a hard kill: start over
-        self.partial.unlink()
-        return None
+        self.file = (reopen_h5(self.partial, lambda handle: handle.attrs.get("key") == key
+                               and handle["features"].shape[0] == self.count)
+                     or self._create(key, rows, feature_dim, attrs))
 
     def _create(self, key, rows, feature_dim, attrs):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = h5py.File(self.partial, "w")
-        chunk_rows = max(1, min(self.count, max(1, (4 << 20) // (4 * feature_dim))))
+        chunk_rows = max(1, min(self.count, (4 << 20) // (4 * feature_dim)))  # chunks of about 4 MiB
         handle.create_dataset("features", shape=(self.count, feature_dim), dtype="float32",
                               chunks=(chunk_rows, feature_dim) if self.count else None)
         records = [r.record for r in rows]
@@ -108,22 +109,27 @@ class FeatureWriter:
     def rows_done(self) -> int:
         return int(self.file.attrs["rows_done"])
 
-    def write(self, start: int, features: np.ndarray) -> None:
+    def append(self, features: np.ndarray) -> None:
+        """The next rows, flushed with the new row count."""
+        start = self.rows_done
         self.file["features"][start:start + len(features)] = features
         self.file.attrs["rows_done"] = start + len(features)
         self.file.flush()
 
-    def finish(self) -> None:
-        if self.rows_done != self.count:
-            raise AssertionError(f"{self.partial}: {self.rows_done} of {self.count} rows written")
-        del self.file.attrs["rows_done"]
-        self.file.attrs["complete"] = True
-        self.file.close()
-        os.replace(self.partial, self.path)
+    def __enter__(self) -> FeatureWriter:
+        return self
 
-    def close(self) -> None:
-        if self.file.id.valid:
+    def __exit__(self, error_type, *_) -> None:
+        try:
+            if error_type is None:
+                if self.rows_done != self.count:
+                    raise AssertionError(f"{self.partial}: {self.rows_done} of {self.count} rows written")
+                del self.file.attrs["rows_done"]
+                self.file.attrs["complete"] = True
+        finally:
             self.file.close()
+        if error_type is None:
+            os.replace(self.partial, self.path)
 
 
 def read_attrs(path: Path) -> dict:
@@ -155,7 +161,7 @@ def read_features(path: Path) -> FeatureSet:
             return FeatureSet(
                 features=handle["features"][()],
                 labels=handle["labels"][()],
-                paths=[p.decode() if isinstance(p, bytes) else p for p in handle["paths"][()]],
+                paths=list(handle["paths"].asstr()[()]),
                 class_names=list(attrs["class_names"]),
                 attrs=attrs,
                 source=handle["source"][()] if "source" in handle else None,

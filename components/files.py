@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -30,6 +32,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, payload) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv_atomic(path: Path, header: list[str], rows) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def content_key(identity) -> str:

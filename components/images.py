@@ -21,14 +21,11 @@ def is_image_name(path: Path) -> bool:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white; float: clipped.
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
+        wide = image.mode.startswith("I;16") or (image.mode == "I" and array.max() > 255)
+        image = Image.fromarray(np.clip(array * (255.0 / 65535.0 if wide else 1.0), 0, 255).astype(np.uint8), mode="L")
     elif image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
         # Composite transparency over white, as viewers show it, rather than exposing hidden colours.
         rgba = image.convert("RGBA")
@@ -39,10 +36,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(source: str | Path | bytes, size: int, max_pixels: int) -> np.ndarray:
     """Read an image file, or its bytes, as a size x size x 3 uint8 array (EXIF orientation applied, bilinear
-    resize): extraction, `ffx predict` and the served model decode alike.
-
-    Raises ImageReadError with a short reason for anything that is not a usable image.
-    """
+    resize): extraction, `ffx predict` and the served model decode alike. ImageReadError, with a short reason, for
+    anything that is not a usable image."""
     try:
         if isinstance(source, (bytes, bytearray)):
             if not source:
@@ -67,8 +62,6 @@ def load_rgb(source: str | Path | bytes, size: int, max_pixels: int) -> np.ndarr
                 if rgb.size != (size, size):
                     rgb = rgb.resize((size, size), Image.BILINEAR)
                 return np.asarray(rgb, dtype=np.uint8)
-    except ImageReadError:
-        raise
     except Image.UnidentifiedImageError:
         raise ImageReadError("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -20,8 +20,8 @@ def _pyplot():
     matplotlib.use("Agg")  # no display in CI or under DVC
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.titlesize": 15,
-                         "axes.grid": False})
+    plt.rcParams.update({"font.size": 11, "axes.titlesize": 13, "figure.titlesize": 15, "axes.grid": False,
+                         "figure.figsize": FIGSIZE, "figure.constrained_layout.use": True})
     return plt
 
 
@@ -38,7 +38,7 @@ def save_figure(figure, path: Path) -> Path:
 
 def _message_png(path: Path, message: str, title: str = "") -> Path:
     """A figure that says why there is nothing to draw."""
-    figure, ax = _pyplot().subplots(figsize=FIGSIZE, layout="constrained")
+    figure, ax = _pyplot().subplots()
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=16)
     figure.suptitle(title)
@@ -53,19 +53,27 @@ def _curve_targets(labels: np.ndarray, probabilities: np.ndarray, class_names: S
     return [(name, truth, score) for name, truth, score in targets if truth.min() != truth.max()]
 
 
-def _curve_title(title: str, class_names: Sequence[str]) -> str:
-    return title + (" (one vs rest)" if len(class_names) > 2 else f" (positive class: {class_names[1]})")
+def _curves_png(path: Path, display, title: str, labels: np.ndarray, probabilities: np.ndarray,
+                class_names: Sequence[str], legend: str, chance_level_once: bool) -> Path:
+    """One curve per `_curve_targets` entry, drawn by a scikit-learn display class, with its chance level."""
+    figure, ax = _pyplot().subplots()
+    for index, (name, truth, score) in enumerate(_curve_targets(labels, probabilities, class_names)):
+        display.from_predictions(truth, score, name=name, ax=ax,
+                                 plot_chance_level=index == 0 or not chance_level_once)
+    ax.set_title(title + (" (one vs rest)" if len(class_names) > 2 else f" (positive class: {class_names[1]})"))
+    ax.legend(loc=legend)
+    ax.grid(alpha=0.3)
+    return save_figure(figure, path)
 
 
 def confusion_matrix_png(path: Path, matrix, class_names: Sequence[str]) -> Path:
     """Counts and row-normalised (recall per true class) side by side."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    plt = _pyplot()
     counts = np.asarray(matrix, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    figure, axes = plt.subplots(1, 2, figsize=FIGSIZE, layout="constrained")
+    figure, axes = _pyplot().subplots(1, 2)
     for ax, values, title, fmt in ((axes[0], counts, "Counts", ".0f"),
                                    (axes[1], normalised, "Normalised by true class", ".2f")):
         ConfusionMatrixDisplay(values, display_labels=list(class_names)).plot(
@@ -79,47 +87,34 @@ def confusion_matrix_png(path: Path, matrix, class_names: Sequence[str]) -> Path
 def roc_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
     from sklearn.metrics import RocCurveDisplay
 
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    for index, (name, truth, score) in enumerate(_curve_targets(labels, probabilities, class_names)):
-        RocCurveDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=index == 0)
-    ax.set_title(_curve_title("ROC curve", class_names))
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    return save_figure(figure, path)
+    # The chance level (the diagonal) is the same for every class: drawn once.
+    return _curves_png(path, RocCurveDisplay, "ROC curve", labels, probabilities, class_names, "lower right",
+                       chance_level_once=True)
 
 
 def precision_recall_png(path: Path, labels: np.ndarray, probabilities: np.ndarray,
                          class_names: Sequence[str]) -> Path:
     from sklearn.metrics import PrecisionRecallDisplay
 
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    for name, truth, score in _curve_targets(labels, probabilities, class_names):
-        # With its chance level: the class's base rate, what a classifier guessing at random reaches.
-        PrecisionRecallDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=True)
-    ax.set_title(_curve_title("Precision-recall curve", class_names))
-    ax.legend(loc="lower left")
-    ax.grid(alpha=0.3)
-    return save_figure(figure, path)
+    # Each class's chance level: its base rate, what a classifier guessing at random reaches.
+    return _curves_png(path, PrecisionRecallDisplay, "Precision-recall curve", labels, probabilities, class_names,
+                       "lower left", chance_level_once=False)
 
 
 def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> Path:
     """Reliability of the predicted class's probability: accuracy per confidence bin, with bin sizes below."""
     from sklearn.calibration import CalibrationDisplay
 
-    plt = _pyplot()
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == labels).astype(int)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     counts = np.bincount(which, minlength=bins)
     gap = float(np.abs(np.bincount(which, correct - confidence, bins)).sum() / max(len(labels), 1))
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=FIGSIZE, height_ratios=(3, 1), sharex=True,
-                                         layout="constrained")
+    figure, (top, bottom) = _pyplot().subplots(2, 1, height_ratios=(3, 1), sharex=True)
     CalibrationDisplay.from_predictions(correct, confidence, n_bins=bins, name="model", ax=top)
-    top.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="", ylabel="accuracy in bin")
-    top.set_title(f"Calibration of the predicted class's probability (expected calibration error {gap:.3f})")
+    top.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="", ylabel="accuracy in bin",
+            title=f"Calibration of the predicted class's probability (expected calibration error {gap:.3f})")
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
     bottom.bar((edges[:-1] + edges[1:]) / 2, counts, width=1 / bins * 0.9, color="tab:grey")
@@ -132,14 +127,12 @@ def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: 
                          predicted: Sequence[str], probability: Sequence[float], names: Sequence[str],
                          total_errors: int) -> Path:
     """A grid of misclassified images (most confident first) with true/predicted labels and probability."""
-    plt = _pyplot()
     count = len(images)
     if count == 0:
         return _message_png(path, "No misclassified test images", "Most confidently wrong test images")
     columns = min(count, 6)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(FIGSIZE[0], max(3.2, 2.9 * rows)), squeeze=False,
-                                layout="constrained")
+    figure, axes = _pyplot().subplots(rows, columns, figsize=(FIGSIZE[0], max(3.2, 2.9 * rows)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, t, p, prob, name in zip(axes.flat, images, true, predicted, probability, names):
@@ -147,21 +140,16 @@ def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: 
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.imshow(image)
-        ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{_shorten(Path(name).name, 20)}", fontsize=9)
+        name = Path(name).name
+        name = name if len(name) <= 20 else "…" + name[-19:]  # the end of a long name: what tells files apart
+        ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{name}", fontsize=9)
     figure.suptitle(f"Most confidently wrong test images ({count} of {total_errors} errors)")
     return save_figure(figure, path)
 
 
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
-
-
 def _axis_positions(values: Sequence, categories_up_to: int = 6) -> tuple[np.ndarray, list[tuple[float, str]]]:
-    """Values placed on [0, 1] for a parallel-coordinates axis, and (position, label) ticks.
-
-    A few distinct values are evenly spaced categories; more numbers are spread linearly. Text (e.g.
-    `inactive`) gets its own slot at the bottom.
-    """
+    """Values placed on [0, 1] for a parallel-coordinates axis, and (position, label) ticks: a few distinct values
+    are evenly spaced categories, more numbers are spread linearly; text (e.g. `inactive`) has a slot at the bottom."""
     numbers = sorted({float(v) for v in values if _is_number(v)})
     words = sorted({str(v) for v in values if not _is_number(v)})
     if len(numbers) <= categories_up_to:
@@ -191,21 +179,18 @@ def _is_number(value) -> bool:
 
 
 def _label(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Sequence[str], objective: str,
                              maximise: bool) -> Path:
     """One line per completed trial across the hyperparameter axes to the objective, coloured by objective."""
-    plt = _pyplot()
     from matplotlib import cm, colors
 
     scored = [t for t in trials if t.get("score") is not None]
     if not scored:
         return _message_png(path, "No completed trial to compare")
-    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    figure, ax = _pyplot().subplots()
     columns = [*hp_names, objective]
     scores = np.array([t["score"] for t in scored], dtype=float)
     axes_positions = [_axis_positions([t["params"].get(name, INACTIVE) for t in scored]) for name in hp_names]
@@ -222,12 +207,8 @@ def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Seque
         for position, label in ticks:
             ax.text(column + 0.03, position, label, va="center", fontsize=9,
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
-    ax.set_xticks(x, columns)
-    ax.set_yticks([])
-    ax.set_xlim(-0.1, len(columns) - 0.6)
-    ax.set_ylim(-0.06, 1.06)
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
+    ax.set(xticks=x, xticklabels=columns, yticks=[], xlim=(-0.1, len(columns) - 0.6), ylim=(-0.06, 1.06))
+    ax.spines[["top", "right", "left"]].set_visible(False)
     figure.colorbar(cm.ScalarMappable(norm=norm, cmap=colormap), ax=ax, label=objective)
     ax.set_title(f"Hyperparameters vs {objective} ({len(scored)} completed trials; "
                  f"{'higher' if maximise else 'lower'} is better)")
@@ -236,8 +217,7 @@ def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Seque
 
 def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective: str, maximise: bool) -> Path:
     """Each trial's score in the order trials ran, failed trials marked, and the best-so-far line."""
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    figure, ax = _pyplot().subplots()
     numbers = np.arange(1, len(scores) + 1)
     done = np.array([s is not None for s in scores], dtype=bool)
     values = np.array([np.nan if s is None else s for s in scores], dtype=float)
@@ -248,8 +228,8 @@ def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective
         worst = (np.nanmin(values) if maximise else np.nanmax(values)) if done.any() else 0.0
         ax.scatter(numbers[~done], np.full((~done).sum(), worst), marker="x", color="tab:red", s=60,
                    label="failed (no score)", zorder=3)
-    ax.set(xlabel="trial (in the order run)", ylabel=objective)
-    ax.set_title(f"{objective} by trial ({'higher' if maximise else 'lower'} is better)")
+    ax.set(xlabel="trial (in the order run)", ylabel=objective,
+           title=f"{objective} by trial ({'higher' if maximise else 'lower'} is better)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
@@ -258,8 +238,7 @@ def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective
 
 def learning_curves_png(path: Path, history: dict[str, Sequence[float]], title: str) -> Path:
     """Loss and accuracy per epoch, train and validation, side by side."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=FIGSIZE, layout="constrained")
+    figure, axes = _pyplot().subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for name, style in ((metric, "-"), (f"val_{metric}", "--")):
             values = history.get(name)

@@ -11,6 +11,7 @@ import yaml
 
 from components import plots
 from components.config import Config
+from components.evaluate import roc_auc
 from components.features import FeatureSet, read_attrs
 from components.files import write_text_atomic
 from components.hypermodel import HP_NAMES
@@ -24,14 +25,6 @@ ERROR_IMAGE_PIXELS = 128  # each shown at this size
 BOOTSTRAP_SAMPLES = 1000
 
 
-def search_dir(config: Config) -> Path:
-    return config.reports.dir / "search"
-
-
-def evaluation_dir(config: Config) -> Path:
-    return config.reports.dir / "evaluation"
-
-
 def write_search_report(config: Config, parent_run_id: str) -> list[Path]:
     """Trial comparison read back from MLflow: parallel coordinates, objective by trial, trial table (CSV + HTML)
     and the best trial's learning curves, under reports/search/."""
@@ -39,7 +32,7 @@ def write_search_report(config: Config, parent_run_id: str) -> list[Path]:
     trials = search_trials(client, experiment_id, parent_run_id)
     objective = config.tuner.objective
     maximise = maximises(objective)
-    out = search_dir(config)
+    out = config.reports.dir / "search"
     table_csv, table_html = out / "trials.csv", out / "trials.html"
     write_trial_table(table_csv, table_html, trials, f"Trials of search {parent_run_id}")
     paths = [
@@ -58,7 +51,7 @@ def write_search_report(config: Config, parent_run_id: str) -> list[Path]:
 
 def write_evaluation_plots(config: Config, test: FeatureSet, probabilities: np.ndarray, metrics: dict) -> list[Path]:
     """Confusion matrix, ROC, precision-recall, calibration and the most confidently wrong images."""
-    out = evaluation_dir(config)
+    out = config.reports.dir / "evaluation"
     labels, names = test.labels, test.class_names
     paths = [
         plots.confusion_matrix_png(out / "confusion_matrix.png", metrics["confusion_matrix"], names),
@@ -96,20 +89,12 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
 def bootstrap_auc_interval(labels: np.ndarray, probabilities: np.ndarray, seed: int = 0,
                            samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float] | None:
     """Percentile 95% interval of ROC AUC over resamples of the test set (None when too few resamples are usable)."""
-    from sklearn.metrics import roc_auc_score
-
     rng = np.random.default_rng(seed)
-    classes = probabilities.shape[1]
     values = []
     for _ in range(samples):
         index = rng.integers(0, len(labels), len(labels))
-        drawn = labels[index]
-        if len(np.unique(drawn)) < classes:
-            continue
-        if classes == 2:
-            values.append(roc_auc_score(drawn, probabilities[index, 1]))
-        else:
-            values.append(roc_auc_score(drawn, probabilities[index], multi_class="ovr", labels=list(range(classes))))
+        if len(np.unique(labels[index])) == probabilities.shape[1]:  # AUC needs every class in the resample
+            values.append(roc_auc(labels[index], probabilities[index]))
     if len(values) < samples // 2:
         return None
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
@@ -120,9 +105,8 @@ def split_summary(path: Path) -> dict:
     attrs = read_attrs(path)
     with h5py.File(path, "r") as handle:
         labels = handle["labels"][()]
-    names = list(attrs["class_names"])
-    counts = np.bincount(labels, minlength=len(names))
-    return {"counts": {n: int(c) for n, c in zip(names, counts)}, "total": int(len(labels)),
+    counts = np.bincount(labels, minlength=len(attrs["class_names"])).tolist()
+    return {"counts": dict(zip(attrs["class_names"], counts)), "total": int(len(labels)),
             "content_hash": str(attrs.get("content_hash", "unknown"))}
 
 
@@ -149,12 +133,10 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def model_card(config: Config, metadata: dict, metrics: dict, test: FeatureSet, probabilities: np.ndarray,
-               command: str) -> str:
-    """The model card as Markdown: data, model, search, test metrics with 95% intervals, limits, reproduction."""
-    splits = {"train": split_summary(config.features.path("train")),
-              "valid": split_summary(config.features.path("valid")),
-              "test": split_summary(config.features.path("test"))}
+def write_model_card(config: Config, metadata: dict, metrics: dict, test: FeatureSet, probabilities: np.ndarray,
+                     command: str) -> Path:
+    """reports/model_card.md: data, model, search, test metrics with 95% intervals, limits, reproduction."""
+    splits = {name: split_summary(config.features.path(name)) for name in ("train", "valid", "test")}
     names = metadata["class_names"]
     search = metadata.get("search", {})
     backbone = metadata.get("backbone", {})
@@ -202,7 +184,7 @@ def model_card(config: Config, metadata: dict, metrics: dict, test: FeatureSet, 
                      f"{row['f1']:.3f} | {row['support']} |")
     lines += ["", "Plots: `evaluation/confusion_matrix.png`, `roc.png`, `precision_recall.png`, `calibration.png`, "
               "`confident_errors.png`.", "", "## Known limits", ""]
-    lines += _limits(splits, names, backbone, metrics)
+    lines += _limits(splits, backbone, metrics)
     commit = git_commit(config.root)
     checkout = [f"git checkout {commit.removesuffix('-dirty')}"] if commit != "unknown" else []
     lines += ["", "## Reproduce", "",
@@ -211,20 +193,20 @@ def model_card(config: Config, metadata: dict, metrics: dict, test: FeatureSet, 
               f"- Command that wrote this card: `{command}`.",
               "- Data and outputs (`dvc.lock`):", *_dvc_lock_lines(config.root), "",
               "```bash", *checkout, "dvc repro            # or: ffx extract && ffx tune && ffx evaluate", "```", ""]
-    return "\n".join(lines)
+    path = config.reports.dir / MODEL_CARD_FILE
+    write_text_atomic(path, "\n".join(lines))
+    return path
 
 
-def _limits(splits: dict, names: list[str], backbone: dict, metrics: dict) -> list[str]:
-    limits = []
+def _limits(splits: dict, backbone: dict, metrics: dict) -> list[str]:
     train = splits["train"]["counts"]
     largest, smallest = max(train.values()), min(train.values())
     ratio = largest / max(smallest, 1)
-    limits.append(f"- Class balance (train): largest class {largest} images, smallest {smallest} "
-                  f"(ratio {ratio:.1f})." + (" Imbalanced: accuracy flatters the majority class; read per-class "
-                                             "recall." if ratio >= 1.5 else ""))
     size = backbone.get("input_size")
-    limits.append(f"- Image size: every image is resized to {size}×{size} pixels without keeping its aspect "
-                  "ratio; detail smaller than a few pixels at that size is lost.")
+    limits = [f"- Class balance (train): largest class {largest} images, smallest {smallest} (ratio {ratio:.1f})."
+              + (" Imbalanced: accuracy flatters the majority class; read per-class recall." if ratio >= 1.5 else ""),
+              f"- Image size: every image is resized to {size}×{size} pixels without keeping its aspect ratio; detail "
+              "smaller than a few pixels at that size is lost."]
     if metrics["count"] < 100:
         limits.append(f"- Small test set ({metrics['count']} images): the intervals above are wide.")
     if str(backbone.get("weights")) == "none":
@@ -232,10 +214,3 @@ def _limits(splits: dict, names: list[str], backbone: dict, metrics: dict) -> li
     limits.append("- Trained and tested only on images like this dataset's; other sources, classes or image "
                   "sizes are not covered.")
     return limits
-
-
-def write_model_card(config: Config, metadata: dict, metrics: dict, test: FeatureSet, probabilities: np.ndarray,
-                     command: str) -> Path:
-    path = config.reports.dir / MODEL_CARD_FILE
-    write_text_atomic(path, model_card(config, metadata, metrics, test, probabilities, command))
-    return path

@@ -1,16 +1,14 @@
 """Searches and trials read back from the MLflow store: for trial plots, the model card and `ffx runs`."""
 from __future__ import annotations
 
-import csv
 import html
-import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Config, lower_is_better, sqlite_path, tracking_uri
 from components.errors import FFXError
-from components.files import write_text_atomic
+from components.files import write_csv_atomic, write_text_atomic
 
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -24,21 +22,6 @@ class Trial:
     score: float | None
     seconds: float | None
     started: int                # ms since the epoch, for ordering
-
-
-@dataclass
-class Search:
-    run_id: str
-    name: str
-    status: str
-    started: int
-    seconds: float | None
-    best_score: float | None
-    trials_completed: int | None
-    trials_failed: int | None
-    objective: str | None
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def store_client(config: Config):
@@ -57,25 +40,15 @@ def store_client(config: Config):
     return client, experiment.experiment_id
 
 
-def _search(run) -> Search:
-    metrics = run.data.metrics
-    completed, failed = metrics.get("trials_completed"), metrics.get("trials_failed")
-    return Search(run.info.run_id, run.info.run_name or "", run.info.status, run.info.start_time,
-                  metrics.get("search_seconds"), metrics.get("best_score"),
-                  None if completed is None else int(completed), None if failed is None else int(failed),
-                  run.data.params.get("tuner.objective"), dict(run.data.tags), dict(metrics))
-
-
-def recent_searches(client, experiment_id: str, limit: int = 5) -> list[Search]:
-    """The latest search parent runs, newest first."""
-    runs = client.search_runs([experiment_id], "tags.ffx_kind = 'search'", order_by=["attributes.start_time DESC"],
+def recent_searches(client, experiment_id: str, limit: int = 5) -> list:
+    """The latest search parent runs (MLflow runs), newest first."""
+    return client.search_runs([experiment_id], "tags.ffx_kind = 'search'", order_by=["attributes.start_time DESC"],
                               max_results=limit)
-    return [_search(run) for run in runs]
 
 
-def find_search(client, experiment_id: str, run_id_prefix: str) -> Search:
-    """A search by (a prefix of) its parent run id."""
-    matches = [s for s in recent_searches(client, experiment_id, limit=1000) if s.run_id.startswith(run_id_prefix)]
+def find_search(client, experiment_id: str, run_id_prefix: str):
+    """A search's parent run by (a prefix of) its id."""
+    matches = [s for s in recent_searches(client, experiment_id, limit=1000) if s.info.run_id.startswith(run_id_prefix)]
     if len(matches) != 1:
         raise FFXError(f"--search {run_id_prefix}: {'no' if not matches else len(matches)} search runs match; "
                        "`ffx runs` lists them")
@@ -86,33 +59,26 @@ def search_trials(client, experiment_id: str, parent_run_id: str) -> list[Trial]
     """Every trial run of a search, in the order they started."""
     runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               order_by=["attributes.start_time ASC"], max_results=10000)
-    trials = []
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        trials.append(Trial(run.info.run_id, tags.get("ffx_trial_id", run.info.run_name or ""),
-                            tags.get("trial_status", run.info.status), dict(run.data.params),
-                            metrics.get("score"), metrics.get("trial_seconds"), run.info.start_time))
-    trials.sort(key=lambda t: (t.started, t.trial_id))
-    return trials
+    trials = [Trial(run.info.run_id, run.data.tags.get("ffx_trial_id", run.info.run_name or ""),
+                    run.data.tags.get("trial_status", run.info.status), dict(run.data.params),
+                    run.data.metrics.get("score"), run.data.metrics.get("trial_seconds"), run.info.start_time)
+              for run in runs]
+    return sorted(trials, key=lambda t: (t.started, t.trial_id))
 
 
 def top_trials(trials: list[Trial], maximise: bool, count: int) -> list[Trial]:
-    scored = [t for t in trials if t.score is not None]
-    return sorted(scored, key=lambda t: t.score, reverse=maximise)[:count]
+    return sorted((t for t in trials if t.score is not None), key=lambda t: t.score, reverse=maximise)[:count]
 
 
 def maximises(objective: str | None) -> bool:
     return not lower_is_better(objective or "")
 
 
-def metric_histories(client, run_id: str, names=HISTORY_METRICS) -> dict[str, list[float]]:
-    """Per-epoch values of a trial run, by step."""
-    histories = {}
-    for name in names:
-        points = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
-        if points:
-            histories[name] = [m.value for m in points]
-    return histories
+def metric_histories(client, run_id: str) -> dict[str, list[float]]:
+    """Per-epoch values of a trial run, by step; metrics it did not log are left out."""
+    histories = {name: sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+                 for name in HISTORY_METRICS}
+    return {name: [m.value for m in points] for name, points in histories.items() if points}
 
 
 def param_names(trials: list[Trial]) -> list[str]:
@@ -121,25 +87,13 @@ def param_names(trials: list[Trial]) -> list[str]:
     return sorted({k for t in trials for k in t.params})
 
 
-def trial_table_rows(trials: list[Trial]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one per trial, the same hyperparameter columns for all."""
+def write_trial_table(csv_path: Path, html_path: Path, trials: list[Trial], title: str) -> None:
+    """One row per trial, the same hyperparameter columns for all, as CSV and as an HTML page."""
     names = param_names(trials)
     header = ["trial", "trial_id", "status", *names, "score", "seconds", "run_id"]
-    rows = []
-    for number, t in enumerate(trials, start=1):
-        rows.append([str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names),
-                     "" if t.score is None else f"{t.score:.4f}", "" if t.seconds is None else f"{t.seconds:.1f}",
-                     t.run_id])
-    return header, rows
-
-
-def write_trial_table(csv_path: Path, html_path: Path, trials: list[Trial], title: str) -> None:
-    header, rows = trial_table_rows(trials)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text_atomic(csv_path, buffer.getvalue())
+    rows = [[str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names), _number(t.score, ".4f", ""),
+             _number(t.seconds, ".1f", ""), t.run_id] for number, t in enumerate(trials, start=1)]
+    write_csv_atomic(csv_path, header, rows)
     cells = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     write_text_atomic(html_path, f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -161,20 +115,21 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _when(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
+def _number(value, fmt: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, fmt)
 
 
-def _number(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def searches_table(searches: list[Search]) -> str:
+def searches_table(searches: list) -> str:
+    """Search parent runs, one a row."""
     header = ["run_id", "started", "status", "objective", "best", "trials", "failed", "seconds", "test_accuracy",
               "backbone"]
-    rows = [[s.run_id[:12], _when(s.started), s.status, s.objective or "-", _number(s.best_score, ".4f"),
-             _number(s.trials_completed, "d"), _number(s.trials_failed, "d"), _number(s.seconds, ".0f"),
-             _number(s.metrics.get("test_accuracy"), ".4f"), s.tags.get("backbone", "-")] for s in searches]
+    # The search run's metrics; counts are MLflow metrics too, floats, shown without decimals.
+    columns = (("best_score", ".4f"), ("trials_completed", ".0f"), ("trials_failed", ".0f"), ("search_seconds", ".0f"),
+               ("test_accuracy", ".4f"))
+    rows = [[s.info.run_id[:12], time.strftime("%Y-%m-%d %H:%M", time.localtime(s.info.start_time / 1000)),
+             s.info.status, s.data.params.get("tuner.objective") or "-",
+             *(_number(s.data.metrics.get(name), fmt) for name, fmt in columns), s.data.tags.get("backbone", "-")]
+            for s in searches]
     return format_table(header, rows)
 
 

@@ -2,6 +2,7 @@
 HDF5 file, then merged in order into the same file a single-process extraction writes."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +47,12 @@ def shard_key(rows: list[Row], index: int, backbone_identity: dict) -> str:
                         "backbone": backbone_identity, "code": EXTRACTION_CODE_VERSION})
 
 
-_BACKBONES: dict = {}
+_last_backbone = functools.lru_cache(maxsize=1)(build_backbone)
 
 
 def worker_backbone(config: Config) -> Backbone:
     """One backbone per worker process and setting, kept between shards: building it costs seconds."""
-    key = (config.backbone, str(config.root), config.extract.precision)
-    if key not in _BACKBONES:
-        _BACKBONES.clear()
-        _BACKBONES[key] = build_backbone(config.backbone, config.root, config.extract.precision)
-    return _BACKBONES[key]
+    return _last_backbone(config.backbone, config.root, config.extract.precision)
 
 
 def extract_shard(config: Config, split: Split, index: int, name: str | None = None, backbone: Backbone | None = None,
@@ -71,23 +68,13 @@ def extract_shard(config: Config, split: Split, index: int, name: str | None = N
         if progress:
             progress(len(rows))
         return ShardResult(name, index, path, key, len(rows), 0)
-    with output_lock(path):
-        writer = FeatureWriter(path, key, rows, backbone.feature_dim,
-                               feature_attrs(split, backbone, {}, split_views(config, name)))
-        try:
-            start = writer.rows_done
-            offset = [start]
-
-            def sink(batch, features):
-                writer.write(offset[0], features)
-                offset[0] += len(batch)
-
-            if progress:
-                progress(start)
-            run_backbone(rows[start:], backbone, config.extract.batch_size, config.data.max_pixels, sink, progress)
-            writer.finish()
-        finally:
-            writer.close()
+    with output_lock(path), FeatureWriter(path, key, rows, backbone.feature_dim,  # locked before the model is built
+                                          feature_attrs(split, backbone, {}, split_views(config, name))) as writer:
+        start = writer.rows_done
+        if progress:
+            progress(start)
+        run_backbone(rows[start:], backbone, config.extract.batch_size, config.data.max_pixels,
+                     lambda batch, features: writer.append(features), progress)
     return ShardResult(name, index, path, key, len(rows), len(rows) - start)
 
 
@@ -108,21 +95,15 @@ def merge_shards(config: Config, split: Split, shards: list[ShardResult], skippe
     attrs = {k: v for k, v in first.items() if k not in ("key", "complete", "rows_done")}
     attrs.update(class_names=list(split.class_names), split=split.name, content_hash=split.content_hash,
                  skipped=skipped, shards=len(shards))
-    with output_lock(out_path):
-        writer = FeatureWriter(out_path, key, rows, pooled_dim(first["feature_shape"], first["pooling"]), attrs)
-        try:
-            row = 0
-            for shard in sorted(shards, key=lambda s: s.index):
-                features = read_features(shard.path).features  # one shard at a time: memory stays bounded
-                for start in range(0, len(features), ASSEMBLY_ROWS):
-                    chunk = features[start:start + ASSEMBLY_ROWS]
-                    done = max(0, writer.rows_done - row)  # rows a killed merge already flushed
-                    if done < len(chunk):
-                        writer.write(row + done, chunk[done:])
-                    row += len(chunk)
-            writer.finish()
-        finally:
-            writer.close()
+    feature_dim = pooled_dim(first["feature_shape"], first["pooling"])
+    with output_lock(out_path), FeatureWriter(out_path, key, rows, feature_dim, attrs) as writer:
+        row = 0  # of the merged file: where the current shard starts
+        for shard in sorted(shards, key=lambda s: s.index):
+            features = read_features(shard.path).features  # one shard at a time: memory stays bounded
+            # From the first row a killed merge did not flush, in steps that each flush their progress.
+            for start in range(max(0, writer.rows_done - row), len(features), ASSEMBLY_ROWS):
+                writer.append(features[start:start + ASSEMBLY_ROWS])
+            row += len(features)
     return ExtractionResult(name, out_path, len(rows), computed, time.perf_counter() - started, skipped, key)
 
 

@@ -51,10 +51,8 @@ class EvaluationResult:
 
 
 def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationResult:
-    """Score the saved head on the test split, write metrics, plots and the model card, register it in MLflow.
-
-    `command` is how this evaluation was started, quoted in the model card.
-    """
+    """Score the saved head on the test split, write metrics, plots and the model card (quoting `command`, how this
+    evaluation was started), register it in MLflow."""
     head_file = head_paths(config)[0]
     model, metadata = load_head(head_file)
     test = load_split_features(config, "test")
@@ -67,15 +65,15 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
             raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
                            f"{config.features.path('test')} row for row; run `ffx extract` again")
     metrics, probabilities = evaluate_head(model, test, flipped)
-    metrics_dir = config.metrics.dir
-    write_json_atomic(metrics_dir / "test.json", metrics)
-    write_predictions_csv(metrics_dir / PREDICTIONS_FILE, test, probabilities)
-    write_roc_csv(metrics_dir / ROC_FILE, test, probabilities)
+    predictions, roc = config.metrics.dir / PREDICTIONS_FILE, config.metrics.dir / ROC_FILE
+    write_json_atomic(config.metrics.dir / "test.json", metrics)
+    write_predictions_csv(predictions, test, probabilities)
+    write_roc_csv(roc, test, probabilities)
     figures = write_evaluation_plots(config, test, probabilities, metrics)
     card = write_model_card(config, metadata, metrics, test, probabilities, command)
-    registration = register_classifier(config, head_file, metadata, metrics, example_image=config.data.root / test.paths[0],
-                                       artifacts=[metrics_dir / PREDICTIONS_FILE, metrics_dir / ROC_FILE, *figures,
-                                                  card])
+    registration = register_classifier(config, head_file, metadata, metrics,
+                                       example_image=config.data.root / test.paths[0],
+                                       artifacts=[predictions, roc, *figures, card])
     return EvaluationResult(metrics, registration)
 
 
@@ -88,9 +86,8 @@ def _configured_identity(config: Config) -> dict:
     return backbone_identity(config.backbone, weights_id, config.extract.precision)
 
 
-def extraction_cache_key(config: Config, split: Split, name: str | None = None) -> tuple[str, bool]:
-    """`name`: the feature file when it is not the split's own (test_flip)."""
-    name = name or split.name
+def extraction_cache_key(config: Config, split: Split, name: str) -> tuple[str, bool]:
+    """`name`: the feature file, made from `split` (test_flip from test)."""
     key = extraction_key(split, _configured_identity(config), split_views(config, name))
     return f"extract-{key}", output_is_current(config.features.path(name), key)
 

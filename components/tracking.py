@@ -11,11 +11,8 @@ SERVER_TIMEOUT_S = 5
 
 
 def check_tracking_server(config: Config) -> None:
-    """Fail fast when an http(s) tracking server does not answer (MLflow itself retries for minutes).
-
-    Called before extraction too, so a dead server is found before an hour of backbone work, not after.
-    A local store (SQLite, files) needs no check.
-    """
+    """Fail fast when an http(s) tracking server does not answer (MLflow itself retries for minutes); called before
+    extraction too, so a dead server is found before an hour of backbone work, not after. Local stores pass."""
     import urllib.error
     import urllib.request
 
@@ -49,22 +46,20 @@ def setup_mlflow(config: Config):
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    if experiment is None:
-        location = config.mlflow.artifact_location
-        location.mkdir(parents=True, exist_ok=True)
-        experiment_id = client.create_experiment(config.mlflow.experiment, artifact_location=location.as_uri())
-    else:
-        experiment_id = experiment.experiment_id
-    return client, experiment_id
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = config.mlflow.artifact_location
+    location.mkdir(parents=True, exist_ok=True)
+    return client, client.create_experiment(config.mlflow.experiment, artifact_location=location.as_uri())
 
 
 def git_commit(root: Path) -> str:
+    """HEAD's commit, `-dirty` with uncommitted changes to tracked files; "unknown" outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
-    if out.returncode != 0:
-        return "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")

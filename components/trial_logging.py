@@ -27,6 +27,7 @@ class MlflowTrialLogging:
         self._progress = progress
         self._trial_runs: dict[str, tuple[str, float]] = {}
         self._search_started = time.perf_counter()
+        self._finished_here = 0
 
     def _try_build(self, hp):
         # KerasTuner clears the Keras session and runs a full gc.collect() before every build: a second or more
@@ -34,22 +35,18 @@ class MlflowTrialLogging:
         # frees anyway. Skipping it also keeps the compiled heads HeadHyperModel reuses.
         return self._build_hypermodel(hp)
 
-    def _existing_trial_run(self, trial_id: str) -> str | None:
-        runs = self._client.search_runs(
-            [self._experiment_id],
-            f"tags.mlflow.parentRunId = '{self._parent_run_id}' and tags.ffx_trial_id = '{trial_id}'")
-        return runs[0].info.run_id if runs else None
-
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
-        run_id = self._existing_trial_run(trial.trial_id)  # a trial cut short by a kill is re-run in its own run
-        if run_id is None:
-            run = self._client.create_run(
-                self._experiment_id, run_name=f"trial-{trial.trial_id}",
-                tags={"mlflow.parentRunId": self._parent_run_id, "ffx_trial_id": trial.trial_id})
-            run_id = run.info.run_id
-        else:
+        runs = self._client.search_runs(  # a trial cut short by a kill is re-run in its own run
+            [self._experiment_id],
+            f"tags.mlflow.parentRunId = '{self._parent_run_id}' and tags.ffx_trial_id = '{trial.trial_id}'")
+        if runs:
+            run_id = runs[0].info.run_id
             self._client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self._client.create_run(
+                self._experiment_id, run_name=f"trial-{trial.trial_id}",
+                tags={"mlflow.parentRunId": self._parent_run_id, "ffx_trial_id": trial.trial_id}).info.run_id
         # Logged on a re-run too (same values, so MLflow accepts them): a kill may have come before they were.
         hp = trial.hyperparameters
         values = {name: (hp.values[name] if name in hp.values and hp.is_active(name) else "inactive")
@@ -78,14 +75,14 @@ class MlflowTrialLogging:
         metrics = [Metric(name, float(v), now, step) for name, values in series.items()
                    for step, v in enumerate(values)]
         metrics.append(Metric("mean_epoch_seconds", float(np.mean(series["epoch_seconds"])), now, 0))
-        for start in range(0, len(metrics), 1000):
-            self._client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        self._client.log_batch(run_id, metrics=metrics)  # MLflow splits it into batches its store accepts
 
     def on_trial_end(self, trial):
         try:
             super().on_trial_end(trial)  # the oracle scores the trial here (and raises after too many failures)
         finally:
             seconds = self._close_trial_run(trial)  # recorded, with its error, even when the oracle raises
+        self._finished_here += 1
         if self._progress:
             best = self.oracle.get_best_trials(1)
             self._progress({
@@ -93,14 +90,10 @@ class MlflowTrialLogging:
                 # trials ended, not started (several run at once); a distributed worker's oracle client cannot
                 # list trials: it counts its own
                 "done": (sum(str(t.status) != "RUNNING" for t in self.oracle.trials.values())
-                         if hasattr(self.oracle, "trials") else self._finished_here()),
+                         if hasattr(self.oracle, "trials") else self._finished_here),
                 "status": str(trial.status), "score": trial.score, "best": best[0].score if best else None,
                 "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
             })
-
-    def _finished_here(self) -> int:
-        self._finished_count = getattr(self, "_finished_count", 0) + 1
-        return self._finished_count
 
     def _close_trial_run(self, trial) -> float:
         run_id, started = self._trial_runs.pop(trial.trial_id)

@@ -163,10 +163,10 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     typer.echo(f"Recent searches (experiment '{config.mlflow.experiment}'):")
     typer.echo(searches_table(listed))
     chosen = find_search(client, experiment_id, search) if search else listed[0]
-    trials = search_trials(client, experiment_id, chosen.run_id)
-    best = top_trials(trials, maximises(chosen.objective), top)
-    typer.echo(f"\nTop {len(best)} of {len(trials)} trials of search {chosen.run_id} "
-               f"(by {chosen.objective or 'score'}):")
+    objective = chosen.data.params.get("tuner.objective")
+    trials = search_trials(client, experiment_id, chosen.info.run_id)
+    best = top_trials(trials, maximises(objective), top)
+    typer.echo(f"\nTop {len(best)} of {len(trials)} trials of search {chosen.info.run_id} (by {objective or 'score'}):")
     typer.echo(trials_table(best))
 
 

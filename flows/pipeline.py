@@ -87,11 +87,10 @@ def tune_task(config: Config, feature_keys: dict) -> dict:
 
 @task(name="evaluate-and-register", persist_result=True)
 def evaluate_task(config: Config, feature_keys: dict) -> dict:
-    logger = get_run_logger()
     result = evaluate_stage(config)
     reg = result.registration
-    logger.info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
-                reg.decision)
+    get_run_logger().info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
+                          reg.decision)
     return {"accuracy": result.metrics["accuracy"], "version": reg.version, "promoted": reg.promoted,
             "decision": reg.decision}
 

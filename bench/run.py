@@ -225,6 +225,7 @@ def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> di
     import keras
 
     from bench.baseline import baseline_fit
+    from bench.search import grouped_epoch_ms
     from components.hypermodel import (EpochTimer, HeadHyperModel, build_head, feature_statistics,
                                        steps_per_execution, training_datasets)
 
@@ -267,6 +268,11 @@ def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> di
         result[f"{name}_epoch_ms"] = 1000 * float(np.median([s for _, e in runs for s in e[1:]]))
         result[f"{name}_fit_s"] = float(min(s for s, _ in runs))
     result["epoch_speedup"] = result["baseline_epoch_ms"] / result["ffx_epoch_ms"]
+    # The search's default path: tuner.parallel_heads heads stepped together in one XLA-compiled graph.
+    result["grouped_heads"] = heads = config.tuner.parallel_heads
+    result["grouped_epoch_ms"] = grouped_epoch_ms(train, valid, config, heads, epochs)
+    result["grouped_speedup"] = result["baseline_epoch_ms"] / result["grouped_epoch_ms"]
+    log(f"  {heads} heads in one compiled graph: {result['grouped_epoch_ms']:.0f} ms per head-epoch")
     if classes == 2:
         result["limit_epoch_ms"] = head_step_limit(config, train, statistics, epochs)
         result["ffx_vs_limit"] = result["limit_epoch_ms"] / result["ffx_epoch_ms"]
@@ -359,7 +365,8 @@ def checks(figures: dict) -> dict:
     result = {
         "extract_vs_baseline": (e["ffx_vs_baseline"], ">=", TARGETS["extract_vs_baseline"]),
         "extract_vs_limit": (e["ffx_vs_limit"], ">=", TARGETS["extract_vs_limit"]),
-        "head_epoch_speedup": (h["epoch_speedup"], ">=", TARGETS["head_epoch_speedup"]),
+        # judged on the search's default path (several heads per graph); the one-head Keras path is printed too
+        "head_epoch_speedup": (h["grouped_speedup"], ">=", TARGETS["head_epoch_speedup"]),
         "cache_hit_fraction": (c["rerun_fraction"], "<=", TARGETS["cache_hit_fraction"]),
         "rss_growth_4n": (m["growth_4n"], "<=", TARGETS["rss_growth_4n"]),
     }
@@ -382,7 +389,9 @@ def print_table(figures: dict) -> None:
     else:
         rows.append(("", "ffx path, precision auto", "N/A: float32 here (no native bfloat16), the fp32 path"))
     rows += [("head epoch (ms)", "baseline HDF5 generator", f"{h['baseline_epoch_ms']:.0f}"),
-             ("", "ffx tuner path", f"{h['ffx_epoch_ms']:.0f}  ({h['epoch_speedup']:.1f}x faster)")]
+             ("", "ffx, parallel_heads 1 (Keras fit)", f"{h['ffx_epoch_ms']:.0f}  ({h['epoch_speedup']:.1f}x faster)"),
+             ("", f"ffx, {h['grouped_heads']} heads per graph, per head",
+              f"{h['grouped_epoch_ms']:.0f}  ({h['grouped_speedup']:.1f}x faster)")]
     if "limit_epoch_ms" in h:
         rows.append(("", "limit (training steps alone)", f"{h['limit_epoch_ms']:.0f}  (ffx at {h['ffx_vs_limit']:.2f}x "
                                                          "the limit's speed)"))

@@ -39,9 +39,9 @@ def project(work: Path, data: Path, trials: int, seed: int, heads: int, cache: P
     return load_config(params)
 
 
-def heads_per_graph(train, valid, config, epochs: int) -> dict:
-    """ms per head-epoch of HeadGroup by heads per graph, with and without XLA (the first epoch, which traces
-    and compiles, left out)."""
+def grouped_epoch_ms(train, valid, config, heads: int, epochs: int, jit: bool = True) -> float:
+    """ms per head-epoch of `heads` heads of the space's largest size trained in one HeadGroup (validation and
+    best-epoch bookkeeping included, as in a search; the first epoch, which traces and compiles, left out)."""
     from components.head_group import HeadGroup, HeadSpec
     from components.hypermodel import feature_statistics, standardise
 
@@ -49,17 +49,22 @@ def heads_per_graph(train, valid, config, epochs: int) -> dict:
     data = (standardise(train.features, statistics), train.labels, standardise(valid.features, statistics),
             valid.labels)
     space = config.space
+    group = HeadGroup(heads, data[0].shape[1], train.num_classes, max(space.units), max(space.extra_units),
+                      config.train.learning_rate, config.train.batch_size, jit_compile=jit)
+    specs = [HeadSpec(max(space.units), 0.5, 0, seed) for seed in range(heads)]
+    group.train(specs, *data, 1, 0, "val_accuracy", 0)  # compile
+    started = time.perf_counter()
+    group.train(specs, *data, epochs, 0, "val_accuracy", 1)
+    return (time.perf_counter() - started) / epochs / heads * 1000
+
+
+def heads_per_graph(train, valid, config, epochs: int) -> dict:
+    """ms per head-epoch of HeadGroup by heads per graph, with and without XLA."""
     figures = {}
     for jit in (True, False):
         for heads in HEADS:
-            group = HeadGroup(heads, data[0].shape[1], train.num_classes, max(space.units), max(space.extra_units),
-                              config.train.learning_rate, config.train.batch_size, jit_compile=jit)
-            specs = [HeadSpec(max(space.units), 0.5, 0, seed) for seed in range(heads)]
-            group.train(specs, *data, 1, 0, "val_accuracy", 0)  # compile
-            started = time.perf_counter()
-            group.train(specs, *data, epochs, 0, "val_accuracy", 1)
-            ms = (time.perf_counter() - started) / epochs / heads * 1000
-            figures[f"{'xla' if jit else 'plain'}_{heads}"] = ms
+            ms = figures[f"{'xla' if jit else 'plain'}_{heads}"] = grouped_epoch_ms(train, valid, config, heads,
+                                                                                    epochs, jit)
             log(f"  {'XLA  ' if jit else 'plain'} {heads} head(s) per graph: {ms:.0f} ms per head-epoch")
     return figures
 

@@ -156,6 +156,8 @@ def artifact_sizes(project: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from components.config import load_config
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"data: {source}")
         project = make_project(source, work / "project")
         images = image_files(source)
-        figures = {"data": str(source), "cpu": _cpu_model(),
+        precision = load_config(project / "params.yaml").extract.precision  # auto, resolved on this machine
+        figures = {"data": str(source), "cpu": _cpu_model(), "precision": precision,
                    "predict_rss": [predict_rss(project, images, n) for n in RSS_IMAGES]}
         for row in figures["predict_rss"]:
             log(f"  ffx predict {row['images']} images: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.1f}s")

@@ -170,12 +170,17 @@ class Backbone:
         # Cast inside the graph: bfloat16 activations come back as float32 features.
         return tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
 
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (N, S, S, 3) -> float32 features (N, D), pooled as `backbone.pooling` says."""
+    @property
+    def preprocess(self):
+        """keras.applications' preprocess_input for this architecture."""
         import keras
 
-        preprocess = getattr(keras.applications, ARCHITECTURES[self.config.name].module).preprocess_input
-        return pool_feature_map(self._forward(preprocess(images.astype(np.float32))).numpy(), self.config.pooling)
+        return getattr(keras.applications, ARCHITECTURES[self.config.name].module).preprocess_input
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, S, S, 3) -> float32 features (N, D), pooled as `backbone.pooling` says."""
+        return pool_feature_map(self._forward(self.preprocess(images.astype(np.float32))).numpy(),
+                                self.config.pooling)
 
 
 def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32") -> Backbone:

@@ -1,0 +1,1 @@
+"""The ffx library: one module per concept, plain functions and small dataclasses, no orchestration."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from components.config import lower_is_better
+
 RHO, EPSILON = 0.9, 1e-7  # keras.optimizers.RMSprop's defaults, which the single-head path uses
 
 
@@ -222,7 +224,7 @@ class HeadGroup:
         metrics = self._epoch(x, y, tf.constant(order.reshape(self._steps, self.batch_size)), row_weight,
                               valid_x, valid_y, seed).numpy()
         seconds = time.perf_counter() - started
-        maximise = not self._objective.endswith("loss")
+        maximise = not lower_is_better(self._objective)
         improved, finished = np.zeros(self.slots, np.float32), []
         for slot, run in enumerate(self.runs):
             if run is None:

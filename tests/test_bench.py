@@ -5,6 +5,7 @@ import pytest
 from conftest import make_dataset
 
 from bench.run import TARGETS, main
+from components.config import default_params
 
 pytestmark = pytest.mark.e2e
 TINY = {"extract_images": 4, "rounds": 2, "rss_images": 2, "pipeline_per_class": 2, "head_rows": 12,
@@ -44,7 +45,7 @@ def test_benchmark_times_every_path_side_by_side_and_writes_its_figures(tmp_path
     assert (h["train_rows"], h["valid_rows"], h["epochs"]) == (12, 4, 2)
     assert min(h["baseline_epoch_ms"], h["ffx_epoch_ms"], h["limit_epoch_ms"], h["ffx_trial_s"]) > 0
     assert h["epoch_speedup"] == pytest.approx(h["baseline_epoch_ms"] / h["ffx_epoch_ms"])
-    assert h["grouped_heads"] == 4 and h["grouped_epoch_ms"] > 0  # the default tuner.parallel_heads
+    assert h["grouped_heads"] == default_params()["tuner"]["parallel_heads"] and h["grouped_epoch_ms"] > 0
     assert h["grouped_speedup"] == pytest.approx(h["baseline_epoch_ms"] / h["grouped_epoch_ms"])
     assert h["ffx_vs_limit"] == pytest.approx(h["limit_epoch_ms"] / h["ffx_epoch_ms"])
     assert h["fit_speedup"] == pytest.approx(h["baseline_fit_s"] / h["ffx_fit_s"])

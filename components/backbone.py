@@ -188,6 +188,18 @@ def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32
     return Backbone(config, check_backbone_config(config, root), root, precision)
 
 
+def backbone_of_head(spec: dict, trained_on: str | None, root: Path, **changes) -> Backbone:
+    """The backbone a head's metadata names (`spec`: its `backbone` entry, precision included), with `changes`.
+    `trained_on`: the weights id the head was trained with, which the weights must still resolve to here."""
+    settings = {**spec, **changes}
+    precision = settings.pop("precision", "float32")
+    backbone = build_backbone(BackboneConfig(**settings), root, precision)
+    if trained_on is not None and backbone.weights_id != trained_on:
+        raise WeightsError(f"backbone.weights '{settings['weights']}' now resolves to {backbone.weights_id}, but "
+                           f"the head was trained on {trained_on}; run `ffx extract` and `ffx tune` again")
+    return backbone
+
+
 def _keras_model(config: BackboneConfig, root: Path):
     import keras
 

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import BackboneConfig, Config, lower_is_better
+from components.config import Config, lower_is_better
 from components.errors import FFXError, ModelNotFoundError, UnsafeModelError
 from components.files import atomic_path, content_key, file_sha1, write_json_atomic
 from components.tracking import setup_mlflow
@@ -89,14 +89,10 @@ def share_backbone_weights(config: Config, client, experiment_id: str, metadata:
         tags = found[0].data.tags
         return {"uri": tags["ffx_weights_uri"], "sha256": tags["ffx_weights_sha256"],
                 "bytes": int(tags["ffx_weights_bytes"])}
-    from components.backbone import build_backbone
+    from components.backbone import backbone_of_head
 
     # The whole base, float32, at the stage's own settings: the weights the features were made with.
-    base = BackboneConfig(**{**{k: v for k, v in spec.items() if k != "precision"}, "layer": "last"})
-    backbone = build_backbone(base, config.root)
-    if backbone.weights_id != metadata["weights_id"]:
-        raise FFXError(f"backbone.weights '{spec['weights']}' now resolves to {backbone.weights_id}, but the head "
-                       f"was trained on {metadata['weights_id']}; run `ffx extract` and `ffx tune` again")
+    backbone = backbone_of_head(spec, metadata["weights_id"], config.root, layer="last", precision="float32")
     run = client.create_run(experiment_id, run_name=f"backbone-{spec['name']}-{key[:8]}",
                             tags={"ffx_kind": WEIGHTS_KIND, "ffx_weights_key": key,
                                   "weights": metadata["weights_id"], "backbone": spec["name"]})

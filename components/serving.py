@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from components.augment import flip_images
-from components.backbone import Backbone, build_backbone
-from components.config import BackboneConfig
+from components.backbone import Backbone, backbone_of_head
 from components.errors import FFXError
 from components.evaluate import average_views, class_probabilities
 from components.images import ImageReadError, load_rgb
@@ -98,14 +97,10 @@ class ImageClassifier:
         from components.registry import load_keras_safely
 
         head = load_keras_safely(head_file)
-        settings = dict(spec["backbone"])
-        precision = settings.pop("precision", "float32")
-        if weights_file is not None:
-            settings["weights"] = str(weights_file)
-        backbone = build_backbone(BackboneConfig(**settings), root, precision)
-        if weights_file is None and backbone.weights_id != spec["weights_id"]:
-            raise FFXError(f"{head_file}: trained on backbone weights {spec['weights_id']} but "
-                           f"backbone.weights '{settings['weights']}' now resolves to {backbone.weights_id}")
+        if weights_file is None:
+            backbone = backbone_of_head(spec["backbone"], spec["weights_id"], root)
+        else:  # checked by its SHA-256 when fetched
+            backbone = backbone_of_head(spec["backbone"], None, root, weights=str(weights_file))
         return cls(head, backbone, spec)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from components.backbone import build_backbone, check_backbone_config
+from components.backbone import backbone_of_head, build_backbone, check_backbone_config
 from components.config import BackboneConfig, default_params
-from components.errors import ConfigError
+from components.errors import ConfigError, WeightsError
 
 
 def _config(**overrides):
@@ -52,6 +52,18 @@ def test_offline_pretrained_vgg16_weights_are_the_files_arrays_in_every_convolut
 def test_bad_backbone_params_fail_before_work(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_backbone_config(_config(**overrides), tmp_path)
+
+
+def test_a_heads_backbone_must_still_resolve_to_the_weights_it_was_trained_on(tmp_path):
+    path = tmp_path / "mine.weights.h5"
+    build_backbone(_config(seed=7), tmp_path).model.save_weights(path)
+    spec = {**_config(weights=str(path)).model_dump(), "precision": "bfloat16"}
+    trained_on = build_backbone(_config(weights=str(path)), tmp_path).weights_id
+    backbone = backbone_of_head(spec, trained_on, tmp_path)
+    assert backbone.precision == "bfloat16" and backbone.weights_id == trained_on
+    build_backbone(_config(seed=8), tmp_path).model.save_weights(path)  # the file changed since
+    with pytest.raises(WeightsError, match=r"backbone.weights '.*mine.weights.h5' now resolves to file:"):
+        backbone_of_head(spec, trained_on, tmp_path)
 
 
 def test_local_weights_file_is_used_and_identified_by_content(tmp_path):

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator
 
+import time
+
 import h5py
+import keras
 import numpy as np
 
 BUFFER_ROWS = 32
@@ -60,3 +63,27 @@ def baseline_fit(model, train_path: Path, valid_path: Path, batch_size: int, epo
                      validation_data=hdf5_batches(valid_path, batch_size),
                      validation_steps=max(1, valid_rows // batch_size), epochs=epochs, verbose=0,
                      callbacks=list(callbacks))
+
+
+def recipe_head(input_dim: int, num_classes: int, learning_rate: float) -> keras.Model:
+    """The recipe's head: Dense(64, relu) -> Dropout(0.5) -> sigmoid, RMSprop, binary cross-entropy."""
+    from components.hypermodel import build_head
+
+    model = build_head(input_dim, num_classes, 64, 0.5, 0)
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+                  loss="binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)

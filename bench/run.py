@@ -221,13 +221,13 @@ def head_data(config, rows: int, valid_rows: int, work: Path):
 
 def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> dict:
     """Same head (Dense 64 relu, Dropout 0.5, sigmoid, RMSprop) and data: the recipe's HDF5 generator fit vs
-    the tuner path (cached in-memory tf.data, steps_per_execution), epoch time and a whole trial."""
+    the project's trainer (features in memory, epoch loop in one compiled graph), epoch time and a whole trial."""
     import keras
 
-    from bench.baseline import baseline_fit
+    from bench.baseline import EpochTimer, baseline_fit, recipe_head
     from bench.search import grouped_epoch_ms
-    from components.hypermodel import (EpochTimer, HeadHyperModel, build_head, feature_statistics,
-                                       steps_per_execution, training_datasets)
+    from components.head_group import HeadGroup, HeadSpec
+    from components.hypermodel import feature_statistics, standardise
 
     batch_size = config.train.batch_size
     statistics = feature_statistics(train) if config.train.normalize else None
@@ -235,25 +235,19 @@ def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> di
 
     def baseline_trial() -> tuple[float, list[float]]:
         started = time.perf_counter()
-        model = build_head(dim, classes, 64, 0.5, 0, config.train.learning_rate)  # the recipe's raw features
+        model = recipe_head(dim, classes, config.train.learning_rate)  # the recipe's raw features
         timer = EpochTimer()
         baseline_fit(model, paths["train"], paths["valid"], batch_size, epochs, [timer])
         return time.perf_counter() - started, timer.seconds
 
     def project_epochs() -> tuple[float, list[float]]:
-        import keras_tuner as kt
-
-        train_config = config.train.model_copy(update={"early_stopping_patience": 0})
-        hypermodel = HeadHyperModel(config.space, train_config, dim, classes,
-                                    steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
-        hp = kt.HyperParameters()
-        hp.Fixed("units", 64)
-        hp.Fixed("dropout", 0.5)
+        """One head alone in the search's trainer (tuner.parallel_heads: 1)."""
+        data = [standardise(s.features, statistics) if statistics is not None else s.features for s in (train, valid)]
         started = time.perf_counter()
-        model = hypermodel.build(hp)
-        train_inputs, valid_inputs = training_datasets(train, valid, batch_size, 0, statistics)
-        history = hypermodel.fit(hp, model, train_inputs, validation_data=valid_inputs, epochs=epochs, verbose=0)
-        return time.perf_counter() - started, history.epoch_seconds
+        group = HeadGroup(1, dim, classes, 64, 0, config.train.learning_rate, batch_size)
+        (run,) = group.train([HeadSpec(64, 0.5, 0, 0)], data[0], train.labels, data[1], valid.labels, epochs, 0,
+                             config.tuner.objective, 0)
+        return time.perf_counter() - started, run.epoch_seconds
 
     keras.utils.set_random_seed(0)
     result = {"train_rows": len(train.labels), "valid_rows": len(valid.labels), "features": dim, "epochs": epochs}
@@ -292,11 +286,11 @@ def head_step_limit(config, train, statistics, epochs: int) -> float:
     from components.hypermodel import build_head, standardise
 
     batch_size = config.train.batch_size
-    model = build_head(train.features.shape[1], train.num_classes, 64, 0.5, 0, config.train.learning_rate)
+    model = build_head(train.features.shape[1], train.num_classes, 64, 0.5, 0)
     values = standardise(train.features, statistics) if statistics is not None else train.features
     features, labels = tf.constant(values), tf.constant(train.labels.astype(np.float32))
     steps = len(train.labels) // batch_size
-    loss_fn, optimizer = keras.losses.BinaryCrossentropy(), model.optimizer
+    loss_fn, optimizer = keras.losses.BinaryCrossentropy(), keras.optimizers.RMSprop(config.train.learning_rate)
     optimizer.build(model.trainable_variables)
 
     @tf.function
@@ -389,7 +383,7 @@ def print_table(figures: dict) -> None:
     else:
         rows.append(("", "ffx path, precision auto", "N/A: float32 here (no native bfloat16), the fp32 path"))
     rows += [("head epoch (ms)", "baseline HDF5 generator", f"{h['baseline_epoch_ms']:.0f}"),
-             ("", "ffx, parallel_heads 1 (Keras fit)", f"{h['ffx_epoch_ms']:.0f}  ({h['epoch_speedup']:.1f}x faster)"),
+             ("", "ffx, one head (parallel_heads 1)", f"{h['ffx_epoch_ms']:.0f}  ({h['epoch_speedup']:.1f}x faster)"),
              ("", f"ffx, {h['grouped_heads']} heads per graph, per head",
               f"{h['grouped_epoch_ms']:.0f}  ({h['grouped_speedup']:.1f}x faster)")]
     if "limit_epoch_ms" in h:

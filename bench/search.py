@@ -4,8 +4,8 @@
 
 1. Heads per compiled graph: milliseconds per head-epoch of the grouped trainer at 1, 2, 4 and 8 heads, with
    and without XLA, on the real features — what the default `tuner.parallel_heads` is set from.
-2. The same search (same space, data, seeds and trial budget) with `parallel_heads: 1` — one Keras fit per
-   execution, the path before heads were grouped — and with the default, for each seed, the order alternating
+2. The same search (same space, data, seeds and trial budget) with `parallel_heads: 1` — one head at a time
+   (until 2026-11-29 a Keras fit per execution) — and with the default, for each seed, the order alternating
    so that a busy machine slows both alike. Reported: wall time, best validation score and the best head's
    test accuracy; the wall-time ratio and the means over seeds.
 

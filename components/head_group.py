@@ -33,6 +33,7 @@ class HeadSpec:
 @dataclass
 class HeadRun:
     spec: HeadSpec
+    epochs: int                                                    # the most it trains (early stopping aside)
     history: dict[str, list[float]] = field(default_factory=dict)  # loss, accuracy, val_loss, val_accuracy
     epoch_seconds: list[float] = field(default_factory=list)       # the group's epoch, shared by its heads
     best_value: float | None = None
@@ -140,48 +141,50 @@ class HeadGroup:
 
     # ------------------------------------------------------------------------------------------ slots
 
-    def _glorot(self, rng, fan_in: int, fan_out: int) -> np.ndarray:
-        """keras' default Dense initialiser (glorot_uniform) at the head's own sizes."""
-        limit = math.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+    def _layout(self, spec: HeadSpec) -> list[str]:
+        """The group parameters holding a head's weights, in the order of `build_head(...).get_weights()`."""
+        return ["w1", "b1", "w2", "b2", "wo_extra", "bo"] if spec.extra_units else ["w1", "b1", "wo_direct", "bo"]
 
-    def start(self, slot: int, spec: HeadSpec) -> None:
-        """A fresh head in `slot`: its own initial weights, zero optimizer state, nothing learnt yet."""
-        rng = np.random.default_rng(spec.seed)
-        w1 = np.zeros((self.input_dim, self.width), np.float32)
-        w1[:, :spec.units] = self._glorot(rng, self.input_dim, spec.units)
-        w2 = np.zeros((self.width, self.extra_width), np.float32)
-        wo_direct = np.zeros((self.width, self.outputs), np.float32)
-        wo_extra = np.zeros((self.extra_width, self.outputs), np.float32)
-        if spec.extra_units:
-            w2[:spec.units, :spec.extra_units] = self._glorot(rng, spec.units, spec.extra_units)
-            wo_extra[:spec.extra_units] = self._glorot(rng, spec.extra_units, self.outputs)
-        else:
-            wo_direct[:spec.units] = self._glorot(rng, spec.units, self.outputs)
+    def _slot_part(self, name: str, slot: int):
+        """Index of `slot`'s share of a group parameter: its columns of the first layer, else its row."""
         columns = slice(slot * self.width, (slot + 1) * self.width)
-        values = {"w1": ((slice(None), columns), w1), "b1": (columns, 0.0), "w2": (slot, w2), "b2": (slot, 0.0),
-                  "wo_direct": (slot, wo_direct), "wo_extra": (slot, wo_extra), "bo": (slot, 0.0)}
-        for name, (where, value) in values.items():
+        return {"w1": (slice(None), columns), "b1": columns}.get(name, slot)
+
+    def _shapes(self, spec: HeadSpec) -> list[tuple[int, ...]]:
+        """A head's weight shapes at its own sizes, in the same order."""
+        sizes = [self.input_dim, spec.units, *([spec.extra_units] if spec.extra_units else []), self.outputs]
+        return [shape for fan_in, fan_out in zip(sizes, sizes[1:]) for shape in ((fan_in, fan_out), (fan_out,))]
+
+    def _fresh_weights(self, spec: HeadSpec) -> list[np.ndarray]:
+        """keras' default Dense initialisers: glorot_uniform kernels, zero biases."""
+        rng = np.random.default_rng(spec.seed)
+        return [rng.uniform(-math.sqrt(6.0 / sum(shape)), math.sqrt(6.0 / sum(shape)), shape).astype(np.float32)
+                if len(shape) == 2 else np.zeros(shape, np.float32) for shape in self._shapes(spec)]
+
+    def start(self, slot: int, spec: HeadSpec, epochs: int | None = None,
+              weights: list[np.ndarray] | None = None) -> None:
+        """A head in `slot`, trained for `epochs` (default: set_data's) from `weights` (in build_head's order;
+        default: fresh ones), with zero optimizer state. Unused units of the slot are zero."""
+        weights = self._fresh_weights(spec) if weights is None else weights
+        values = dict(zip(self._layout(spec), weights))
+        for name in self.params:
+            where = self._slot_part(name, slot)
+            value = np.zeros(self.params[name][where].shape, np.float32)
+            if name in values:
+                value[tuple(slice(0, size) for size in values[name].shape)] = values[name]
             for variable in (self.params[name], self.best[name]):
-                variable[where].assign(np.broadcast_to(value, variable[where].shape))
-            self.velocity[name][where].assign(np.zeros(self.velocity[name][where].shape, np.float32))
+                variable[where].assign(value)
+            self.velocity[name][where].assign(np.zeros_like(value))
         for variable, value in ((self.has_extra, float(bool(spec.extra_units))), (self.rate, spec.dropout),
                                 (self.active, 1.0)):
             variable[slot].assign(value)
-        self.runs[slot] = HeadRun(spec)
+        self.runs[slot] = HeadRun(spec, epochs or self._epochs)
         self._waited[slot] = 0
 
     def head_weights(self, slot: int, spec: HeadSpec) -> list[np.ndarray]:
         """The slot's best weights in the order of `build_head(...).get_weights()`."""
-        best = {k: v.numpy() for k, v in self.best.items()}
-        columns = slice(slot * self.width, slot * self.width + spec.units)
-        weights = [best["w1"][:, columns], best["b1"][columns]]
-        if spec.extra_units:
-            weights += [best["w2"][slot, :spec.units, :spec.extra_units], best["b2"][slot, :spec.extra_units],
-                        best["wo_extra"][slot, :spec.extra_units], best["bo"][slot]]
-        else:
-            weights += [best["wo_direct"][slot, :spec.units], best["bo"][slot]]
-        return weights
+        return [self.best[name][self._slot_part(name, slot)].numpy()[tuple(slice(0, size) for size in shape)]
+                for name, shape in zip(self._layout(spec), self._shapes(spec))]
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -238,7 +241,7 @@ class HeadGroup:
                 improved[slot] = 1
             else:
                 self._waited[slot] += 1
-            if epoch + 1 >= self._epochs or (self._patience and self._waited[slot] >= self._patience):
+            if epoch + 1 >= run.epochs or (self._patience and self._waited[slot] >= self._patience):
                 finished.append(slot)
         if improved.any():
             self._keep_best(tf.constant(improved))
@@ -299,8 +302,9 @@ class GroupedTrials:
                     waiting += [(trial, execution) for execution in range(self.executions_per_trial)]
                 trial, execution = job = waiting.pop(0)
                 slot = group.free_slots()[0]
-                group.start(slot, HeadSpec(*self.hypermodel.sizes(trial.hyperparameters),
-                                           seed=int(content_key([seed, trial.trial_id, execution])[:8], 16)))
+                spec = HeadSpec(*self.hypermodel.sizes(trial.hyperparameters),
+                                seed=int(content_key([seed, trial.trial_id, execution])[:8], 16))
+                group.start(slot, spec, *self._continued(trial, epochs))
                 in_slot[slot] = job
             if not in_slot:
                 break
@@ -325,6 +329,19 @@ class GroupedTrials:
         for tuner_id in ids:  # a distributed chief ends once every id it has seen was told the search is over
             self.oracle.create_trial(tuner_id)
         self.on_search_end()
+
+    def _continued(self, trial, epochs: int) -> tuple[int, list[np.ndarray] | None]:
+        """(epochs to train, starting weights): Hyperband's trials train tuner/epochs - tuner/initial_epoch epochs,
+        from the best weights of the trial they continue (tuner/trial_id), as kt.Hyperband's own fit does."""
+        values = trial.hyperparameters.values
+        if "tuner/epochs" not in values:
+            return epochs, None
+        weights = None
+        if "tuner/trial_id" in values:
+            head = self.hypermodel.build(trial.hyperparameters)
+            head.load_weights(self._get_checkpoint_fname(values["tuner/trial_id"]))
+            weights = head.get_weights()
+        return values["tuner/epochs"] - values["tuner/initial_epoch"], weights
 
     def _next_trial(self, ids: dict, busy: bool):
         """(a new or, after a kill, unfinished trial under a free request id, or None; whether the search is over)."""

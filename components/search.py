@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 
 import keras
@@ -18,8 +17,7 @@ from components.features import FeatureSet
 from components.files import content_key
 from components.distributed import distributed_role
 from components.head_group import GroupedTrials, HeadGroup
-from components.hypermodel import (HeadHyperModel, feature_statistics, standardise, steps_per_execution,
-                                   training_datasets, with_standardisation)
+from components.hypermodel import HeadHyperModel, feature_statistics, standardise, with_standardisation
 from components.oracle import GridBayesianOracle
 from components.tracking import git_commit, setup_mlflow
 from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials, finish_completed_trials
@@ -58,7 +56,7 @@ class RandomTuner(GroupedTrials, MlflowTrialLogging, kt.RandomSearch):
     pass
 
 
-class HyperbandTuner(MlflowTrialLogging, kt.Hyperband):
+class HyperbandTuner(GroupedTrials, MlflowTrialLogging, kt.Hyperband):
     pass
 
 
@@ -159,28 +157,23 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
     Returns the tuner and the train statistics the heads were trained with (None: raw features).
     """
     keras.utils.set_random_seed(config.tuner.seed)
-    batch_size = config.train.batch_size
     statistics = feature_statistics(train) if config.train.normalize else None
-    hypermodel = HeadHyperModel(config.space, config.train, train.features.shape[1], train.num_classes,
-                                steps_per_execution(len(train.labels), batch_size), config.tuner.objective)
+    hypermodel = HeadHyperModel(config.space, train.features.shape[1], train.num_classes)
     tuner = make_tuner(config, hypermodel, parent.project)
     tuner.attach_mlflow(parent.client, parent.experiment_id, parent.run_id, progress)
     if owner:
         finish_completed_trials(parent.client, parent.experiment_id, parent.run_id, tuner.oracle)
     try:
-        # A distributed chief only hands out trials (tuner.search starts its oracle server); the others train.
-        if isinstance(tuner, GroupedTrials) and config.tuner.parallel_heads > 1 and distributed_role() != "chief":
+        if distributed_role() == "chief":  # it only hands out trials: tuner.search starts its oracle server
+            tuner.search(verbose=0)
+        else:
             space, standardised = config.space, [standardise(s.features, statistics) if statistics is not None
                                                  else s.features for s in (train, valid)]
             group = HeadGroup(config.tuner.parallel_heads, train.features.shape[1], train.num_classes,
                               max(space.units), max(space.extra_units, default=0), config.train.learning_rate,
-                              batch_size)
+                              config.train.batch_size)
             tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
                                  config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
-        else:
-            train_inputs, valid_inputs = training_datasets(train, valid, batch_size, config.tuner.seed, statistics)
-            tuner.search(train_inputs, validation_data=valid_inputs,
-                         epochs=config.train.epochs, shuffle=False, verbose=0)
     except BaseException as exc:
         if not owner:
             raise
@@ -220,10 +213,7 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
         client.set_terminated(run_id, "FAILED")
         raise FFXError(f"tuning: no trial completed ({len(trials)} failed); see the trial runs in MLflow")
     best = completed[0]
-    with warnings.catch_warnings():
-        # The checkpoint holds optimizer slots the freshly built head does not have yet; prediction needs none.
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model = tuner.load_model(best)
+    model = tuner.load_model(best)
     if statistics is not None:
         model = with_standardisation(model, statistics)
     seconds = time.perf_counter() - started

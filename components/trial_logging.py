@@ -29,12 +29,6 @@ class MlflowTrialLogging:
         self._search_started = time.perf_counter()
         self._finished_here = 0
 
-    def _try_build(self, hp):
-        # KerasTuner clears the Keras session and runs a full gc.collect() before every build: a second or more
-        # per execution in a process holding TensorFlow and MLflow, to free tiny heads that reference counting
-        # frees anyway. Skipping it also keeps the compiled heads HeadHyperModel reuses.
-        return self._build_hypermodel(hp)
-
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
         runs = self._client.search_runs(  # a trial cut short by a kill is re-run in its own run
@@ -54,11 +48,6 @@ class MlflowTrialLogging:
         values.update({k: v for k, v in hp.values.items() if k not in values})
         self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
         self._trial_runs[trial.trial_id] = (run_id, time.perf_counter())
-
-    def run_trial(self, trial, *args, **kwargs):
-        histories = super().run_trial(trial, *args, **kwargs)
-        self.log_executions(trial, [h.history for h in histories], [h.epoch_seconds for h in histories])
-        return histories
 
     def log_heads_in_graph(self, trial, heads: int) -> None:
         """How many heads trained side by side with this trial's (tuner.parallel_heads): its epoch_seconds are

@@ -24,7 +24,7 @@ def test_each_head_comes_out_as_an_ordinary_head_at_its_best_epoch(features):
     runs = _group(4).train(specs, *features, epochs=12, patience=3, objective="val_accuracy", shuffle_seed=0)
     valid_x, valid_y = features[2], features[3]
     for spec, run in zip(specs, runs):
-        head = build_head(48, 2, spec.units, spec.dropout, spec.extra_units, 1e-3)
+        head = build_head(48, 2, spec.units, spec.dropout, spec.extra_units)
         head.set_weights(run.weights)  # raises if a shape is not the head's own size
         accuracy = ((head.predict(valid_x, verbose=0)[:, 0] > 0.5) == valid_y).mean()
         assert accuracy == pytest.approx(run.history["val_accuracy"][run.best_epoch], abs=1e-6)
@@ -43,3 +43,16 @@ def test_a_head_trains_the_same_alone_or_beside_others(features):
         np.testing.assert_allclose(together.history[name], alone.history[name], rtol=1e-4, err_msg=name)
     for mine, theirs in zip(together.weights, alone.weights):
         np.testing.assert_allclose(mine, theirs, rtol=1e-3, atol=1e-5)
+
+
+def test_a_head_continues_from_given_weights_for_its_own_number_of_epochs(features):
+    """Hyperband's continued trials: a head starts from another's best weights and trains its own epoch budget."""
+    spec = HeadSpec(16, 0.0, 8, 4)
+    earlier = _group(1).train([spec], *features, 3, 0, "val_loss", 0)[0]
+    group = _group(2)
+    group.set_data(*features, epochs=10, patience=0, objective="val_loss", shuffle_seed=1)
+    group.start(1, spec, epochs=2, weights=earlier.weights)
+    for placed, given in zip(group.head_weights(1, spec), earlier.weights):
+        np.testing.assert_array_equal(placed, given)
+    finished = group.step() + group.step()
+    assert [slot for slot, _ in finished] == [1] and len(finished[0][1].history["loss"]) == 2

@@ -8,18 +8,15 @@ import pytest
 from conftest import REPO
 
 MODULES = {  # module -> names imported from it
-    "keras_tuner.src.engine.tuner_utils": ["SaveBestEpoch"],
     "keras_tuner.src.engine.hyperparameters": ["HyperParameters", "Choice", "Boolean", "Int", "Float", "Fixed"],
     "keras_tuner.src.engine.trial": ["TrialStatus"],
 }
-METHODS = {  # class -> private methods called or overridden (trial_logging.py, oracle.py, hypermodel.py, head_group.py)
-    "keras_tuner.Tuner": ["_try_build", "_build_hypermodel", "_get_checkpoint_fname"],
+METHODS = {  # class -> private methods called or overridden (oracle.py, head_group.py)
+    "keras_tuner.Tuner": ["_get_checkpoint_fname"],
     "keras_tuner.oracles.BayesianOptimizationOracle": ["_vectorize_trials", "_nonfixed_space", "populate_space"],
-    "keras_tuner.src.engine.tuner_utils.SaveBestEpoch": ["_save_model"],
 }
-ATTRIBUTES = {  # instance attributes read (GridBayesianOracle, BestEpochInMemory)
+ATTRIBUTES = {  # instance attributes read (GridBayesianOracle)
     "oracle": ["gpr", "beta", "num_initial_points", "ongoing_trials"],
-    "checkpoint": ["objective", "best_value"],
 }
 
 
@@ -44,14 +41,12 @@ def test_private_methods_exist(owner):
     assert not missing, f"KerasTuner's {owner} no longer has {', '.join(missing)}"
 
 
-def test_private_attributes_exist(tmp_path):
+def test_private_attributes_exist():
     import keras_tuner as kt
 
     from components.oracle import GridBayesianOracle
 
-    objects = {"oracle": GridBayesianOracle(objective=kt.Objective("val_loss", "min"), max_trials=1),
-               "checkpoint": _resolve("keras_tuner.src.engine.tuner_utils.SaveBestEpoch")(
-                   kt.Objective("val_loss", "min"), str(tmp_path / "w.weights.h5"))}
+    objects = {"oracle": GridBayesianOracle(objective=kt.Objective("val_loss", "min"), max_trials=1)}
     missing = [f"{owner}.{name}" for owner, names in ATTRIBUTES.items() for name in names
                if not hasattr(objects[owner], name)]
     assert not missing, f"KerasTuner objects no longer have {', '.join(missing)}"

@@ -22,7 +22,7 @@ def _tuner(tmp_path, max_trials: int) -> ScoredTuner:
     (tmp_path / "params.yaml").write_text("{}")
     config = load_config(tmp_path / "params.yaml")  # the default space: 66 points
     oracle = GridBayesianOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=max_trials, seed=3)
-    return ScoredTuner(oracle=oracle, hypermodel=HeadHyperModel(config.space, config.train, 4, 2),
+    return ScoredTuner(oracle=oracle, hypermodel=HeadHyperModel(config.space, 4, 2),
                        directory=str(tmp_path / "tuner"), project_name="grid")
 
 

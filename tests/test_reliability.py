@@ -154,25 +154,23 @@ def skipped_image_project(extracted, tmp_path_factory):
     return root
 
 
-def _search_with_failing_fits(project: Path, experiment: str, failing_calls: set[int], monkeypatch,
-                              heads: int = 1):
-    """run_search where the given calls of the training raise (a fault injected into real training): a head's
-    Keras fit (tuner.parallel_heads 1), or an epoch of a group of heads trained at once."""
+def _search_with_failing_epochs(project: Path, experiment: str, failing_calls: set[int], monkeypatch,
+                                heads: int = 1):
+    """run_search where the given epochs of the training raise (a fault injected into real training): an epoch
+    of one head (tuner.parallel_heads 1) or of a group of heads trained at once."""
     from components.extract import load_split_features
     from components.head_group import HeadGroup
-    from components.hypermodel import HeadHyperModel
     from components.search import run_search
 
-    owner, name = (HeadHyperModel, "fit") if heads == 1 else (HeadGroup, "step")
-    real, calls = getattr(owner, name), []
+    real, calls = HeadGroup.step, []
 
-    def failing(self, *args, **kwargs):
+    def failing(self):
         calls.append(1)
         if len(calls) in failing_calls:
-            raise RuntimeError(f"injected failure in {name} call {len(calls)}")
-        return real(self, *args, **kwargs)
+            raise RuntimeError(f"injected failure in step call {len(calls)}")
+        return real(self)
 
-    monkeypatch.setattr(owner, name, failing)
+    monkeypatch.setattr(HeadGroup, "step", failing)
     config = load_config(project / "params.yaml", [f"mlflow.experiment={experiment}", f"tuner.parallel_heads={heads}",
                                                     f"tuner.directory=.ffx/tuner-{experiment}"])
     train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
@@ -189,12 +187,12 @@ def _runs(client, config, kind_filter: str):
 
 
 def test_failing_trial_is_recorded_failed_with_its_error_and_the_search_goes_on(skipped_image_project, monkeypatch):
-    config, client, result = _search_with_failing_fits(skipped_image_project, "one-fails", {1}, monkeypatch)
+    config, client, result = _search_with_failing_epochs(skipped_image_project, "one-fails", {1}, monkeypatch)
     assert not isinstance(result, FFXError), result
     trials = _runs(client, config, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert sorted(r.info.status for r in trials) == ["FAILED", "FINISHED", "FINISHED"]
     (failed,) = [r for r in trials if r.info.status == "FAILED"]
-    assert "injected failure in fit call 1" in failed.data.tags["error"]
+    assert "injected failure in step call 1" in failed.data.tags["error"]
     assert failed.data.tags["trial_status"] == "FAILED"
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 1
@@ -202,7 +200,7 @@ def test_failing_trial_is_recorded_failed_with_its_error_and_the_search_goes_on(
 
 
 def test_a_failing_group_of_heads_fails_its_trials_and_the_search_goes_on(skipped_image_project, monkeypatch):
-    config, client, result = _search_with_failing_fits(skipped_image_project, "group-fails", {1}, monkeypatch,
+    config, client, result = _search_with_failing_epochs(skipped_image_project, "group-fails", {1}, monkeypatch,
                                                        heads=2)  # trials 0 and 1 train together, then trial 2
     assert not isinstance(result, FFXError), result
     trials = _runs(client, config, f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
@@ -213,9 +211,9 @@ def test_a_failing_group_of_heads_fails_its_trials_and_the_search_goes_on(skippe
 
 def test_search_whose_trials_all_fail_stops_with_a_clear_error_and_leaves_no_run_open(skipped_image_project,
                                                                                      monkeypatch):
-    config, client, result = _search_with_failing_fits(skipped_image_project, "all-fail", {1, 2, 3}, monkeypatch)
+    config, client, result = _search_with_failing_epochs(skipped_image_project, "all-fail", {1, 2, 3}, monkeypatch)
     assert isinstance(result, FFXError) and "tuning stopped" in str(result)
-    assert "injected failure in fit call 3" in str(result)
+    assert "injected failure in step call 3" in str(result)
     runs = _runs(client, config, "attributes.status != 'FAILED'")
     assert runs == []  # parent and all three trials closed as FAILED, none left RUNNING
     trials = _runs(client, config, "tags.ffx_trial_id != ''")

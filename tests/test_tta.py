@@ -16,7 +16,7 @@ def _head(dim, seed=0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    return build_head(dim, 2, 8, 0.0, 0, 0.001)
+    return build_head(dim, 2, 8, 0.0, 0)
 
 
 def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted_project):

@@ -54,24 +54,11 @@ EXECUTION_HISTORIES = [
 ]
 
 
-def _report_known_histories(monkeypatch, heads: int) -> list:
-    """Real training, then what each execution reports replaced by the known series: through a head's Keras fit
-    (tuner.parallel_heads 1) or a group of heads trained together."""
+def _report_known_histories(monkeypatch) -> list:
+    """Real training, then what each execution reports replaced by the known series."""
     from components.head_group import HeadGroup
-    from components.hypermodel import HeadHyperModel
 
     executions = []
-    if heads == 1:
-        real_fit = HeadHyperModel.fit
-
-        def fit(self, *args, **kwargs):
-            history = real_fit(self, *args, **kwargs)
-            history.history = {k: list(v) for k, v in EXECUTION_HISTORIES[len(executions)].items()}
-            executions.append(history)
-            return history
-
-        monkeypatch.setattr(HeadHyperModel, "fit", fit)
-        return executions
     real_step = HeadGroup.step
 
     def step(self):
@@ -90,7 +77,7 @@ def _report_known_histories(monkeypatch, heads: int) -> list:
 @pytest.mark.parametrize("heads", [1, 2])
 def test_trial_logs_the_mean_of_its_executions_per_epoch_and_scores_their_mean_best_epoch(extracted_project,
                                                                                           monkeypatch, heads):
-    executions = _report_known_histories(monkeypatch, heads)
+    executions = _report_known_histories(monkeypatch)
     config, result = _search(extracted_project, "tuner.max_trials=1", "tuner.executions_per_trial=2",
                              "tuner.algorithm=random", "train.epochs=4", "train.early_stopping_patience=0",
                              f"tuner.parallel_heads={heads}", f"tuner.directory=.ffx/tuner-{heads}",
@@ -113,6 +100,35 @@ def test_rerun_of_a_finished_search_reuses_its_parent_run(extracted_project):
     assert second.parent_run_id == first.parent_run_id
     _, runs = _children(config, first.parent_run_id)
     assert len(runs) == 2  # no trial ran twice
+
+
+def test_hyperband_continues_a_trial_from_the_best_weights_of_the_one_it_extends(extracted_project, monkeypatch):
+    from components.head_group import GroupedTrials
+
+    continued = []
+    real = GroupedTrials._continued
+
+    def spy(self, trial, epochs):
+        budget, weights = real(self, trial, epochs)
+        if weights is not None:  # the checkpoint of the trial it extends, read back
+            previous = self.hypermodel.build(trial.hyperparameters)
+            previous.load_weights(self._get_checkpoint_fname(trial.hyperparameters.values["tuner/trial_id"]))
+            assert all(np.array_equal(a, b) for a, b in zip(weights, previous.get_weights()))
+            continued.append((trial.trial_id, budget))
+        return budget, weights
+
+    monkeypatch.setattr(GroupedTrials, "_continued", spy)
+    config, result = _search(extracted_project, "tuner.algorithm=hyperband", "train.epochs=4",
+                             "tuner.executions_per_trial=1", "train.early_stopping_patience=0",
+                             "tuner.directory=.ffx/tuner-hyperband", "mlflow.experiment=hyperband")
+    client, runs = _children(config, result.parent_run_id)
+    assert continued and all(run.info.status == "FINISHED" for run in runs)
+    by_trial = {run.data.tags["ffx_trial_id"]: run for run in runs}
+    for trial_id, budget in continued:  # trained tuner/epochs - tuner/initial_epoch epochs, not all of them
+        params = by_trial[trial_id].data.params
+        assert budget == int(params["tuner/epochs"]) - int(params["tuner/initial_epoch"]) < config.train.epochs
+        assert len(client.get_metric_history(by_trial[trial_id].info.run_id, "loss")) == budget
+    assert result.model.output_shape == (None, 1)
 
 
 def test_multi_class_search_runs(tmp_path):

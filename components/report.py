@@ -16,8 +16,8 @@ from components.features import FeatureSet, read_attrs
 from components.files import write_text_atomic
 from components.hypermodel import HP_NAMES
 from components.images import ImageReadError, load_rgb
-from components.runs import maximises, metric_histories, search_trials, store_client, write_trial_table
-from components.tracking import git_commit
+from components.runs import maximises, metric_histories, search_trials, write_trial_table
+from components.tracking import git_commit, setup_mlflow
 
 MODEL_CARD_FILE = "model_card.md"
 ERROR_GRID_SIZE = 12      # images in the confidently-wrong grid
@@ -28,7 +28,7 @@ BOOTSTRAP_SAMPLES = 1000
 def write_search_report(config: Config, parent_run_id: str) -> list[Path]:
     """Trial comparison read back from MLflow: parallel coordinates, objective by trial, trial table (CSV + HTML)
     and the best trial's learning curves, under reports/search/."""
-    client, experiment_id = store_client(config)
+    client, experiment_id = setup_mlflow(config, create=False)
     trials = search_trials(client, experiment_id, parent_run_id)
     objective = config.tuner.objective
     maximise = maximises(objective)

@@ -138,10 +138,7 @@ def run_backbone(rows: list[Row], backbone: Backbone, batch_size: int, max_pixel
 def _compute_missing(rows: list[Row], backbone: Backbone, cache, batch_size: int, max_pixels: int,
                      progress: Progress | None) -> int:
     """Run the rows (image and view) absent from the cache through the backbone, appending each batch to it."""
-    todo = {}  # by key: an image that stands twice in the split is computed once
-    for row in rows:
-        if row.key not in cache:
-            todo.setdefault(row.key, row)
+    todo = {row.key: row for row in rows if row.key not in cache}  # an image that stands twice is computed once
     if progress and len(rows) > len(todo):
         progress(len(rows) - len(todo))
     run_backbone(list(todo.values()), backbone, batch_size, max_pixels,

@@ -25,19 +25,14 @@ class Prediction:
     error: str | None = None
 
 
-def resolve_model_reference(config: Config, model: str | None) -> str:
-    reference = model or config.predict.model
-    if reference == "registry":
-        return f"models:/{config.mlflow.registered_model}@{config.registry.alias}"
-    return reference
-
-
 def load_classifier(config: Config, model: str | None = None) -> Classify:
     """The model `model` (default `predict.model`) names, as a function of a frame of image paths: a registry URI
     or an MLflow model folder is loaded as the pyfunc model; a `head.keras` (or its folder) as a local head."""
     from components.serving import ImageClassifier, spec_for
 
-    reference = resolve_model_reference(config, model)
+    reference = model or config.predict.model
+    if reference == "registry":
+        reference = f"models:/{config.mlflow.registered_model}@{config.registry.alias}"
     local = Path(reference) if Path(reference).is_absolute() else config.root / reference
     registry_uri = reference.startswith(("models:/", "runs:/"))
     if registry_uri or (local / "MLmodel").is_file():

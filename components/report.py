@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import math
 from pathlib import Path
 
 import h5py
@@ -16,8 +15,8 @@ from components.features import FeatureSet, read_attrs
 from components.files import write_text_atomic
 from components.hypermodel import HP_NAMES
 from components.images import ImageReadError, load_rgb
-from components.runs import maximises, metric_histories, search_trials, store_client, write_trial_table
-from components.tracking import git_commit
+from components.runs import maximises, metric_histories, search_trials, write_trial_table
+from components.tracking import git_commit, setup_mlflow
 
 MODEL_CARD_FILE = "model_card.md"
 ERROR_GRID_SIZE = 12      # images in the confidently-wrong grid
@@ -28,7 +27,7 @@ BOOTSTRAP_SAMPLES = 1000
 def write_search_report(config: Config, parent_run_id: str) -> list[Path]:
     """Trial comparison read back from MLflow: parallel coordinates, objective by trial, trial table (CSV + HTML)
     and the best trial's learning curves, under reports/search/."""
-    client, experiment_id = store_client(config)
+    client, experiment_id = setup_mlflow(config, create=False)
     trials = search_trials(client, experiment_id, parent_run_id)
     objective = config.tuner.objective
     maximise = maximises(objective)
@@ -76,14 +75,14 @@ def _image_or_none(path: Path, max_pixels: int) -> np.ndarray | None:
         return None  # the dataset moved since extraction: the grid says so instead of failing the evaluation
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+def wilson_interval(successes: int, total: int) -> tuple[float, float]:
     """95% confidence interval of a proportion; sound for small test sets and accuracies near 0 or 1."""
+    from scipy.stats import binomtest
+
     if total == 0:
         return 0.0, 1.0
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    interval = binomtest(successes, total).proportion_ci(method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def bootstrap_auc_interval(labels: np.ndarray, probabilities: np.ndarray, seed: int = 0,

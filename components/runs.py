@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import Config, lower_is_better, sqlite_path, tracking_uri
+from components.config import lower_is_better
 from components.errors import FFXError
-from components.files import write_csv_atomic, write_text_atomic
+from components.files import write_text_atomic
 
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -22,22 +22,6 @@ class Trial:
     score: float | None
     seconds: float | None
     started: int                # ms since the epoch, for ordering
-
-
-def store_client(config: Config):
-    """(client, experiment_id) for reading; refuses a store or experiment that is not there instead of making one."""
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(config)
-    database = sqlite_path(uri)
-    if database and not database.is_file():
-        raise FFXError(f"{uri}: no MLflow store here yet (mlflow.tracking_uri); run `ffx tune` first")
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    if experiment is None:
-        raise FFXError(f"mlflow.experiment '{config.mlflow.experiment}': no such experiment in {uri}; "
-                       "run `ffx tune` first")
-    return client, experiment.experiment_id
 
 
 def recent_searches(client, experiment_id: str, limit: int = 5) -> list:
@@ -89,21 +73,21 @@ def param_names(trials: list[Trial]) -> list[str]:
 
 def write_trial_table(csv_path: Path, html_path: Path, trials: list[Trial], title: str) -> None:
     """One row per trial, the same hyperparameter columns for all, as CSV and as an HTML page."""
+    import pandas as pd
+
     names = param_names(trials)
-    header = ["trial", "trial_id", "status", *names, "score", "seconds", "run_id"]
-    rows = [[str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names), _number(t.score, ".4f", ""),
-             _number(t.seconds, ".1f", ""), t.run_id] for number, t in enumerate(trials, start=1)]
-    write_csv_atomic(csv_path, header, rows)
-    cells = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    frame = pd.DataFrame([[str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names),
+                           _number(t.score, ".4f", ""), _number(t.seconds, ".1f", ""), t.run_id]
+                          for number, t in enumerate(trials, start=1)],
+                         columns=["trial", "trial_id", "status", *names, "score", "seconds", "run_id"])
+    write_text_atomic(csv_path, frame.to_csv(index=False))
     write_text_atomic(html_path, f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th{{background:#eee}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr></thead>
-<tbody>
-{cells}
-</tbody></table></body></html>
+{frame.to_html(index=False, border=0)}
+</body></html>
 """)
 
 

@@ -32,15 +32,18 @@ def check_tracking_server(config: Config) -> None:
                    "(mlflow server --host HOST --port PORT) or set mlflow.tracking_uri: sqlite:///mlruns/mlflow.db")
 
 
-def setup_mlflow(config: Config):
-    """Point MLflow at the configured store and return (client, experiment_id)."""
+def setup_mlflow(config: Config, create: bool = True):
+    """Point MLflow at the configured store and return (client, experiment_id). `create=False` (reading: reports,
+    `ffx runs`) refuses a store or experiment that is not there instead of making one."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     check_tracking_server(config)
     uri = tracking_uri(config)
     database = sqlite_path(uri)
-    if database:
+    if database and not database.is_file():
+        if not create:
+            raise FFXError(f"{uri}: no MLflow store here yet (mlflow.tracking_uri); run `ffx tune` first")
         database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -48,6 +51,9 @@ def setup_mlflow(config: Config):
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     if experiment is not None:
         return client, experiment.experiment_id
+    if not create:
+        raise FFXError(f"mlflow.experiment '{config.mlflow.experiment}': no such experiment in {uri}; "
+                       "run `ffx tune` first")
     location = config.mlflow.artifact_location
     location.mkdir(parents=True, exist_ok=True)
     return client, client.create_experiment(config.mlflow.experiment, artifact_location=location.as_uri())

@@ -151,11 +151,12 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
          search: Annotated[Optional[str], typer.Option(help="run id (or prefix) of the search whose trials to show; "
                                                              "default: the latest")] = None):
     """Recent searches and the best trials of one, read from the MLflow store: compare without a browser."""
-    from components.runs import (find_search, maximises, recent_searches, search_trials, searches_table,
-                                 store_client, top_trials, trials_table)
+    from components.runs import (find_search, maximises, recent_searches, search_trials, searches_table, top_trials,
+                                 trials_table)
+    from components.tracking import setup_mlflow
 
     config = _config(params, set_)
-    client, experiment_id = store_client(config)
+    client, experiment_id = setup_mlflow(config, create=False)
     listed = recent_searches(client, experiment_id, searches)
     if not listed:
         typer.echo(f"no searches yet in experiment '{config.mlflow.experiment}'; run `ffx tune`", err=True)

@@ -82,3 +82,14 @@ def test_a_second_writer_of_the_same_features_is_refused_across_processes(projec
         holder.wait()
     assert_one_line_error(result, "features/train.h5", "another process is writing it", f"pid {holder.pid}")
     assert not (project / "features" / "train.h5").exists()
+
+
+def test_an_image_that_stands_twice_goes_through_the_backbone_once(project):
+    blue = project / "data" / "train" / "blue"
+    (blue / "copy.png").write_bytes((blue / "blue_00.png").read_bytes())
+    config = load_config(project / "params.yaml")
+    train = extract_all(config)["train"]
+    assert (train.count, train.computed) == (25, 24)
+    features = read_features(config.features.path("train"))
+    rows = [features.paths.index(f"train/blue/{name}") for name in ("blue_00.png", "copy.png")]
+    np.testing.assert_array_equal(features.features[rows[0]], features.features[rows[1]])

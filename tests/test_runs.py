@@ -4,7 +4,8 @@ import csv
 import pytest
 
 from components.errors import FFXError
-from components.runs import find_search, format_table, search_trials, store_client
+from components.runs import find_search, format_table, search_trials
+from components.tracking import setup_mlflow
 from conftest import run_ffx, write_params
 
 
@@ -39,7 +40,7 @@ def test_ffx_runs_without_a_store_says_to_tune_first(tmp_path):
 
 
 def test_trials_are_read_in_the_order_they_ran_with_the_same_param_names(tiny_run):
-    client, experiment_id = store_client(tiny_run.config)
+    client, experiment_id = setup_mlflow(tiny_run.config, create=False)
     trials = search_trials(client, experiment_id, tiny_run.search.parent_run_id)
     assert [t.trial_id for t in trials] == ["0", "1", "2"]
     assert all(set(t.params) == {"units", "dropout", "extra_units"} for t in trials)
@@ -55,7 +56,7 @@ def test_trial_table_csv_has_one_row_per_trial_and_html_escapes_nothing_away(tin
     assert {"units", "dropout", "extra_units", "score", "seconds", "run_id"} <= set(rows[0])
     assert max(float(r["score"]) for r in rows) == pytest.approx(tiny_run.search.score, abs=1e-4)
     page = (folder / "trials.html").read_text()
-    assert page.count("<tr>") == 1 + len(rows) and all(r["run_id"] in page for r in rows)
+    assert page.count("<tr") == 1 + len(rows) and all(r["run_id"] in page for r in rows)
 
 
 def test_terminal_table_pads_columns_to_the_widest_cell():

@@ -19,7 +19,7 @@ import numpy as np
 
 from components.config import lower_is_better
 
-RHO, EPSILON = 0.9, 1e-7  # keras.optimizers.RMSprop's defaults, which the single-head path uses
+RHO, EPSILON = 0.9, 1e-7  # keras.optimizers.RMSprop's defaults, as the recipe's head trained with
 
 
 @dataclass(frozen=True)

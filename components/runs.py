@@ -8,7 +8,7 @@ from pathlib import Path
 
 from components.config import lower_is_better
 from components.errors import FFXError
-from components.files import write_text_atomic
+from components.files import write_csv_atomic, write_text_atomic
 
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -76,11 +76,11 @@ def write_trial_table(csv_path: Path, html_path: Path, trials: list[Trial], titl
     import pandas as pd
 
     names = param_names(trials)
-    frame = pd.DataFrame([[str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names),
-                           _number(t.score, ".4f", ""), _number(t.seconds, ".1f", ""), t.run_id]
-                          for number, t in enumerate(trials, start=1)],
-                         columns=["trial", "trial_id", "status", *names, "score", "seconds", "run_id"])
-    write_text_atomic(csv_path, frame.to_csv(index=False))
+    header = ["trial", "trial_id", "status", *names, "score", "seconds", "run_id"]
+    rows = [[str(number), t.trial_id, t.status, *(t.params.get(k, "") for k in names), _number(t.score, ".4f", ""),
+             _number(t.seconds, ".1f", ""), t.run_id] for number, t in enumerate(trials, start=1)]
+    write_csv_atomic(csv_path, header, rows)  # the project's one CSV writer, as for metrics/*.csv
+    frame = pd.DataFrame(rows, columns=header)
     write_text_atomic(html_path, f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif}} table{{border-collapse:collapse}}

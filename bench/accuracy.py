@@ -2,7 +2,7 @@
 
     python -m bench.accuracy [--quick] [--data DIR] [--out bench/results/accuracy] [--readme]
 
-Every image goes through the backbone once per weights setting, as the pipeline does it (`extract_all`, the
+Every image goes through the backbone once per weights setting, as the pipeline does it (`extract_stage`, the
 feature cache, `test_flip.h5`); avg / max / avg+max features are derived from the stored flattened 4x4x512
 map with the same function `backbone.pooling` uses, so one extraction serves every pooling. Each
 (weights, pooling, copies, seed) cell runs the real search (`run_search`: KerasTuner + MLflow in the work
@@ -23,10 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from bench.run import subset_project  # noqa: E402
+from bench.common import FACES, REPO, subset_project  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "datasets" / "faces"
 README_START, README_END = "<!-- accuracy-grid:start -->", "<!-- accuracy-grid:end -->"
 WEIGHTS_LABEL = {"hed-vgg16": "hed-vgg16 (pretrained)", "none": "random", "imagenet": "ImageNet"}
 
@@ -72,20 +70,20 @@ def make_config(work: Path, data: Path, weights: str, copies: int, grid: Grid, s
 
 def extract(work: Path, data: Path, weights: str, grid: Grid) -> dict:
     """Extract every feature file once per weights setting; returns seconds per part (cached parts: 0 + stored)."""
-    from components.extract import extract_all
+    from components.stages.extract import extract_stage
 
     timings_path = work / f"extraction-{weights}.json"
     if timings_path.is_file():
         return json.loads(timings_path.read_text())
     timings = {}
     config = make_config(work, data, weights, 0, grid)
-    for name, result in extract_all(config).items():
+    for name, result in extract_stage(config).items():
         timings[name] = {"seconds": result.seconds, "rows": result.count, "computed": result.computed}
         log(f"extract {weights} {name}: {result.count} rows, {result.computed} computed, {result.seconds:.0f}s")
     for copies in (c for c in grid.copies if c):
         # Same cache: the originals are found there, only the augmented views go through the backbone.
         config = make_config(work, data, weights, copies, grid, features=f"features-aug{copies}")
-        result = extract_all(config, splits=("train",))["train"]
+        result = extract_stage(config, splits=("train",))["train"]
         timings[f"views{copies}"] = {"seconds": result.seconds, "rows": result.count, "computed": result.computed}
         log(f"extract {weights} train + {copies} views: {result.computed} computed, {result.seconds:.0f}s")
     timings_path.write_text(json.dumps(timings, indent=1))
@@ -94,7 +92,7 @@ def extract(work: Path, data: Path, weights: str, grid: Grid) -> dict:
 
 def pooled(features, pooling: str, shape: tuple[int, ...]):
     """The same FeatureSet with `backbone.pooling` applied to its flattened maps; its key names the pooling."""
-    from components.backbone import pool_feature_map
+    from components.features.backbone import pool_feature_map
 
     maps = features.features.reshape((-1, *shape))
     attrs = dict(features.attrs, pooling=pooling, key=f"{features.attrs['key']}-{pooling}")
@@ -102,9 +100,9 @@ def pooled(features, pooling: str, shape: tuple[int, ...]):
 
 
 def run_cell(work: Path, data: Path, weights: str, pooling: str, copies: int, seed: int, grid: Grid) -> dict:
-    from components.evaluate import evaluate_head
-    from components.features import read_features
-    from components.search import run_search
+    from components.features.store import read_features
+    from components.model.metrics import evaluate_head
+    from components.search.tuner import run_search
 
     config = make_config(work, data, weights, copies, grid, seed,
                          features=f"features-aug{copies}" if copies else "features")

@@ -6,10 +6,9 @@ each epoch, `steps_per_epoch = N // batch_size`.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Iterator
-
-import time
 
 import h5py
 import keras
@@ -67,7 +66,7 @@ def baseline_fit(model, train_path: Path, valid_path: Path, batch_size: int, epo
 
 def recipe_head(input_dim: int, num_classes: int, learning_rate: float) -> keras.Model:
     """The recipe's head: Dense(64, relu) -> Dropout(0.5) -> sigmoid, RMSprop, binary cross-entropy."""
-    from components.hypermodel import build_head
+    from components.search.space import build_head
 
     model = build_head(input_dim, num_classes, 64, 0.5, 0)
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),

@@ -22,10 +22,11 @@ def main() -> None:
     parser.add_argument("--backbone", type=json.loads, required=True)
     args = parser.parse_args()
 
-    from bench.run import REPO, train_records
-    from components.backbone import build_backbone
+    from bench.common import REPO
+    from bench.run import train_records
     from components.config import BackboneConfig
-    from components.extract import extract_split
+    from components.features.backbone import build_backbone
+    from components.features.extraction import extract_split
 
     split = train_records(args.data, args.images)
     backbone = build_backbone(BackboneConfig(**args.backbone), REPO)

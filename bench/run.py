@@ -23,8 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "datasets" / "faces"
+from bench.common import FACES, REPO, log, subset_project  # noqa: E402
+
 TARGETS = {"extract_vs_baseline": 2.3, "extract_vs_limit": 0.9, "head_epoch_speedup": 4.0,
            "cache_hit_fraction": 0.10, "rss_growth_4n": 1.2, "auto_vs_fp32": 2.3, "auto_vs_baseline": 4.5}
 
@@ -48,10 +48,6 @@ FULL = Sizes(extract_images=256, rounds=2, rss_images=128, pipeline_per_class=0,
              head_epochs=50, search_trials=4)
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------- data
 
 def source_dataset(data: Path | None, work: Path, sizes: Sizes) -> tuple[Path, str]:
@@ -59,7 +55,7 @@ def source_dataset(data: Path | None, work: Path, sizes: Sizes) -> tuple[Path, s
     for candidate in ([data] if data else [FACES]):
         if candidate and (candidate / "train").is_dir():
             return candidate, str(candidate)
-    from components.sampledata import make_demo_dataset
+    from components.data.sampledata import make_demo_dataset
 
     per_class = max(sizes.extract_images, 4 * sizes.rss_images) // 2
     evaluation = max(sizes.pipeline_per_class, 8)
@@ -70,7 +66,7 @@ def source_dataset(data: Path | None, work: Path, sizes: Sizes) -> tuple[Path, s
 
 def train_records(root: Path, count: int):
     """`count` train images, classes interleaved, with the hashes the ffx path needs."""
-    from components.dataset import Split, scan_split
+    from components.data.dataset import Split, scan_split
 
     split = scan_split(root, "train")
     by_class = [[r for r in split.records if r.label == label] for label in range(len(split.class_names))]
@@ -78,24 +74,6 @@ def train_records(root: Path, count: int):
     if len(chosen) < count:
         raise SystemExit(f"{root}/train: {len(chosen)} images usable, {count} needed")
     return Split("train", split.root, split.class_names, tuple(chosen))
-
-
-def subset_project(source: Path, folder: Path, per_class: int) -> Path:
-    """A dataset of links to the first `per_class` images of each class and split (never copies)."""
-    if per_class == 0:
-        return source
-    from components.images import is_image_name
-
-    root = folder / "data"
-    for split in ("train", "valid", "test"):
-        for class_dir in sorted(p for p in (source / split).iterdir() if p.is_dir()):
-            target = root / split / class_dir.name
-            target.mkdir(parents=True, exist_ok=True)
-            for path in sorted(p for p in class_dir.iterdir() if is_image_name(p))[:per_class]:
-                link = target / path.name
-                if not link.exists():  # a resumed run reuses the links it made
-                    link.symlink_to(path.resolve())
-    return root
 
 
 def write_bench_params(folder: Path, data_root: Path, backbone: dict, sizes: Sizes, batch_size: int) -> Path:
@@ -113,8 +91,8 @@ def bench_extraction(split, backbones: dict, batch_size: int, rounds: int, work:
     """images/s of the recipe's per-image loop, the ffx extraction path (float32, and `auto` where it resolves to
     bfloat16) and the forward-pass limit."""
     from bench.baseline import baseline_extract
-    from components.dataset import Split
-    from components.extract import decode_batch, extract_split
+    from components.data.dataset import Split
+    from components.features.extraction import decode_batch, extract_split
 
     fp32 = backbones["float32"]
     size = fp32.config.input_size
@@ -171,14 +149,14 @@ def bench_extraction(split, backbones: dict, batch_size: int, rounds: int, work:
 def bench_pipeline_cache(params_file: Path) -> tuple[dict, object]:
     """The extract + tune stages cold, then re-run on unchanged inputs (feature cache and finished search hit)."""
     from components.config import load_config
-    from components.extract import extract_all
-    from components.stages import tune_stage
+    from components.stages.extract import extract_stage
+    from components.stages.tune import tune_stage
 
     config = load_config(params_file)
     timings = {}
     for run in ("cold", "rerun"):
         started = time.perf_counter()
-        results = extract_all(config)
+        results = extract_stage(config)
         extracted = time.perf_counter()
         tune_stage(config)
         finished = time.perf_counter()
@@ -198,8 +176,8 @@ def head_data(config, rows: int, valid_rows: int, work: Path):
     """train/valid features of the pipeline run, rows repeated up to `rows` / `valid_rows` when fewer were extracted."""
     import h5py
 
-    from components.features import FeatureSet
-    from components.extract import load_split_features
+    from components.features.identity import load_split_features
+    from components.features.store import FeatureSet
 
     def repeated(data: FeatureSet, count: int) -> FeatureSet:
         if count <= len(data.labels):
@@ -226,8 +204,8 @@ def bench_head(config, train, valid, paths: dict, epochs: int, work: Path) -> di
 
     from bench.baseline import EpochTimer, baseline_fit, recipe_head
     from bench.search import grouped_epoch_ms
-    from components.head_group import HeadGroup, HeadSpec
-    from components.hypermodel import feature_statistics, standardise
+    from components.search.head_group import HeadGroup, HeadSpec
+    from components.search.space import feature_statistics, standardise
 
     batch_size = config.train.batch_size
     statistics = feature_statistics(train) if config.train.normalize else None
@@ -283,7 +261,7 @@ def head_step_limit(config, train, statistics, epochs: int) -> float:
     import keras
     import tensorflow as tf
 
-    from components.hypermodel import build_head, standardise
+    from components.search.space import build_head, standardise
 
     batch_size = config.train.batch_size
     model = build_head(train.features.shape[1], train.num_classes, 64, 0.5, 0)
@@ -313,7 +291,7 @@ def head_step_limit(config, train, statistics, epochs: int) -> float:
 
 def bench_trial(config, train, valid, epochs: int, work: Path, baseline_trial_s: float) -> dict:
     """One real tuner trial (KerasTuner + MLflow run) of the same head; then the same with early stopping."""
-    from components.search import run_search
+    from components.search.tuner import run_search
 
     out = {}
     for label, patience in (("trial", 0), ("trial_early_stopping", config.train.early_stopping_patience)):
@@ -419,9 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", type=json.loads, default=None, help=argparse.SUPPRESS)  # tests: tiny sizes
     args = parser.parse_args(argv)
     sizes = Sizes(**{**asdict(QUICK if args.quick else FULL), **(args.sizes or {})})
-    from components.backbone import build_backbone
-    from components.runtime import NATIVE_BFLOAT16_FLAGS, cpu_flags, resolve_precision
     from components.config import BackboneConfig, default_params
+    from components.features.backbone import build_backbone
+    from components.runtime import NATIVE_BFLOAT16_FLAGS, cpu_flags, resolve_precision
 
     backbone = {**default_params()["backbone"], "name": args.backbone, "weights": args.weights,
                 "input_size": args.input_size, "seed": 0}

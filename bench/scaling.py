@@ -21,17 +21,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-from bench.run import subset_project  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "datasets" / "faces"
+from bench.common import FACES, REPO, subset_project  # noqa: E402
 
 
 def dataset(work: Path, per_class: int) -> Path:
     """`per_class` images per class and split: links into the face dataset, or generated demo images."""
     if (FACES / "train").is_dir():
         return subset_project(FACES, work, per_class)
-    from components.sampledata import make_demo_dataset
+    from components.data.sampledata import make_demo_dataset
 
     root = work / "data"
     make_demo_dataset(root, {"train": per_class, "valid": per_class, "test": per_class})
@@ -54,12 +51,15 @@ def _one_thread_shard(params_file: str, split_name: str, index: int) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass  # already initialised by an earlier shard on this worker
+    from distributed import get_worker
+
     from components.config import load_config
-    from components.extract import plan_extraction
-    from components.shards import extract_shard
+    from components.features.extraction import plan_extraction
+    from components.features.shards import extract_shard
 
     config = load_config(params_file)
-    return extract_shard(config, plan_extraction(config, (split_name,)).splits[split_name], index).computed
+    split = plan_extraction(config, (split_name,)).splits[split_name]
+    return extract_shard(config, split, index, backbone=get_worker().ffx_backbone).computed
 
 
 def _warm_up(params_file: str) -> None:
@@ -68,19 +68,23 @@ def _warm_up(params_file: str) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    from distributed import get_worker
+
     from components.config import load_config
-    from components.shards import worker_backbone
+    from components.features.backbone import build_backbone
 
     config = load_config(params_file)
-    worker_backbone(config).features(np.zeros((1, 150, 150, 3), np.uint8))  # kept for the timed shards
+    backbone = build_backbone(config.backbone, config.root, config.extract.precision)
+    backbone.features(np.zeros((1, 150, 150, 3), np.uint8))
+    get_worker().ffx_backbone = backbone  # built once per worker, kept there for the timed shards
 
 
 def extraction_throughput(work: Path, workers: int, shard_size: int) -> dict:
     from distributed import Client, LocalCluster
 
     from components.config import load_config
-    from components.dataset import scan_dataset
-    from components.shards import shard_ranges
+    from components.data.dataset import scan_dataset
+    from components.features.shards import shard_ranges
 
     params = write_params(work, extract={"shard_size": shard_size, "batch_size": 16},
                           features={"dir": f"features-{workers}w"})

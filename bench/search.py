@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.run import FACES, REPO, log
+from bench.common import FACES, REPO, log
 
 HEADS = (1, 2, 4, 8)
 
@@ -42,8 +42,8 @@ def project(work: Path, data: Path, trials: int, seed: int, heads: int, cache: P
 def grouped_epoch_ms(train, valid, config, heads: int, epochs: int, jit: bool = True) -> float:
     """ms per head-epoch of `heads` heads of the space's largest size trained in one HeadGroup (validation and
     best-epoch bookkeeping included, as in a search; the first epoch, which traces and compiles, left out)."""
-    from components.head_group import HeadGroup, HeadSpec
-    from components.hypermodel import feature_statistics, standardise
+    from components.search.head_group import HeadGroup, HeadSpec
+    from components.search.space import feature_statistics, standardise
 
     statistics = feature_statistics(train)
     data = (standardise(train.features, statistics), train.labels, standardise(valid.features, statistics),
@@ -70,9 +70,9 @@ def heads_per_graph(train, valid, config, epochs: int) -> dict:
 
 
 def one_search(config) -> dict:
-    from components.evaluate import class_probabilities
-    from components.extract import load_split_features
-    from components.search import run_search
+    from components.features.identity import load_split_features
+    from components.model.metrics import class_probabilities
+    from components.search.tuner import run_search
 
     train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
     test = load_split_features(config, "test")
@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     quiet_tensorflow()
     from components.config import default_params
-    from components.extract import extract_all, load_split_features
+    from components.features.identity import load_split_features
     from components.runtime import cpu_flags
+    from components.stages.extract import extract_stage
 
     default_heads = default_params()["tuner"]["parallel_heads"]
     cache = args.out.parent / "feature-cache"
@@ -108,9 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
                    for seed in args.seeds for heads in (1, default_heads)}
         first = configs[(args.seeds[0], 1)]
         log(f"data: {args.data}; extraction (cached by content under {cache}) ...")
-        extract_all(first)
+        extract_stage(first)
         for config in configs.values():  # the other projects assemble the same features from the cache
-            extract_all(config)
+            extract_stage(config)
         figures = {"data": str(args.data), "trials": args.trials, "seeds": args.seeds,
                    "default_parallel_heads": default_heads, "precision": first.extract.precision,
                    "cpu_bfloat16": bool({"amx_bf16", "avx512_bf16"} & cpu_flags())}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.run import FACES, REPO, log, subset_project
+from bench.common import FACES, REPO, log, subset_project
 
 BIN = Path(sys.executable).parent
 RSS_IMAGES = (100, 400)
@@ -33,7 +33,7 @@ LATENCY_REQUESTS = {1: 30, 32: 10}  # batch size -> timed requests
 
 
 def image_files(root: Path) -> list[Path]:
-    from components.images import is_image_name
+    from components.data.images import is_image_name
 
     return sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p))
 
@@ -93,7 +93,8 @@ def latency(project: Path, images: list[Path]) -> dict:
     """Median and p90 seconds per request of `mlflow models serve`, by batch size."""
     import httpx
 
-    from components.config import load_config, tracking_uri
+    from components.config import load_config
+    from components.tracking import tracking_uri
 
     config = load_config(project / "params.yaml")
     uri = tracking_uri(config)
@@ -140,8 +141,9 @@ def latency(project: Path, images: list[Path]) -> dict:
 def artifact_sizes(project: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from components.config import load_config, tracking_uri
-    from components.registry import WEIGHTS_KIND
+    from components.config import load_config
+    from components.model.backbone_weights import WEIGHTS_KIND
+    from components.tracking import tracking_uri
 
     config = load_config(project / "params.yaml")
     client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(folder)
         source = args.data
         if not (source / "train").is_dir():
-            from components.sampledata import make_demo_dataset
+            from components.data.sampledata import make_demo_dataset
 
             source = work / "generated"
             make_demo_dataset(source, {"train": 70, "valid": 12, "test": 12})

@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from components.errors import ConfigError
@@ -31,6 +39,18 @@ Objective = Literal["val_accuracy", "val_loss", "accuracy", "loss"]
 def lower_is_better(metric: str) -> bool:
     """KerasTuner's rule, used for every objective and comparison here: losses are minimised, the rest maximised."""
     return metric.endswith("loss")
+
+
+def minimised(metric: str, value: float) -> float:
+    """`value` of `metric` as a quantity to minimise: a loss as it is, anything else negated. Sorting by it puts the
+    best first; `better` compares through it; the Bayesian oracle fits it."""
+    return value if lower_is_better(metric) else -value
+
+
+def better(metric: str, value: float, than: float | None) -> bool:
+    """The one comparison of two values of an objective or metric: whether `value` beats `than` (None: no value
+    yet, beaten by any)."""
+    return than is None or minimised(metric, value) < minimised(metric, than)
 
 
 def _path(value, info: ValidationInfo) -> Path:
@@ -332,17 +352,3 @@ def _key_of(model: type[Section], within: type[Section] = Config, prefix: tuple[
             if found := _key_of(model, field.annotation, (*prefix, name)):
                 return found
     return ()
-
-
-SQLITE = "sqlite:///"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///PATH` URI (relative or absolute); None for other stores."""
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
-
-
-def tracking_uri(config: Config) -> str:
-    """The MLflow tracking URI with a relative SQLite path resolved against the project root."""
-    path = sqlite_path(config.mlflow.tracking_uri)
-    return SQLITE + str(config.root / path) if path and not path.is_absolute() else config.mlflow.tracking_uri

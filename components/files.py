@@ -1,14 +1,17 @@
-"""Files and content keys: atomic writes, file hashes, the sha256 key of a JSON identity."""
+"""Files and content keys: atomic writes, a lock per output, file digests, the sha256 key of a JSON identity."""
 from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import functools
 import hashlib
 import io
 import json
 import os
 from pathlib import Path
+
+from components.errors import LockedError
 
 
 @contextlib.contextmanager
@@ -23,6 +26,28 @@ def atomic_path(path: Path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_lock(path: Path):
+    """Refuse a second writer of the same output at once (the first keeps the lock until done)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise LockedError(f"{path}: another process is writing it ({handle.read().strip() or 'unknown'}); "
+                              "wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -47,8 +72,9 @@ def content_key(identity) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_sha1(path: Path, algorithm: str = "sha1") -> str:
-    """SHA-1 (or another hashlib `algorithm`) of a file's bytes, read in 1 MiB blocks."""
+def file_digest(path: Path, algorithm: str = "sha1") -> str:
+    """The hex digest of a file's bytes under a hashlib `algorithm` (SHA-1: images' cache keys), read in 1 MiB
+    blocks."""
     digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -57,7 +83,7 @@ def file_sha1(path: Path, algorithm: str = "sha1") -> str:
 
 
 def file_sha1_memoised(path: Path) -> str:
-    """file_sha1, computed once per (path, size, modification time) in a process: a weights file, hundreds of MB,
+    """The SHA-1 file_digest, computed once per (path, size, modification time) in a process: a weights file, hundreds of MB,
     is identified at every feature-file check."""
     stat = Path(path).stat()
     return _file_sha1_at(str(path), stat.st_size, stat.st_mtime_ns)
@@ -65,4 +91,4 @@ def file_sha1_memoised(path: Path) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _file_sha1_at(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha1(Path(path))
+    return file_digest(Path(path))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,13 +19,13 @@ def cpu_flags() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def gpu_visible() -> bool:
-    """A GPU TensorFlow can use. TensorFlow (seconds to import) is asked only where an NVIDIA driver is present."""
+    """A GPU TensorFlow can use, judged without importing TensorFlow (params are checked before it loads, and a
+    probe would print its start-up lines): an NVIDIA GPU under the driver, CUDA not hidden, and TensorFlow's CUDA
+    libraries installed (`pip install tensorflow[and-cuda]`: the nvidia-cudnn wheel)."""
     driver = Path("/proc/driver/nvidia/gpus")
     if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1") or not driver.is_dir() or not any(driver.iterdir()):
         return False
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
+    return importlib.util.find_spec("nvidia.cudnn") is not None
 
 
 def resolve_precision(requested: str, flags: frozenset[str] | None = None, gpu: bool | None = None) -> str:

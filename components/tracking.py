@@ -4,10 +4,22 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from components.config import Config, sqlite_path, tracking_uri
+from components.config import Config
 from components.errors import FFXError
 
 SERVER_TIMEOUT_S = 5
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI (relative or absolute); None for other stores."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
+def tracking_uri(config: Config) -> str:
+    """The MLflow tracking URI with a relative SQLite path resolved against the project root."""
+    path = sqlite_path(config.mlflow.tracking_uri)
+    return SQLITE + str(config.root / path) if path and not path.is_absolute() else config.mlflow.tracking_uri
 
 
 def check_tracking_server(config: Config) -> None:

@@ -75,12 +75,12 @@ def _progress_bars(quiet: bool):
 @app.command()
 def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
     """Run every image of train/valid/test once through the backbone; write features/SPLIT.h5."""
-    from components.extract import extract_all
+    from components.stages.extract import extract_stage
     from components.tracking import check_tracking_server
 
     config = _config(params, set_)
     check_tracking_server(config)  # the tune stage needs it: find a dead server before the backbone work
-    results = extract_all(config, progress_for=_progress_bars(quiet))
+    results = extract_stage(config, progress_for=_progress_bars(quiet))
     for result in results.values():
         reused = result.count - result.computed
         note = "up to date" if result.cached else f"{result.computed} computed, {reused} from cache"
@@ -95,8 +95,8 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
     """Search the dense head's hyperparameters (each trial logged to MLflow); save the best head."""
     overrides = list(set_ or []) + ([f"tuner.workers={workers}"] if workers is not None else [])
     config = _config(params, overrides)  # a params error shows at once, before the slow imports below
-    from components.stages import tune_stage
-    from components.trial_logging import progress_line
+    from components.search.trial_logging import progress_line
+    from components.stages.tune import tune_stage
 
     result = tune_stage(config, None if quiet else lambda info: typer.echo(progress_line(info), err=True))
     _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
@@ -109,7 +109,7 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     import shlex
 
     config = _config(params, set_)  # first: it imports TensorFlow quietly
-    from components.stages import evaluate_stage
+    from components.stages.evaluate import evaluate_stage
 
     result = evaluate_stage(config, command=shlex.join(["ffx", *sys.argv[1:]]))
     reg = result.registration
@@ -127,7 +127,7 @@ def predict(paths: Annotated[list[Path], typer.Argument(help="image files and fo
                                                "head.keras")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False):
     """Classify images with the registered champion (or another model): path, class, probability."""
-    from components.predict import load_classifier, predict_paths, prediction_json
+    from components.model.predict import load_classifier, predict_paths, prediction_json
 
     config = _config(params, set_)
     classify = load_classifier(config, model)
@@ -151,8 +151,14 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
          search: Annotated[Optional[str], typer.Option(help="run id (or prefix) of the search whose trials to show; "
                                                              "default: the latest")] = None):
     """Recent searches and the best trials of one, read from the MLflow store: compare without a browser."""
-    from components.runs import (find_search, maximises, recent_searches, search_trials, searches_table, top_trials,
-                                 trials_table)
+    from components.reports.runs import (
+        find_search,
+        recent_searches,
+        search_trials,
+        searches_table,
+        top_trials,
+        trials_table,
+    )
     from components.tracking import setup_mlflow
 
     config = _config(params, set_)
@@ -166,7 +172,7 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     chosen = find_search(client, experiment_id, search) if search else listed[0]
     objective = chosen.data.params.get("tuner.objective")
     trials = search_trials(client, experiment_id, chosen.info.run_id)
-    best = top_trials(trials, maximises(objective), top)
+    best = top_trials(trials, objective or "score", top)
     typer.echo(f"\nTop {len(best)} of {len(trials)} trials of search {chosen.info.run_id} (by {objective or 'score'}):")
     typer.echo(trials_table(best))
 
@@ -204,7 +210,7 @@ def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
     """Generate the bundled demo dataset (offline, from scikit-learn's sample photos) at data.root."""
     import shutil
 
-    from components.sampledata import make_demo_dataset
+    from components.data.sampledata import make_demo_dataset
 
     config = _config(params, set_)
     root = config.data.root

@@ -13,12 +13,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import LocalFileSystem
 
 from components.config import Config, load_config
-from components.extract import (ExtractionPlan, extract_planned, feature_files, plan_extraction, source_split,
-                                write_skipped_report)
-from components.shards import ShardResult, extract_shard, merge_shards, shard_rows
-from components.stages import (evaluate_cache_key, evaluate_stage, extraction_cache_key, shard_cache_key,
-                               tune_cache_key, tune_stage)
+from components.features.backbone import Backbone, build_backbone
+from components.features.extraction import ExtractionPlan, feature_files, plan_extraction, source_split
+from components.features.shards import ShardResult, extract_shard, merge_shards, shard_rows
+from components.stages.evaluate import evaluate_stage
+from components.stages.extract import extract_planned, write_extraction_reports
+from components.stages.tune import tune_stage
 from components.tracking import check_tracking_server
+from flows.cache_keys import evaluate_cache_key, extraction_cache_key, shard_cache_key, tune_cache_key
 
 DEPLOYMENT_NAME = "ffx-pipeline"
 
@@ -34,13 +36,11 @@ def _cached(task_, key_and_current: tuple[str, bool]):
 @task(name="plan-extraction", cache_policy=NO_CACHE)
 def plan_task(config: Config) -> ExtractionPlan:
     """Scan and hash every image, refuse bad ones: always runs, it is what detects changes."""
-    plan = plan_extraction(config)
-    write_skipped_report(config, plan)
-    return plan
+    return plan_extraction(config)
 
 
 @task(name="extract", persist_result=True, task_run_name="extract-{split}")
-def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
+def extract_task(config: Config, plan: ExtractionPlan, split: str, backbone: Backbone) -> dict:
     logger = get_run_logger()
     total = len(plan.splits[source_split(split)].records)
     done = [0]
@@ -49,7 +49,7 @@ def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
         done[0] += count
         logger.info("extract %s: %d/%d images", split, done[0], total)
 
-    result = extract_planned(config, plan, split, progress=progress)
+    result = extract_planned(config, plan, split, backbone, progress)
     logger.info("%s: %d images, %d through the backbone, %.1fs", split, result.count, result.computed,
                 result.seconds)
     return {"split": split, "key": result.key, "count": result.count, "computed": result.computed,
@@ -57,8 +57,8 @@ def extract_task(config: Config, plan: ExtractionPlan, split: str) -> dict:
 
 
 @task(name="extract-shard", persist_result=True, task_run_name="extract-{split}-{index}")
-def shard_task(config: Config, plan: ExtractionPlan, split: str, index: int) -> ShardResult:
-    result = extract_shard(config, plan.splits[source_split(split)], index, split)
+def shard_task(config: Config, plan: ExtractionPlan, split: str, index: int, backbone: Backbone) -> ShardResult:
+    result = extract_shard(config, plan.splits[source_split(split)], index, split, backbone)
     get_run_logger().info("%s shard %d: %d images, %d through the backbone", split, index, result.count,
                           result.computed)
     return result
@@ -73,7 +73,7 @@ def merge_task(config: Config, plan: ExtractionPlan, split: str, shards: list[Sh
 
 
 @task(name="tune", persist_result=True)
-def tune_task(config: Config, feature_keys: dict) -> dict:
+def tune_task(config: Config) -> dict:
     logger = get_run_logger()
 
     def progress(info: dict) -> None:
@@ -86,7 +86,7 @@ def tune_task(config: Config, feature_keys: dict) -> dict:
 
 
 @task(name="evaluate-and-register", persist_result=True)
-def evaluate_task(config: Config, feature_keys: dict) -> dict:
+def evaluate_task(config: Config) -> dict:
     result = evaluate_stage(config)
     reg = result.registration
     get_run_logger().info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
@@ -114,6 +114,8 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     check_tracking_server(config)  # a dead tracking server is found before the backbone work, not after
     extract, shard, tune, evaluate = _with_storage(config, extract_task, shard_task, tune_task, evaluate_task)
     plan = plan_task(config)
+    # Built on first use, once per process: threads share this one; a Dask worker builds its own from the settings.
+    backbone = build_backbone(config.backbone, config.root, config.extract.precision)
     summary: dict = {"states": {}, "extract": {}}
 
     def run(name: str, task_, *args):
@@ -124,18 +126,21 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     for name in feature_files(config, tuple(plan.splits)):
         split = plan.splits[source_split(name)]
         if config.extract.shard_size:
-            futures = [_cached(shard, shard_cache_key(config, rows, index, name)).submit(config, plan, name, index)
+            futures = [_cached(shard, shard_cache_key(config, rows, index, name)).submit(config, plan, name, index,
+                                                                                       backbone)
                        for index, rows in enumerate(shard_rows(config, split, name))]
             shards = [future.result() for future in futures]
             summary["states"].update({f"extract-{name}-{i}": f.state.name for i, f in enumerate(futures)})
             summary["extract"][name] = merge_task(config, plan, name, shards)
             continue
-        result = run(f"extract-{name}", _cached(extract, extraction_cache_key(config, split, name)), config, plan, name)
+        result = run(f"extract-{name}", _cached(extract, extraction_cache_key(config, split, name)), config, plan, name,
+                     backbone)
         summary["extract"][name] = dict(result, computed=0 if summary["states"][f"extract-{name}"] == "Cached"
                                         else result["computed"])
     keys = {name: result["key"] for name, result in summary["extract"].items()}
-    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config, keys)
-    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys["test"])), config, keys)
+    write_extraction_reports(config, plan)
+    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config)
+    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys["test"])), config)
     return summary
 
 

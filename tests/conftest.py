@@ -73,16 +73,16 @@ def project(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def extracted(tmp_path_factory):
     """The `project` dataset and params with train/valid/test features extracted once per session (and the
-    feature cache filled); tests only read it. `results`: what extract_all returned."""
+    feature cache filled); tests only read it. `results`: what extract_stage returned."""
     from types import SimpleNamespace
 
     from components.config import load_config
-    from components.extract import extract_all
+    from components.stages.extract import extract_stage
 
     root = tmp_path_factory.mktemp("extracted")
     make_dataset(root / "data")
     config = load_config(write_params(root))
-    return SimpleNamespace(root=root, config=config, results=extract_all(config))
+    return SimpleNamespace(root=root, config=config, results=extract_stage(config))
 
 
 @pytest.fixture
@@ -100,7 +100,8 @@ def tiny_run(extracted, tmp_path_factory):
     from types import SimpleNamespace
 
     from components.config import load_config
-    from components.stages import evaluate_stage, tune_stage
+    from components.stages.evaluate import evaluate_stage
+    from components.stages.tune import tune_stage
 
     root = shutil.copytree(extracted.root, tmp_path_factory.mktemp("tiny_run") / "project", symlinks=True)
     config = load_config(root / "params.yaml")

@@ -4,11 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from components.augment import FLIP, View, augmented_views, row_key
 from components.config import AugmentConfig, load_config
+from components.data.augment import FLIP, View, augmented_views, row_key
 from components.errors import ConfigError, FFXError
-from components.extract import extract_all, load_split_features
-from components.features import read_features
+from components.features.identity import load_split_features
+from components.features.store import read_features
+from components.stages.extract import extract_stage
 
 AUGMENT = ["extract.augment.copies=2"]
 
@@ -42,7 +43,7 @@ def test_view_transforms_keep_the_image_size_and_type():
 def test_train_views_are_stored_with_their_source_and_other_splits_are_not_augmented(extracted_project):
     project = extracted_project
     config = load_config(project / "params.yaml", AUGMENT)
-    results = extract_all(config)
+    results = extract_stage(config)
     train = read_features(config.features.path("train"))
     assert results["train"].count == len(train.labels) == 24 * 3
     assert list(train.source[:24]) == list(range(24)) and list(train.source[24:30]) == [0, 0, 1, 1, 2, 2]
@@ -63,10 +64,10 @@ def test_views_are_cached_and_only_new_views_are_computed(extracted_project):
     project = extracted_project
     plain = read_features(load_config(project / "params.yaml").features.path("train")).features
     config = load_config(project / "params.yaml", AUGMENT)
-    assert extract_all(config, splits=("train",))["train"].computed == 48  # the originals came from the cache
+    assert extract_stage(config, splits=("train",))["train"].computed == 48  # the originals came from the cache
     np.testing.assert_array_equal(read_features(config.features.path("train")).features[:24], plain)
-    assert extract_all(config, splits=("train",))["train"].cached
-    reseeded = extract_all(load_config(project / "params.yaml", AUGMENT + ["extract.augment.seed=1"]),
+    assert extract_stage(config, splits=("train",))["train"].cached
+    reseeded = extract_stage(load_config(project / "params.yaml", AUGMENT + ["extract.augment.seed=1"]),
                            splits=("train",))
     assert reseeded["train"].computed == 48 and not reseeded["train"].cached
 
@@ -87,11 +88,11 @@ def test_bad_augmentation_settings_are_named(project, override, message):
 def test_search_trains_on_every_view_and_records_the_augmentation(extracted_project):
     from mlflow.tracking import MlflowClient
 
-    from components.config import tracking_uri
-    from components.search import run_search
+    from components.search.tuner import run_search
+    from components.tracking import tracking_uri
 
     config = load_config(extracted_project / "params.yaml", AUGMENT + ["tuner.max_trials=1"])
-    extract_all(config, splits=("train", "valid"))
+    extract_stage(config, splits=("train", "valid"))
     result = run_search(config, load_split_features(config, "train"), load_split_features(config, "valid"))
     tags = MlflowClient(tracking_uri(config)).get_run(result.parent_run_id).data.tags
     assert tags["train_rows"] == "72" and json.loads(tags["augment"])["copies"] == 2

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from components.backbone import backbone_of_head, build_backbone, check_backbone_config
 from components.config import BackboneConfig, default_params
 from components.errors import ConfigError, WeightsError
+from components.features.backbone import backbone_of_head, build_backbone, check_backbone_config
 
 
 def _config(**overrides):
@@ -27,7 +27,7 @@ def test_vgg19_at_150_gives_the_recipe_feature_size(tmp_path):
 def test_offline_pretrained_vgg16_weights_are_the_files_arrays_in_every_convolution(tmp_path):
     import h5py
 
-    from components.backbone import hed_weights_path
+    from components.features.backbone import hed_weights_path
 
     backbone = build_backbone(_config(name="vgg16", weights="hed-vgg16"), tmp_path)
     assert backbone.weights_id.startswith("hed-vgg16(")
@@ -62,7 +62,7 @@ def test_a_heads_backbone_must_still_resolve_to_the_weights_it_was_trained_on(tm
     backbone = backbone_of_head(spec, trained_on, tmp_path)
     assert backbone.precision == "bfloat16" and backbone.weights_id == trained_on
     build_backbone(_config(seed=8), tmp_path).model.save_weights(path)  # the file changed since
-    with pytest.raises(WeightsError, match=r"backbone.weights '.*mine.weights.h5' now resolves to file:"):
+    with pytest.raises(WeightsError, match=r"'.*mine.weights.h5' now resolves to other weights .*weights 'file:mine"):
         backbone_of_head(spec, trained_on, tmp_path)
 
 
@@ -109,3 +109,32 @@ def test_random_weights_do_not_depend_on_other_threads_using_python_random(tmp_p
         stop.set()
         thread.join()
     np.testing.assert_array_equal(quiet, busy)
+
+
+def test_the_dtype_policy_is_scoped_to_the_block_and_to_its_thread():
+    import threading
+
+    import keras
+
+    from components.features.backbone import dtype_policy
+
+    with dtype_policy("mixed_bfloat16"):
+        elsewhere = []
+        thread = threading.Thread(target=lambda: elsewhere.append(keras.config.dtype_policy().name))
+        thread.start()
+        thread.join()
+        assert keras.config.dtype_policy().name == "mixed_bfloat16" and elsewhere == ["float32"]
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_building_a_backbone_leaves_the_process_state_alone(tmp_path):
+    """No reseeding of the process (NumPy's global generator stays where it was) and no global dtype policy: the
+    bfloat16 base computes in bfloat16, the head built after it in float32."""
+    import keras
+
+    np.random.seed(12345)
+    before = np.random.get_state()[1].copy()
+    backbone = build_backbone(_config(), tmp_path, "bfloat16")
+    assert backbone.model.layers[1].dtype_policy.name == "mixed_bfloat16"
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    assert keras.config.dtype_policy().name == "float32"

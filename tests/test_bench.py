@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from conftest import make_dataset
 
 from bench.run import TARGETS, main

@@ -2,10 +2,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from components.config import DEFAULTS_FILE, load_config, tracking_uri
-from components.errors import ConfigError
 from conftest import REPO
+
+from components.config import DEFAULTS_FILE, load_config
+from components.errors import ConfigError
+from components.tracking import tracking_uri
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -1,10 +1,10 @@
 import shutil
 
 import pytest
-
-from components.dataset import scan_dataset, screen_split
-from components.errors import BadImagesError, DatasetError
 from conftest import make_dataset
+
+from components.data.dataset import scan_dataset, screen_split
+from components.errors import BadImagesError, DatasetError
 
 
 def test_scan_finds_classes_records_and_ignores_clutter(tmp_path):

@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import free_port, make_dataset, wait_for_http, write_params
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent

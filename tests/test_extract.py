@@ -4,12 +4,12 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_ffx
 
 from components.config import load_config
 from components.errors import BadImagesError
-from components.extract import extract_all
-from components.features import partial_path, read_features
-from conftest import assert_one_line_error, run_ffx
+from components.features.store import partial_path, read_features
+from components.stages.extract import extract_stage
 
 
 def test_extraction_writes_features_labels_paths_and_attributes(extracted):
@@ -29,9 +29,9 @@ def test_extraction_writes_features_labels_paths_and_attributes(extracted):
 
 def test_unchanged_inputs_are_not_extracted_again(extracted_project):
     config = load_config(extracted_project / "params.yaml")
-    again = extract_all(config)
+    again = extract_stage(config)
     assert all(r.cached and r.computed == 0 for r in again.values())
-    changed = extract_all(load_config(extracted_project / "params.yaml", ["backbone.input_size=48"]))
+    changed = extract_stage(load_config(extracted_project / "params.yaml", ["backbone.input_size=48"]))
     assert not any(r.cached for r in changed.values())
 
 
@@ -39,14 +39,14 @@ def test_bad_image_stops_the_run_before_any_feature_is_written(project):
     (project / "data" / "test" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     config = load_config(project / "params.yaml")
     with pytest.raises(BadImagesError, match="broken.jpg"):
-        extract_all(config)
+        extract_stage(config)
     assert not config.features.dir.exists() or not any(config.features.dir.iterdir())
 
 
 def test_skip_mode_reports_bad_images(extracted_project):
     (extracted_project / "data" / "test" / "red" / "broken.jpg").write_bytes(b"")
     config = load_config(extracted_project / "params.yaml", ["data.on_bad_image=skip"])
-    results = extract_all(config)
+    results = extract_stage(config)
     assert results["test"].skipped == {"test/red/broken.jpg": "empty file (0 bytes)"}
     assert "test/red/broken.jpg" in (config.features.dir / "skipped.json").read_text()
     assert len(read_features(config.features.path("test")).labels) == 12
@@ -58,12 +58,12 @@ def test_only_new_images_go_through_the_backbone(extracted_project):
     project = extracted_project
     config = load_config(project / "params.yaml")
     make_image(project / "data" / "train" / "red" / "new.jpg", COLOURS["red"], (30, 30), seed=999)
-    results = extract_all(config)
+    results = extract_stage(config)
     assert results["train"].computed == 1 and results["valid"].cached and results["test"].cached
     train = read_features(config.features.path("train"))
     assert len(train.labels) == 25 and "train/red/new.jpg" in train.paths
     (project / "data" / "train" / "red" / "new.jpg").unlink()
-    again = extract_all(config)
+    again = extract_stage(config)
     assert again["train"].computed == 0 and not again["train"].cached  # file rebuilt from the cache
     assert len(read_features(config.features.path("train")).labels) == 24
 
@@ -71,7 +71,7 @@ def test_only_new_images_go_through_the_backbone(extracted_project):
 def test_a_second_writer_of_the_same_features_is_refused_across_processes(project):
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom pathlib import Path\nfrom components.features import output_lock\n"
+         "import sys, time\nfrom pathlib import Path\nfrom components.files import output_lock\n"
          "with output_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(600)\n",
          str(project / "features" / "train.h5")], stdout=subprocess.PIPE, text=True)
     try:
@@ -88,7 +88,7 @@ def test_an_image_that_stands_twice_goes_through_the_backbone_once(project):
     blue = project / "data" / "train" / "blue"
     (blue / "copy.png").write_bytes((blue / "blue_00.png").read_bytes())
     config = load_config(project / "params.yaml")
-    train = extract_all(config)["train"]
+    train = extract_stage(config)["train"]
     assert (train.count, train.computed) == (25, 24)
     features = read_features(config.features.path("train"))
     rows = [features.paths.index(f"train/blue/{name}") for name in ("blue_00.png", "copy.png")]

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from conftest import (COLOURS, free_port, make_dataset, make_image, page_text, stop_process_group, wait_for_http,
-                      write_params)
+from conftest import (
+    COLOURS,
+    free_port,
+    make_dataset,
+    make_image,
+    page_text,
+    stop_process_group,
+    wait_for_http,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -108,8 +115,8 @@ def test_sharded_extraction_on_a_two_worker_dask_cluster_matches_single_process(
     import numpy as np
 
     from components.config import load_config
-    from components.extract import extract_all
-    from components.features import read_features
+    from components.features.store import read_features
+    from components.stages.extract import extract_stage
 
     make_dataset(tmp_path / "data")
     write_params(tmp_path, extract={"batch_size": 4, "shard_size": 5},
@@ -117,7 +124,7 @@ def test_sharded_extraction_on_a_two_worker_dask_cluster_matches_single_process(
     summary = _pipeline(tmp_path, prefect_api)
     shard_states = {k: v for k, v in summary["states"].items() if k.startswith("extract-train-")}
     assert len(shard_states) == 5 and set(shard_states.values()) == {"Completed"}  # 24 images, shards of 5
-    single = extract_all(load_config(tmp_path / "params.yaml", ["features.dir=single", "extract.shard_size=0"]))
+    single = extract_stage(load_config(tmp_path / "params.yaml", ["features.dir=single", "extract.shard_size=0"]))
     for split, shards in (("train", 5), ("valid", 3), ("test", 3)):
         sharded, reference = read_features(tmp_path / "features" / f"{split}.h5"), read_features(single[split].path)
         assert sharded.paths == reference.paths and sharded.labels.tolist() == reference.labels.tolist()

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from components.head_group import HeadGroup, HeadSpec
-from components.hypermodel import build_head
+from components.search.head_group import HeadGroup, HeadSpec
+from components.search.space import build_head
 
 
 @pytest.fixture(scope="module")

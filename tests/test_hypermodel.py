@@ -3,8 +3,8 @@ import keras_tuner as kt
 import numpy as np
 
 from components.config import load_config
-from components.features import FeatureSet
-from components.hypermodel import HeadHyperModel, feature_statistics
+from components.features.store import FeatureSet
+from components.search.space import HeadHyperModel, feature_statistics
 
 
 def _hypermodel(tmp_path, classes=2):
@@ -44,7 +44,7 @@ def test_feature_statistics_floor_dead_features():
 
 
 def test_head_trained_on_standardised_features_is_saved_taking_raw_features(tmp_path):
-    from components.hypermodel import standardise, with_standardisation
+    from components.search.space import standardise, with_standardisation
 
     rng = np.random.default_rng(0)
     raw = (rng.random((40, 16)) * rng.choice([0.0, 1.0, 500.0], 16)).astype(np.float32)  # dead and large features

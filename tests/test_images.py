@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.images import ImageReadError, check_image, is_image_name, load_rgb
+from components.data.images import ImageReadError, check_image, is_image_name, load_rgb
 
 
 def _save(path, image, **kwargs):

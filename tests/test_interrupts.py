@@ -16,13 +16,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import FFX, ffx_process, make_dataset, write_params
 from mlflow.tracking import MlflowClient
 
-from components.config import load_config, tracking_uri
+from components.config import load_config
 from components.errors import FFXError
-from components.extract import extract_all
-from components.features import read_features
-from conftest import FFX, ffx_process, make_dataset, write_params
+from components.features.store import read_features
+from components.stages.extract import extract_stage
+from components.tracking import tracking_uri
 
 pytestmark = pytest.mark.e2e
 GIVE_UP_S = 300  # a safety net against a hung child, not a timing assertion
@@ -90,7 +91,7 @@ def test_extraction_killed_mid_split_resumes_without_redoing_batches_and_gives_i
     computed = int(re.search(r"train: 40 images -> .*?\((\d+) computed", resumed.stderr).group(1))
     assert computed == 40 - flushed  # exactly the rows flushed before the kill were not redone
 
-    extract_all(load_config(reference / "params.yaml"))
+    extract_stage(load_config(reference / "params.yaml"))
     for split in ("train", "valid", "test"):
         got = read_features(project / "features" / f"{split}.h5")
         want = read_features(reference / "features" / f"{split}.h5")
@@ -130,7 +131,7 @@ def test_tuning_killed_mid_search_continues_the_same_search_and_mlflow_runs(tmp_
     write_params(tmp_path, tuner={"algorithm": "random", "max_trials": 3, "executions_per_trial": 1},
                  train={"epochs": 20, "batch_size": 8})
     config = load_config(tmp_path / "params.yaml")
-    extract_all(config)
+    extract_stage(config)
 
     process, _ = start_ffx(tmp_path, "tune")
     try:

@@ -4,7 +4,6 @@ import ast
 import importlib
 
 import pytest
-
 from conftest import REPO
 
 MODULES = {  # module -> names imported from it
@@ -44,7 +43,7 @@ def test_private_methods_exist(owner):
 def test_private_attributes_exist():
     import keras_tuner as kt
 
-    from components.oracle import GridBayesianOracle
+    from components.search.oracle import GridBayesianOracle
 
     objects = {"oracle": GridBayesianOracle(objective=kt.Objective("val_loss", "min"), max_trials=1)}
     missing = [f"{owner}.{name}" for owner, names in ATTRIBUTES.items() for name in names

@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from components.config import tracking_uri
 from conftest import free_port, page_text, stop_process_group
+
+from components.tracking import tracking_uri
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent

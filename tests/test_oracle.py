@@ -1,8 +1,8 @@
 import keras_tuner as kt
 
 from components.config import load_config
-from components.hypermodel import HeadHyperModel
-from components.oracle import GridBayesianOracle
+from components.search.oracle import GridBayesianOracle
+from components.search.space import HeadHyperModel
 
 
 def smooth_score(values: dict) -> float:

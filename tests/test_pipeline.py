@@ -8,9 +8,8 @@ from pathlib import Path
 
 import h5py
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO, make_dataset, write_params
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -46,6 +45,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_pat
     project = _dvc_project(tmp_path, classes)
     first = _run(["dvc", "repro"], project)
     assert _stages_run(first.stdout) == ["extract", "tune", "evaluate"]
+    assert "WARNING" not in first.stdout + first.stderr, first.stdout + first.stderr  # e.g. an empty output folder
 
     with h5py.File(project / "features" / "test.h5", "r") as handle:
         assert handle["features"].shape == (6 * len(classes), 512)
@@ -82,6 +82,11 @@ def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_pat
     if len(classes) == 2:
         # Nothing changed: nothing runs. A tuner param: no re-extraction. The input size: everything again.
         assert _stages_run(_run(["dvc", "repro"], project).stdout) == []
+        # An edit to the model card's code makes only the stage that runs it out of date, not the search.
+        card = project / "components" / "reports" / "model_card.py"
+        card.write_text(card.read_text() + "# an edit\n")
+        assert set(json.loads(_run(["dvc", "status", "--json"], project).stdout)) == {"evaluate"}
+        card.write_text(card.read_text().removesuffix("# an edit\n"))
         write_params(project, mlflow={"experiment": "tiny"}, tuner={"max_trials": 2})
         assert _stages_run(_run(["dvc", "repro"], project).stdout) == ["tune", "evaluate"]
         write_params(project, mlflow={"experiment": "tiny"}, tuner={"max_trials": 2},

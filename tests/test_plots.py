@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import plots
+from components.reports import plots
 
 
 def _assert_screen_png(path, width=1000):

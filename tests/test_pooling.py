@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 
-from components.backbone import backbone_identity, build_backbone, pool_feature_map
 from components.config import load_config
 from components.errors import ConfigError, FFXError
-from components.extract import extract_all, load_split_features
-from components.features import read_features
+from components.features.backbone import backbone_identity, build_backbone, pool_feature_map
+from components.features.identity import load_split_features
+from components.features.store import read_features
+from components.stages.extract import extract_stage
 
 
 def _images(count=3, size=32):
@@ -48,15 +49,15 @@ def test_pooling_and_layer_are_recorded_and_separate_the_cache(project):
     assert backbone_identity(default.backbone, "w") == {"name": "vgg19", "weights": "w", "input_size": 32,
                                                        "pooling": "flatten", "precision": "float32"}
     assert build_backbone(pooled.backbone, pooled.root).key != build_backbone(default.backbone, default.root).key
-    results = extract_all(pooled, splits=("train",))
+    results = extract_stage(pooled, splits=("train",))
     attrs = read_features(pooled.features.path("train")).attrs
     assert attrs["pooling"] == "avg" and attrs["layer"] == "block4_pool"
     assert read_features(pooled.features.path("train")).features.shape == (24, 512)
     assert results["train"].computed == 24
-    assert extract_all(default, splits=("train",))["train"].computed == 24  # not served from the avg cache
+    assert extract_stage(default, splits=("train",))["train"].computed == 24  # not served from the avg cache
 
 
 def test_features_made_with_another_pooling_are_refused_by_the_stages(project):
-    extract_all(load_config(project / "params.yaml", ["backbone.pooling=max"]), splits=("valid",))
-    with pytest.raises(FFXError, match=r"valid.h5: made with .*'pooling': 'max'"):
+    extract_stage(load_config(project / "params.yaml", ["backbone.pooling=max"]), splits=("valid",))
+    with pytest.raises(FFXError, match=r"valid.h5: made with other settings .*pooling 'max', expected 'flatten'"):
         load_split_features(load_config(project / "params.yaml"), "valid")

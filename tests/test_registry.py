@@ -2,13 +2,15 @@
 from pathlib import Path
 
 import pytest
+from conftest import write_params
 from mlflow.tracking import MlflowClient
 
-from components.config import load_config, tracking_uri
-from components.features import read_features
-from components.registry import WEIGHTS_KIND, head_paths, load_head, register_classifier
-from components.tracking import setup_mlflow
-from conftest import write_params
+from components.config import load_config
+from components.features.store import read_features
+from components.model.backbone_weights import WEIGHTS_KIND
+from components.model.head_file import head_paths, load_head
+from components.model.registry import register_classifier
+from components.tracking import setup_mlflow, tracking_uri
 
 
 def _store(tmp_path, tiny_run, *overrides):

@@ -6,11 +6,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error, ffx_process, run_ffx, write_params
 from mlflow.tracking import MlflowClient
 
-from components.config import load_config, tracking_uri
+from components.config import load_config
 from components.errors import ConfigError, FFXError, UnsafeModelError
-from conftest import assert_one_line_error, ffx_process, run_ffx, write_params
+from components.tracking import tracking_uri
 
 
 def closed_port() -> int:
@@ -86,7 +87,7 @@ def test_installed_ffx_command_prints_one_error_line_or_with_debug_the_traceback
 
 
 def test_links_to_one_folder_from_two_places_are_refused_as_duplicates(project, tmp_path_factory):
-    from components.dataset import scan_dataset
+    from components.data.dataset import scan_dataset
     from components.errors import DatasetError
 
     outside = tmp_path_factory.mktemp("outside")
@@ -111,7 +112,7 @@ def _save_lambda_head(folder: Path):
 
 
 def test_predict_refuses_a_model_that_needs_unsafe_deserialisation(project):
-    from components.registry import load_head
+    from components.model.head_file import load_head
 
     model_path = _save_lambda_head(project / "elsewhere")
     with pytest.raises(UnsafeModelError, match="Lambda layer"):
@@ -123,8 +124,8 @@ def test_predict_refuses_a_model_that_needs_unsafe_deserialisation(project):
 
 def test_registered_model_is_loaded_in_safe_mode(project):
     """A registry version whose head file was swapped for one that runs code is refused when loaded."""
-    from components.predict import load_classifier
-    from components.registry import register_classifier
+    from components.model.predict import load_classifier
+    from components.model.registry import register_classifier
     from components.tracking import setup_mlflow
 
     config = load_config(project / "params.yaml")
@@ -143,14 +144,14 @@ def test_registered_model_is_loaded_in_safe_mode(project):
 def skipped_image_project(extracted, tmp_path_factory):
     """The session's extracted project plus an empty train image left out by data.on_bad_image: skip, shared by the
     tuning tests (each uses its own experiment)."""
-    from components.extract import extract_all
+    from components.stages.extract import extract_stage
 
     root = shutil.copytree(extracted.root, tmp_path_factory.mktemp("skipped") / "project", symlinks=True)
     (root / "data" / "train" / "blue" / "empty.jpg").write_bytes(b"")
     write_params(root, data={"on_bad_image": "skip"},
                  tuner={"algorithm": "random", "max_trials": 3, "executions_per_trial": 1})
     shutil.rmtree(root / "features")  # the files are rebuilt, recording the skipped image; features from the cache
-    extract_all(load_config(root / "params.yaml"))
+    extract_stage(load_config(root / "params.yaml"))
     return root
 
 
@@ -158,9 +159,9 @@ def _search_with_failing_epochs(project: Path, experiment: str, failing_calls: s
                                 heads: int = 1):
     """run_search where the given epochs of the training raise (a fault injected into real training): an epoch
     of one head (tuner.parallel_heads 1) or of a group of heads trained at once."""
-    from components.extract import load_split_features
-    from components.head_group import HeadGroup
-    from components.search import run_search
+    from components.features.identity import load_split_features
+    from components.search.head_group import HeadGroup
+    from components.search.tuner import run_search
 
     real, calls = HeadGroup.step, []
 

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from components.config import tracking_uri
-from components.report import bootstrap_auc_interval, wilson_interval
-from conftest import REPO
+from components.reports.model_card import bootstrap_auc_interval, wilson_interval
+from components.tracking import tracking_uri
 
 BIN = Path(sys.executable).parent
 EVALUATION_PLOTS = {"confusion_matrix.png", "roc.png", "precision_recall.png", "calibration.png",

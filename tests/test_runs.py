@@ -2,11 +2,11 @@
 import csv
 
 import pytest
+from conftest import run_ffx, write_params
 
 from components.errors import FFXError
-from components.runs import find_search, format_table, search_trials
+from components.reports.runs import find_search, format_table, search_trials
 from components.tracking import setup_mlflow
-from conftest import run_ffx, write_params
 
 
 def test_ffx_runs_prints_the_search_and_its_trials_best_first(tiny_run):

@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port, wait_for_http
 from mlflow.exceptions import MlflowException
 
-from components.config import tracking_uri
-from components.evaluate import class_probabilities
-from components.features import read_features
-from components.registry import head_paths, load_head
-from conftest import free_port, wait_for_http
+from components.features.store import read_features
+from components.model.head_file import head_paths, load_head
+from components.model.metrics import class_probabilities
+from components.tracking import tracking_uri
 
 BIN = Path(sys.executable).parent
 

@@ -1,7 +1,7 @@
 """Shards on their own; merged shards against single-process features: tests/test_flows.py (Dask, e2e)."""
 from components.config import load_config
-from components.extract import plan_extraction
-from components.shards import extract_shard
+from components.features.extraction import plan_extraction
+from components.features.shards import extract_shard
 
 
 def test_finished_shards_are_not_extracted_again(project):

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from components.augment import flip_images
-from components.backbone import build_backbone
 from components.config import load_config
-from components.evaluate import class_probabilities, evaluate_head
-from components.extract import extract_all
-from components.features import read_features
-from components.hypermodel import build_head
-from components.serving import ImageClassifier
+from components.data.augment import flip_images
+from components.features.backbone import build_backbone
+from components.features.store import read_features
+from components.model.classifier import ImageClassifier
+from components.model.metrics import class_probabilities, evaluate_head
+from components.search.space import build_head
+from components.stages.extract import extract_stage
 
 
 def _head(dim, seed=0):
@@ -23,7 +23,7 @@ def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted
     assert set(extracted.results) == {"train", "valid", "test"}
     assert not extracted.config.features.path("test_flip").exists()
     config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
-    results = extract_all(config)
+    results = extract_stage(config)
     assert results["test"].cached and results["test_flip"].computed == 12  # the other files are unchanged
     test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
     assert flipped.paths == test.paths and flipped.attrs["views"] == {"flip": True}
@@ -32,7 +32,7 @@ def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted
 
 def test_evaluation_reports_accuracy_with_and_without_tta(extracted_project):
     config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
-    extract_all(config, splits=("test",))
+    extract_stage(config, splits=("test",))
     test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
     head = _head(test.features.shape[1])
     metrics, probabilities = evaluate_head(head, test, flipped)
@@ -48,7 +48,7 @@ def test_evaluation_reports_accuracy_with_and_without_tta(extracted_project):
 def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
     import pandas as pd
 
-    from components.images import load_rgb
+    from components.data.images import load_rgb
 
     config = load_config(project / "params.yaml")
     backbone = build_backbone(config.backbone, config.root)
@@ -69,11 +69,12 @@ def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
 def test_evaluate_stage_scores_with_tta_and_writes_both_accuracies(extracted_project):
     import json
 
-    from components.stages import evaluate_stage, tune_stage
+    from components.stages.evaluate import evaluate_stage
+    from components.stages.tune import tune_stage
 
     config = load_config(extracted_project / "params.yaml",
                          ["predict.tta=true", "tuner.max_trials=1", "train.epochs=1"])
-    extract_all(config)
+    extract_stage(config)
     tune_stage(config)
     result = evaluate_stage(config)
     written = json.loads((config.metrics.dir / "test.json").read_text())

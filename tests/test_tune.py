@@ -2,15 +2,16 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from components.config import load_config, tracking_uri
-from components.extract import extract_all
-from components.extract import load_split_features
-from components.search import run_search
+from components.config import load_config
+from components.features.identity import load_split_features
+from components.search.tuner import run_search
+from components.stages.extract import extract_stage
+from components.tracking import tracking_uri
 
 
 def _search(project, *overrides):
     config = load_config(project / "params.yaml", list(overrides))
-    extract_all(config, splits=("train", "valid", "test"))
+    extract_stage(config, splits=("train", "valid", "test"))
     train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
     return config, run_search(config, train, valid)
 
@@ -56,7 +57,7 @@ EXECUTION_HISTORIES = [
 
 def _report_known_histories(monkeypatch) -> list:
     """Real training, then what each execution reports replaced by the known series."""
-    from components.head_group import HeadGroup
+    from components.search.head_group import HeadGroup
 
     executions = []
     real_step = HeadGroup.step
@@ -103,7 +104,7 @@ def test_rerun_of_a_finished_search_reuses_its_parent_run(extracted_project):
 
 
 def test_hyperband_continues_a_trial_from_the_best_weights_of_the_one_it_extends(extracted_project, monkeypatch):
-    from components.head_group import GroupedTrials
+    from components.search.grouped_trials import GroupedTrials
 
     continued = []
     real = GroupedTrials._continued

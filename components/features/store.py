@@ -1,8 +1,6 @@
 """HDF5 feature files: written through a resumable partial file and renamed, read whole into memory."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from components.errors import FFXError, LockedError
+from components.errors import FFXError
 
 
 @dataclass
@@ -31,28 +29,6 @@ class FeatureSet:
 
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
-
-
-@contextlib.contextmanager
-def output_lock(path: Path):
-    """Refuse a second writer of the same output at once (the first keeps the lock until done)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise LockedError(f"{path}: another process is writing it ({handle.read().strip() or 'unknown'}); "
-                              "wait for it to finish") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def reopen_h5(path: Path, usable: Callable[[h5py.File], bool]) -> h5py.File | None:
@@ -168,3 +144,13 @@ def read_features(path: Path) -> FeatureSet:
             )
     except OSError as exc:
         raise FFXError(f"{path}: not a readable HDF5 feature file ({exc})") from None
+
+
+def split_summary(path: Path) -> dict:
+    """Counts per class and content hash of a feature file, without loading its features."""
+    attrs = read_attrs(path)
+    with h5py.File(path, "r") as handle:
+        labels = handle["labels"][()]
+    counts = np.bincount(labels, minlength=len(attrs["class_names"])).tolist()
+    return {"counts": dict(zip(attrs["class_names"], counts)), "total": int(len(labels)),
+            "content_hash": str(attrs.get("content_hash", "unknown"))}

@@ -10,8 +10,8 @@ from typing import Callable
 import pandas as pd
 
 from components.config import Config
+from components.data.images import is_image_name
 from components.errors import FFXError
-from components.images import is_image_name
 
 Classify = Callable[[pd.DataFrame], pd.DataFrame]  # a frame with a `path` column -> one output row per input row
 
@@ -28,7 +28,7 @@ class Prediction:
 def load_classifier(config: Config, model: str | None = None) -> Classify:
     """The model `model` (default `predict.model`) names, as a function of a frame of image paths: a registry URI
     or an MLflow model folder is loaded as the pyfunc model; a `head.keras` (or its folder) as a local head."""
-    from components.serving import ImageClassifier, spec_for
+    from components.model.classifier import ImageClassifier, spec_for
 
     reference = model or config.predict.model
     if reference == "registry":
@@ -36,11 +36,11 @@ def load_classifier(config: Config, model: str | None = None) -> Classify:
     local = Path(reference) if Path(reference).is_absolute() else config.root / reference
     registry_uri = reference.startswith(("models:/", "runs:/"))
     if registry_uri or (local / "MLmodel").is_file():
-        from components.registry import load_registered_classifier
+        from components.model.registry import load_registered_classifier
 
         pyfunc = load_registered_classifier(config, reference if registry_uri else str(local))
         return lambda frame: pyfunc.predict(frame, params={"on_bad_image": "report"})
-    from components.registry import HEAD_FILE, load_head
+    from components.model.head_file import HEAD_FILE, load_head
 
     head_file = local if local.suffix == ".keras" else local / HEAD_FILE
     _, metadata = load_head(head_file)  # checks both files are there and readable

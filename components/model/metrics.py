@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.features import FeatureSet
+from components.features.store import FeatureSet
 from components.files import write_csv_atomic
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from components.features import output_lock, reopen_h5
+from components.features.store import reopen_h5
+from components.files import output_lock
 
 
 class FeatureCache:

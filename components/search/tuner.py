@@ -1,5 +1,5 @@
 """The head search: KerasTuner over in-memory features, every trial a nested MLflow run under one parent run,
-and the best head as its result. With tuner.workers > 0 the trials run in processes (components.distributed)."""
+and the best head as its result. With tuner.workers > 0 the trials run in processes (components.search.distributed)."""
 from __future__ import annotations
 
 import json
@@ -11,16 +11,22 @@ import keras
 import keras_tuner as kt
 from mlflow.entities import Param
 
-from components.config import Config, lower_is_better
+from components.config import Config, lower_is_better, minimised
 from components.errors import FFXError
-from components.features import FeatureSet
+from components.features.store import FeatureSet
 from components.files import content_key
-from components.distributed import distributed_role
-from components.head_group import GroupedTrials, HeadGroup
-from components.hypermodel import HeadHyperModel, feature_statistics, standardise, with_standardisation
-from components.oracle import GridBayesianOracle
+from components.search.distributed import distributed_role, run_tuner_processes
+from components.search.grouped_trials import GroupedTrials
+from components.search.head_group import HeadGroup
+from components.search.oracle import GridBayesianOracle
+from components.search.space import HeadHyperModel, feature_statistics, standardise, with_standardisation
+from components.search.trial_logging import (
+    MlflowTrialLogging,
+    TrialProgress,
+    close_open_trials,
+    finish_completed_trials,
+)
 from components.tracking import git_commit, setup_mlflow
-from components.trial_logging import MlflowTrialLogging, TrialProgress, close_open_trials, finish_completed_trials
 
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
 
@@ -193,22 +199,19 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
     """Search the head's hyperparameters on in-memory features; resumes an interrupted identical search."""
     if "KERASTUNER_ORACLE_IP" in os.environ:  # KerasTuner would make this process a chief or worker
         raise FFXError("KERASTUNER_ORACLE_IP is set: chief and worker processes run `python -m "
-                       "components.distributed`; unset the KERASTUNER_* variables to run or report the search")
+                       "components.search.worker`; unset the KERASTUNER_* variables to run or report the search")
     check_compatible(train, valid)
     started = time.perf_counter()
     parent = open_parent_run(config, train, valid, joining=False)
     if config.tuner.workers:
-        from components.distributed import run_tuner_processes
-
         run_tuner_processes(config, show_progress=progress is not None)  # the tuner below reloads their oracle
     tuner, statistics = run_trials(config, train, valid, parent, progress, owner=True)
     client, run_id = parent.client, parent.run_id
     trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,
                "hyperparameters": dict(t.hyperparameters.values)} for t in tuner.oracle.trials.values()]
     # Best first; among equal scores the earliest trial, so a re-run of a finished search picks the same one.
-    sign = -1 if tuner.oracle.objective.direction == "max" else 1
     completed = sorted((t for t in tuner.oracle.trials.values() if str(t.status) == "COMPLETED"),
-                       key=lambda t: (sign * t.score, t.trial_id))
+                       key=lambda t: (minimised(config.tuner.objective, t.score), t.trial_id))
     if not completed:
         client.set_terminated(run_id, "FAILED")
         raise FFXError(f"tuning: no trial completed ({len(trials)} failed); see the trial runs in MLflow")

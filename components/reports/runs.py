@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import lower_is_better
+from components.config import minimised
 from components.errors import FFXError
 from components.files import write_csv_atomic, write_text_atomic
 
@@ -50,12 +50,9 @@ def search_trials(client, experiment_id: str, parent_run_id: str) -> list[Trial]
     return sorted(trials, key=lambda t: (t.started, t.trial_id))
 
 
-def top_trials(trials: list[Trial], maximise: bool, count: int) -> list[Trial]:
-    return sorted((t for t in trials if t.score is not None), key=lambda t: t.score, reverse=maximise)[:count]
-
-
-def maximises(objective: str | None) -> bool:
-    return not lower_is_better(objective or "")
+def top_trials(trials: list[Trial], objective: str, count: int) -> list[Trial]:
+    """The `count` best scored trials on `objective`, best first."""
+    return sorted((t for t in trials if t.score is not None), key=lambda t: minimised(objective, t.score))[:count]
 
 
 def metric_histories(client, run_id: str) -> dict[str, list[float]]:

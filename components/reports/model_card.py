@@ -1,78 +1,21 @@
-"""What a run is reported as: the search's trial comparison, the evaluation plots and the model card."""
+"""reports/model_card.md: the data, the model, the search, test metrics with 95% intervals, known limits and how to
+reproduce the run (git commit, params, the data and outputs recorded in dvc.lock)."""
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
 
-import h5py
 import numpy as np
 import yaml
 
-from components import plots
 from components.config import Config
-from components.evaluate import roc_auc
-from components.features import FeatureSet, read_attrs
+from components.features.store import FeatureSet, split_summary
 from components.files import write_text_atomic
-from components.hypermodel import HP_NAMES
-from components.images import ImageReadError, load_rgb
-from components.runs import maximises, metric_histories, search_trials, write_trial_table
-from components.tracking import git_commit, setup_mlflow
+from components.model.metrics import roc_auc
+from components.tracking import git_commit
 
 MODEL_CARD_FILE = "model_card.md"
-ERROR_GRID_SIZE = 12      # images in the confidently-wrong grid
-ERROR_IMAGE_PIXELS = 128  # each shown at this size
 BOOTSTRAP_SAMPLES = 1000
-
-
-def write_search_report(config: Config, parent_run_id: str) -> list[Path]:
-    """Trial comparison read back from MLflow: parallel coordinates, objective by trial, trial table (CSV + HTML)
-    and the best trial's learning curves, under reports/search/."""
-    client, experiment_id = setup_mlflow(config, create=False)
-    trials = search_trials(client, experiment_id, parent_run_id)
-    objective = config.tuner.objective
-    maximise = maximises(objective)
-    out = config.reports.dir / "search"
-    table_csv, table_html = out / "trials.csv", out / "trials.html"
-    write_trial_table(table_csv, table_html, trials, f"Trials of search {parent_run_id}")
-    paths = [
-        plots.parallel_coordinates_png(out / "parallel_coordinates.png",
-                                       [{"params": t.params, "score": t.score} for t in trials], HP_NAMES,
-                                       objective, maximise),
-        plots.objective_by_trial_png(out / "objective_by_trial.png", [t.score for t in trials], objective, maximise),
-    ]
-    best_id = client.get_run(parent_run_id).data.tags.get("best_trial_id")
-    best = next((t for t in trials if t.trial_id == best_id), None)
-    history = metric_histories(client, best.run_id) if best else {}
-    paths.append(plots.learning_curves_png(out / "learning_curves.png", history,
-                                           f"Learning curves of the best trial ({best_id or 'none'})"))
-    return [*paths, table_csv, table_html]
-
-
-def write_evaluation_plots(config: Config, test: FeatureSet, probabilities: np.ndarray, metrics: dict) -> list[Path]:
-    """Confusion matrix, ROC, precision-recall, calibration and the most confidently wrong images."""
-    out = config.reports.dir / "evaluation"
-    labels, names = test.labels, test.class_names
-    paths = [
-        plots.confusion_matrix_png(out / "confusion_matrix.png", metrics["confusion_matrix"], names),
-        plots.roc_png(out / "roc.png", labels, probabilities, names),
-        plots.precision_recall_png(out / "precision_recall.png", labels, probabilities, names),
-        plots.calibration_png(out / "calibration.png", labels, probabilities),
-    ]
-    predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    shown = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:ERROR_GRID_SIZE]
-    images = [_image_or_none(config.data.root / test.paths[i], config.data.max_pixels) for i in shown]
-    paths.append(plots.confident_errors_png(
-        out / "confident_errors.png", images, [names[labels[i]] for i in shown], [names[predicted[i]] for i in shown],
-        [float(probabilities[i, predicted[i]]) for i in shown], [test.paths[i] for i in shown], len(wrong)))
-    return paths
-
-
-def _image_or_none(path: Path, max_pixels: int) -> np.ndarray | None:
-    try:
-        return load_rgb(path, ERROR_IMAGE_PIXELS, max_pixels)
-    except (ImageReadError, OSError):
-        return None  # the dataset moved since extraction: the grid says so instead of failing the evaluation
 
 
 def wilson_interval(successes: int, total: int) -> tuple[float, float]:
@@ -97,16 +40,6 @@ def bootstrap_auc_interval(labels: np.ndarray, probabilities: np.ndarray, seed: 
     if len(values) < samples // 2:
         return None
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
-def split_summary(path: Path) -> dict:
-    """Counts per class and content hash of a feature file, without loading its features."""
-    attrs = read_attrs(path)
-    with h5py.File(path, "r") as handle:
-        labels = handle["labels"][()]
-    counts = np.bincount(labels, minlength=len(attrs["class_names"])).tolist()
-    return {"counts": dict(zip(attrs["class_names"], counts)), "total": int(len(labels)),
-            "content_hash": str(attrs.get("content_hash", "unknown"))}
 
 
 def _dvc_lock_lines(root: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """MLflow "models from code" entry of the registered classifier: loading the model runs this file."""
 import mlflow
 
-from components.serving import ClassifierModel
+from components.model.classifier import ClassifierModel
 
 mlflow.models.set_model(ClassifierModel())

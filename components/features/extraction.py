@@ -10,15 +10,17 @@ from typing import Callable
 
 import numpy as np
 
-from components.augment import FLIP, ORIGINAL, View, augmented_views, row_key
-from components.backbone import Backbone, build_backbone, check_backbone_config, resolve_weights
-from components.config import FLIPPED_SUFFIX, SHARDS_DIR, TTA_DIR, AugmentConfig, Config
-from components.dataset import SPLITS, ImageRecord, Split, scan_dataset, screen_split
-from components.errors import FFXError
-from components.feature_cache import open_feature_cache
-from components.features import FeatureSet, FeatureWriter, output_lock, read_attrs, read_features
-from components.files import content_key, write_json_atomic
-from components.images import load_rgb
+from components.config import FLIPPED_SUFFIX, AugmentConfig, Config
+from components.data.augment import FLIP, ORIGINAL, View, augmented_views, row_key
+from components.data.dataset import SPLITS, ImageRecord, Split, scan_dataset, screen_split
+from components.data.images import load_rgb
+from components.features.backbone import (
+    Backbone,
+    check_backbone_config,
+)
+from components.features.cache import open_feature_cache
+from components.features.store import FeatureWriter, read_attrs
+from components.files import content_key, output_lock
 
 EXTRACTION_CODE_VERSION = 1  # bump when a change here alters the features written
 ASSEMBLY_ROWS = 1024         # rows copied from the cache per write: keeps memory flat
@@ -49,15 +51,6 @@ def split_rows(split: Split, views: dict | None) -> list[Row]:
     augment = AugmentConfig(**views["augment"])
     return [Row(r, i) for i, r in enumerate(records)] + [
         Row(r, i, view) for i, r in enumerate(records) for view in augmented_views(r.sha1, augment)]
-
-
-def split_views(config: Config, name: str) -> dict | None:
-    """Views a split's file holds besides the plain images: train's augmentation, test_flip's mirror; else None."""
-    if name.endswith(FLIPPED_SUFFIX):
-        return {"flip": True}
-    if name == "train" and config.extract.augment.copies > 0:
-        return {"augment": config.extract.augment.model_dump()}
-    return None
 
 
 def source_split(name: str) -> str:
@@ -189,55 +182,3 @@ def plan_extraction(config: Config, splits: tuple[str, ...] = SPLITS) -> Extract
     screened = {name: screen_split(split, config.data.max_pixels, config.data.on_bad_image)
                 for name, split in scanned.items()}
     return ExtractionPlan({n: s for n, (s, _) in screened.items()}, {n: bad for n, (_, bad) in screened.items()})
-
-
-def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: Backbone | None = None,
-                    progress: Progress | None = None) -> ExtractionResult:
-    """Extract one planned feature file (a split, or `test_flip`; building the backbone if none is given).
-    With extract.shard_size, shard by shard in this process: the files `ffx pipeline` spreads over workers."""
-    backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
-    if config.extract.shard_size:
-        from components.shards import extract_in_shards
-
-        return extract_in_shards(config, plan, name, backbone, progress)
-    source = source_split(name)
-    result = extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
-                           config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
-                           split_views(config, name))
-    result.split = name  # test_flip, not the folder it was made from
-    return result
-
-
-def write_skipped_report(config: Config, plan: ExtractionPlan) -> None:
-    write_json_atomic(config.features.dir / "skipped.json", plan.skipped)
-
-
-def extract_all(config: Config, splits: tuple[str, ...] = SPLITS,
-                progress_for: Callable[[str, int], Progress] | None = None) -> dict[str, ExtractionResult]:
-    """Plan, then extract every split with one backbone; no backbone work if anything is wrong."""
-    plan = plan_extraction(config, splits)
-    backbone = build_backbone(config.backbone, config.root, config.extract.precision)
-    for folder in (TTA_DIR, SHARDS_DIR):  # outputs in dvc.yaml: made even when they stay empty
-        (config.features.dir / folder).mkdir(parents=True, exist_ok=True)
-    results = {}
-    for name in feature_files(config, tuple(plan.splits)):
-        rows = len(split_rows(plan.splits[source_split(name)], split_views(config, name)))
-        progress = progress_for(name, rows) if progress_for else None
-        results[name] = extract_planned(config, plan, name, backbone, progress)
-    write_skipped_report(config, plan)
-    return results
-
-
-def load_split_features(config: Config, split: str) -> FeatureSet:
-    """Read a split's features and refuse them if they were made with other backbone settings."""
-    features = read_features(config.features.path(split))
-    _, weights_id = resolve_weights(config.backbone, config.root)
-    expected = {"backbone": config.backbone.name, "weights": weights_id, "input_size": config.backbone.input_size,
-                "precision": config.extract.precision, "pooling": config.backbone.pooling,
-                "layer": config.backbone.layer, "views": split_views(config, split)}
-    before_the_option = {"precision": "float32", "layer": "last"}  # what files made before these options hold
-    found = {k: features.attrs.get(k, before_the_option.get(k)) for k in expected}
-    if found != expected:
-        raise FFXError(f"{config.features.path(split)}: made with {found}, but params.yaml asks for {expected}; "
-                       "run `ffx extract` again")
-    return features

@@ -2,7 +2,7 @@
 registers and that `ffx predict`, `mlflow models serve` and `mlflow.pyfunc.load_model` all run.
 
 It holds the trained head (with its standardisation) and a spec: class names, backbone identity, input size,
-pooling, layer, precision, TTA, and where the backbone's weights are (see `components.registry`).
+pooling, layer, precision, TTA, and where the backbone's weights are (see `components.model.backbone_weights`).
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from components.augment import flip_images
-from components.backbone import Backbone, backbone_of_head
+from components.data.augment import flip_images
+from components.data.images import ImageReadError, load_rgb
 from components.errors import FFXError
-from components.evaluate import average_views, class_probabilities
-from components.images import ImageReadError, load_rgb
+from components.features.backbone import Backbone, backbone_of_head
+from components.model.backbone_weights import fetch_backbone_weights
+from components.model.head_file import load_keras_safely
+from components.model.metrics import average_views, class_probabilities
 
 HEAD_ARTIFACT = "head"    # artifact keys of the logged model
 SPEC_ARTIFACT = "spec"
@@ -94,8 +96,6 @@ class ImageClassifier:
              root: Path = Path(".")) -> "ImageClassifier":
         """`weights_file`: the backbone weights shipped with a registered model; None: the head's own
         `backbone.weights` resolved here (a local head from `ffx tune`), which must still be what it was trained on."""
-        from components.registry import load_keras_safely
-
         head = load_keras_safely(head_file)
         if weights_file is None:
             backbone = backbone_of_head(spec["backbone"], spec["weights_id"], root)
@@ -160,8 +160,6 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
     with HTTP 400 and the message, and goes on serving."""
 
     def load_context(self, context):
-        from components.registry import fetch_backbone_weights
-
         spec = json.loads(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
         self.classifier = ImageClassifier.load(Path(context.artifacts[HEAD_ARTIFACT]), spec,
                                                fetch_backbone_weights(spec["weights"]))

@@ -10,6 +10,8 @@ from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 from sklearn.exceptions import ConvergenceWarning
 
+from components.config import minimised
+
 MAX_GRID_POINTS = 10_000  # larger (or continuous) spaces fall back to KerasTuner's own L-BFGS restarts
 
 
@@ -89,7 +91,7 @@ class GridBayesianOracle(kt.oracles.BayesianOptimizationOracle):
                 mean, std = self.gpr.predict(np.array([vector]), return_std=True)
                 score = float(np.ravel(mean)[0] + np.ravel(std)[0])
             elif trial.status == "COMPLETED":
-                score = -trial.score if self.objective.direction == "max" else trial.score
+                score = minimised(self.objective.name, trial.score)
             else:  # failed or invalid: left out
                 continue
             x.append(vector)

@@ -1,16 +1,16 @@
-"""KerasTuner's distributed mode: a chief oracle and worker processes, each started through this module's entry
-point (`python -m components.distributed`), which joins the search's MLflow parent run and runs trials."""
+"""KerasTuner's distributed mode: a chief oracle and worker processes, each started through the entry point
+`python -m components.search.worker`, which joins the search's MLflow parent run and runs trials."""
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
 import sys
 
-from components.config import Config, load_config
+from components.config import Config
 from components.errors import FFXError
-from components.runtime import quiet_tensorflow
+
+WORKER_MODULE = "components.search.worker"  # the entry point of every chief and worker process
 
 
 def distributed_role() -> str:
@@ -40,7 +40,7 @@ def run_tuner_processes(config: Config, show_progress: bool) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "components.distributed", "--params", str(config.source)]
+    command = [sys.executable, "-m", WORKER_MODULE, "--params", str(config.source)]
     for override in config.overrides:
         command += ["--set", override]
     base = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
@@ -61,39 +61,3 @@ def run_tuner_processes(config: Config, show_progress: bool) -> None:
     if any(codes) or chief_code:
         raise FFXError(f"distributed tuning failed: worker exit codes {codes}, chief {chief_code} "
                        "(their errors are printed above)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """One chief or worker process. Started by run_tuner_processes, or by hand on each machine of a search that
-    spans several (the three KERASTUNER_* variables set, the chief's address in KERASTUNER_ORACLE_IP)."""
-    parser = argparse.ArgumentParser(prog="python -m components.distributed", description=main.__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
-    parser.add_argument("--progress", action="store_true", help="print a line per finished trial")
-    args = parser.parse_args(argv)
-    role = distributed_role()
-    if role == "single":
-        parser.error("set KERASTUNER_TUNER_ID (chief, tuner0, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT")
-    config = load_config(args.params, args.set)
-    quiet_tensorflow()
-    if role == "worker":
-        share_cores_among_workers(config.tuner.workers)
-    from components.extract import load_split_features
-    from components.search import check_compatible, open_parent_run, run_trials
-    from components.trial_logging import progress_line
-
-    train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
-    check_compatible(train, valid)
-    parent = open_parent_run(config, train, valid, joining=True)
-    progress = (lambda info: print(progress_line(info), file=sys.stderr, flush=True)) if args.progress else None
-    tuner, _ = run_trials(config, train, valid, parent, progress, owner=False)
-    if role == "chief":
-        tuner.save()  # the chief's oracle state on disk otherwise still lists the last trials as ongoing
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except FFXError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

@@ -1,6 +1,7 @@
 """The pretrained convolutional base: building it, loading its weights, running it on image batches."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import HED_WEIGHTS, BackboneConfig, BackboneName
-from components.errors import ConfigError, WeightsError
+from components.errors import ConfigError, FFXError, WeightsError
 from components.files import content_key, file_sha1_memoised
 
 
@@ -101,6 +102,21 @@ def backbone_identity(config: BackboneConfig, weights_id: str, precision: str = 
     return identity
 
 
+def identity_differences(found: dict, expected: dict) -> dict[str, tuple]:
+    """The one rule of comparable features: every setting of an identity (backbone_identity, plus a feature file's
+    views) must be equal. Returns {setting: (found, expected)} for each that is not; empty: comparable."""
+    return {key: (found.get(key), expected.get(key)) for key in sorted(set(found) | set(expected))
+            if found.get(key) != expected.get(key)}
+
+
+def check_same_identity(problem: str, found: dict, expected: dict, remedy: str,
+                        error: type[FFXError] = FFXError) -> None:
+    """`error` saying `problem`, each differing setting and `remedy`, unless `found` and `expected` are comparable."""
+    if differences := identity_differences(found, expected):
+        listed = "; ".join(f"{key} {was!r}, expected {wanted!r}" for key, (was, wanted) in differences.items())
+        raise error(f"{problem} ({listed}); {remedy}")
+
+
 def check_backbone_config(config: BackboneConfig, root: Path) -> str:
     """Check what the params alone cannot tell (input size for the architecture, layer name, weights file);
     returns the weights identity."""
@@ -137,14 +153,8 @@ class Backbone:
     @functools.cached_property
     def model(self):
         """The keras.Model, include_top=False; `precision: bfloat16` builds it under Keras' mixed_bfloat16 policy."""
-        import keras
-
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if self.precision == "bfloat16" else "float32")
-        try:
+        with dtype_policy("mixed_bfloat16" if self.precision == "bfloat16" else "float32"):
             return _keras_model(self.config, self.root)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)  # the head and anything built later keep their policy
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -183,6 +193,20 @@ class Backbone:
                                 self.config.pooling)
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Keras' dtype policy set to `name` for the models built inside the block, then restored. Keras 3 keeps it in
+    thread-local state (keras.src.backend.common.global_state), so a build in another thread is not affected."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32") -> Backbone:
     """The convolutional base, checked now and built on first use."""
     return Backbone(config, check_backbone_config(config, root), root, precision)
@@ -190,13 +214,16 @@ def build_backbone(config: BackboneConfig, root: Path, precision: str = "float32
 
 def backbone_of_head(spec: dict, trained_on: str | None, root: Path, **changes) -> Backbone:
     """The backbone a head's metadata names (`spec`: its `backbone` entry, precision included), with `changes`.
-    `trained_on`: the weights id the head was trained with, which the weights must still resolve to here."""
+    `trained_on`: the weights id the head was trained with; the backbone built here must be comparable to the one
+    the head was trained on (check_same_identity). None: weights given as a file, checked by their digest."""
     settings = {**spec, **changes}
     precision = settings.pop("precision", "float32")
-    backbone = build_backbone(BackboneConfig(**settings), root, precision)
-    if trained_on is not None and backbone.weights_id != trained_on:
-        raise WeightsError(f"backbone.weights '{settings['weights']}' now resolves to {backbone.weights_id}, but "
-                           f"the head was trained on {trained_on}; run `ffx extract` and `ffx tune` again")
+    config = BackboneConfig(**settings)
+    backbone = build_backbone(config, root, precision)
+    if trained_on is not None:
+        check_same_identity(f"backbone.weights '{config.weights}' now resolves to other weights than the head was "
+                            "trained on", backbone.identity, backbone_identity(config, trained_on, precision),
+                            "run `ffx extract` and `ffx tune` again", WeightsError)
     return backbone
 
 
@@ -207,8 +234,6 @@ def _keras_model(config: BackboneConfig, root: Path):
     keras_weights, _ = resolve_weights(config, root)
     builder = getattr(keras.applications, arch.builder)
     shape = (config.input_size, config.input_size, 3)
-    # Seeded so that random weights (weights: none) are the same at extraction and prediction.
-    keras.utils.set_random_seed(config.seed)
     if config.weights == HED_WEIGHTS:
         model = builder(include_top=False, weights=None, input_shape=shape)
         _load_hed_vgg16(model, Path(keras_weights))
@@ -217,7 +242,7 @@ def _keras_model(config: BackboneConfig, root: Path):
             model = builder(include_top=False, weights=keras_weights, input_shape=shape)
         except Exception as exc:  # download or file errors: turned into one actionable message
             raise WeightsError(_weights_failure(config, arch, exc)) from None
-    if config.weights == "none":
+    if config.weights == "none":  # the same random weights at extraction and prediction, from backbone.seed alone
         _initialise_deterministically(model, config.seed)
     if config.layer != LAST_LAYER:  # features from an earlier block: the base cut after that layer
         model = keras.Model(model.input, model.get_layer(config.layer).output, name=f"{model.name}_{config.layer}")

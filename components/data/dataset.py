@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.data.images import check_image, is_image_name
 from components.errors import BadImagesError, DatasetError
-from components.files import file_sha1
-from components.images import check_image, is_image_name
+from components.files import file_digest
 
 SPLITS = ("train", "valid", "test")
 
@@ -75,7 +75,7 @@ def scan_split(root: Path, name: str) -> Split:
         files = _image_files(folder / class_name)
         if not files:
             raise DatasetError(f"{folder / class_name}: class folder has no images")
-        records += [ImageRecord(path, path.relative_to(root).as_posix(), label, path.stat().st_size, file_sha1(path))
+        records += [ImageRecord(path, path.relative_to(root).as_posix(), label, path.stat().st_size, file_digest(path))
                     for path in files]
     return Split(name, root, class_names, tuple(records))
 

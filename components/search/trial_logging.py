@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 from mlflow.entities import Metric, Param
 
-from components.hypermodel import HP_NAMES
+from components.search.space import HP_NAMES
 
 TrialProgress = Callable[[dict], None]
 

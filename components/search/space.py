@@ -6,7 +6,7 @@ import keras_tuner as kt
 import numpy as np
 
 from components.config import SpaceConfig
-from components.features import FeatureSet
+from components.features.store import FeatureSet
 
 HP_NAMES = ("units", "dropout", "extra_units")  # every trial run logs all of them ("inactive" when unused)
 

@@ -2,19 +2,30 @@
 HDF5 file, then merged in order into the same file a single-process extraction writes."""
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.backbone import Backbone, build_backbone, pooled_dim
 from components.config import SHARDS_DIR, Config
-from components.dataset import Split
-from components.extract import (ASSEMBLY_ROWS, EXTRACTION_CODE_VERSION, ExtractionPlan, ExtractionResult, Progress,
-                                Row, extraction_key, feature_attrs, output_is_current, run_backbone, source_split,
-                                split_rows, split_views)
-from components.features import FeatureWriter, output_lock, read_attrs, read_features
-from components.files import content_key
+from components.data.dataset import Split
+from components.features.backbone import Backbone, build_backbone, pooled_dim
+from components.features.extraction import (
+    ASSEMBLY_ROWS,
+    EXTRACTION_CODE_VERSION,
+    ExtractionPlan,
+    ExtractionResult,
+    Progress,
+    Row,
+    extraction_key,
+    feature_attrs,
+    output_is_current,
+    run_backbone,
+    source_split,
+    split_rows,
+)
+from components.features.identity import split_views
+from components.features.store import FeatureWriter, read_attrs, read_features
+from components.files import content_key, output_lock
 
 
 @dataclass
@@ -47,14 +58,6 @@ def shard_key(rows: list[Row], index: int, backbone_identity: dict) -> str:
                         "backbone": backbone_identity, "code": EXTRACTION_CODE_VERSION})
 
 
-_last_backbone = functools.lru_cache(maxsize=1)(build_backbone)
-
-
-def worker_backbone(config: Config) -> Backbone:
-    """One backbone per worker process and setting, kept between shards: building it costs seconds."""
-    return _last_backbone(config.backbone, config.root, config.extract.precision)
-
-
 def extract_shard(config: Config, split: Split, index: int, name: str | None = None, backbone: Backbone | None = None,
                   progress: Progress | None = None) -> ShardResult:
     """Write one shard of feature file `name` (default: the split's own), resuming a partial shard, skipping a
@@ -62,7 +65,7 @@ def extract_shard(config: Config, split: Split, index: int, name: str | None = N
     name = name or split.name
     rows = shard_rows(config, split, name)[index]
     path = shard_path(config, name, index)
-    backbone = backbone or worker_backbone(config)
+    backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
     key = shard_key(rows, index, backbone.identity)
     if output_is_current(path, key):
         if progress:

@@ -1,0 +1,34 @@
+"""Which features the configuration asks for, and whether stored ones are those: every check calls the one rule,
+components.features.backbone.check_same_identity, on identities made here."""
+from __future__ import annotations
+
+from components.config import FLIPPED_SUFFIX, Config
+from components.features.backbone import backbone_identity, check_same_identity, resolve_weights
+from components.features.store import FeatureSet, read_features
+
+
+def split_views(config: Config, name: str) -> dict | None:
+    """Views a split's file holds besides the plain images: train's augmentation, test_flip's mirror; else None."""
+    if name.endswith(FLIPPED_SUFFIX):
+        return {"flip": True}
+    if name == "train" and config.extract.augment.copies > 0:
+        return {"augment": config.extract.augment.model_dump()}
+    return None
+
+
+def configured_identity(config: Config) -> dict:
+    """The backbone identity params.yaml asks for, without building the model: what extraction keys, the
+    orchestrator's cache keys and the check of stored features all compare against."""
+    _, weights_id = resolve_weights(config.backbone, config.root)
+    return backbone_identity(config.backbone, weights_id, config.extract.precision)
+
+
+def load_split_features(config: Config, split: str) -> FeatureSet:
+    """Read a split's features and refuse them if they were made with other backbone settings or views."""
+    path = config.features.path(split)
+    features = read_features(path)
+    check_same_identity(f"{path}: made with other settings than params.yaml asks for",
+                        dict(features.attrs.get("identity") or {}, views=features.attrs.get("views")),
+                        dict(configured_identity(config), views=split_views(config, split)),
+                        "run `ffx extract` again")
+    return features

@@ -1,0 +1,52 @@
+"""The evaluate stage: the saved head scored on the test split; metrics, plot data, figures and the model card
+written; the end-to-end classifier registered in MLflow."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import FLIPPED_SUFFIX, Config
+from components.errors import FFXError
+from components.features.identity import load_split_features
+from components.files import write_json_atomic
+from components.model.head_file import head_paths, load_head
+from components.model.metrics import evaluate_head, write_predictions_csv, write_roc_csv
+from components.model.registry import Registration, register_classifier
+from components.reports.evaluation_plots import write_evaluation_plots
+from components.reports.model_card import write_model_card
+
+PREDICTIONS_FILE = "test_predictions.csv"
+ROC_FILE = "roc.csv"
+METRICS_FILE = "test.json"
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict
+    registration: Registration
+
+
+def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationResult:
+    """Score the saved head on the test split, write metrics, plots and the model card (quoting `command`, how this
+    evaluation was started), register it in MLflow."""
+    head_file = head_paths(config)[0]
+    model, metadata = load_head(head_file)
+    test = load_split_features(config, "test")
+    if test.class_names != metadata["class_names"]:
+        raise FFXError(f"test classes {test.class_names} differ from the model's {metadata['class_names']}")
+    flipped = None
+    if config.predict.tta:  # scored as prediction scores it: over each test image and its mirror image
+        flipped = load_split_features(config, "test" + FLIPPED_SUFFIX)
+        if flipped.paths != test.paths:
+            raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
+                           f"{config.features.path('test')} row for row; run `ffx extract` again")
+    metrics, probabilities = evaluate_head(model, test, flipped)
+    predictions, roc = config.metrics.dir / PREDICTIONS_FILE, config.metrics.dir / ROC_FILE
+    write_json_atomic(config.metrics.dir / METRICS_FILE, metrics)
+    write_predictions_csv(predictions, test, probabilities)
+    write_roc_csv(roc, test, probabilities)
+    figures = write_evaluation_plots(config, test, probabilities, metrics)
+    card = write_model_card(config, metadata, metrics, test, probabilities, command)
+    registration = register_classifier(config, head_file, metadata, metrics,
+                                       example_image=config.data.root / test.paths[0],
+                                       artifacts=[predictions, roc, *figures, card])
+    return EvaluationResult(metrics, registration)

@@ -1,0 +1,46 @@
+"""Prefect's cache keys of the pipeline's tasks: (key, current). The key names a stage's inputs by content; `current`
+says whether the stage's output exists and was made from those inputs, so that a deleted or stale output re-runs
+instead of being a cache hit (Prefect's own policies hash a Path argument's string, not the files)."""
+from __future__ import annotations
+
+import json
+
+from components.config import Config
+from components.data.dataset import Split
+from components.features.extraction import extraction_key, output_is_current
+from components.features.identity import configured_identity, split_views
+from components.features.shards import shard_key, shard_path
+from components.files import content_key, file_digest
+from components.model.head_file import head_paths
+from components.reports.model_card import MODEL_CARD_FILE
+from components.search.tuner import project_name
+from components.stages.evaluate import METRICS_FILE
+
+
+def extraction_cache_key(config: Config, split: Split, name: str) -> tuple[str, bool]:
+    """`name`: the feature file, made from `split` (test_flip from test)."""
+    key = extraction_key(split, configured_identity(config), split_views(config, name))
+    return f"extract-{key}", output_is_current(config.features.path(name), key)
+
+
+def shard_cache_key(config: Config, rows: list, index: int, name: str) -> tuple[str, bool]:
+    """`rows`: shard `index` of feature file `name` (components.features.shards.shard_rows)."""
+    key = shard_key(rows, index, configured_identity(config))
+    return f"shard-{key}", output_is_current(shard_path(config, name, index), key)
+
+
+def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str, bool]:
+    project = project_name(config, train_key, valid_key)
+    model_path, metadata_path = head_paths(config)
+    current = (model_path.is_file() and metadata_path.is_file()
+               and json.loads(metadata_path.read_text()).get("search", {}).get("project") == project)
+    return f"tune-{content_key({'project': project, 'model': config.section('model')})}", current
+
+
+def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
+    model_path, _ = head_paths(config)
+    head = file_digest(model_path) if model_path.is_file() else "missing"
+    key = content_key({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
+                       "registry": config.section("registry"), "metrics": config.section("metrics")})
+    outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
+    return f"evaluate-{key}", all(path.is_file() for path in outputs)

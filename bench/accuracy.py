@@ -1,6 +1,6 @@
 """Accuracy grid: pooling x augmentation copies x test-time augmentation, pretrained and random VGG16, 3 seeds.
 
-    python -m bench.accuracy [--quick] [--data DIR] [--out bench/results/accuracy] [--readme]
+    python -m bench.accuracy [--quick] [--data DIR] [--out bench/results/accuracy] [--docs]
 
 Every image goes through the backbone once per weights setting, as the pipeline does it (`extract_stage`, the
 feature cache, `test_flip.h5`); avg / max / avg+max features are derived from the stored flattened 4x4x512
@@ -150,8 +150,8 @@ def table(cells: list[dict], timings: dict[str, dict], grid: Grid) -> str:
     return caption + "\n\n" + "\n".join(lines)
 
 
-def write_readme(text: str, readme: Path = REPO / "README.md") -> None:
-    """Replace the block between the accuracy-grid markers in the README (atomically)."""
+def write_readme(text: str, readme: Path = REPO / "docs" / "accuracy.md") -> None:
+    """Replace the block between the accuracy-grid markers in docs/accuracy.md (atomically)."""
     from components.files import write_text_atomic
 
     content = readme.read_text()
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed, two poolings, 40 images per class")
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "accuracy")
-    parser.add_argument("--readme", action="store_true", help="also write the table into README.md")
+    parser.add_argument("--docs", action="store_true", help="also write the table into docs/accuracy.md")
     parser.add_argument("--weights", action="append", choices=tuple(WEIGHTS_LABEL),
                         help="only these weights settings (repeatable; default: hed-vgg16 and none; imagenet "
                              "needs the download or the file in ~/.keras/models)")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.out / name).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not (args.data / "train").is_dir():
-        raise SystemExit(f"{args.data}: no train/ folder (the face dataset, see README)")
+        raise SystemExit(f"{args.data}: no train/ folder (the face dataset, see docs/accuracy.md)")
     data = subset_project(args.data.resolve(), work, grid.per_class)
     log(f"grid {dataclasses.asdict(grid)} on {args.data}; work folder {work}")
     cells_path = work / "cells.jsonl"
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                     _write_outputs(work, cells, timings, grid)
     text = _write_outputs(work, cells, timings, grid)
     print(text)
-    if args.readme:
+    if args.docs:
         write_readme(text)
     return 0
 

@@ -127,6 +127,13 @@ def load_registered_classifier(config: Config, reference: str):
     setup_mlflow(config)
     try:
         return mlflow.pyfunc.load_model(reference)
-    except MlflowException as exc:
+    except (MlflowException, ModuleNotFoundError) as exc:
+        if "No module named 'components." in str(exc):  # its own copy of the code predates the layered package
+            raise ModelNotFoundError(
+                f"{reference}: registered by an older ffx, whose code (flat components/ modules) cannot load beside "
+                "today's package in this process; serve it with `mlflow models serve`, or register the head again "
+                "with `ffx evaluate --set registry.promote=always` (docs/serving.md)") from None
+        if not isinstance(exc, MlflowException):
+            raise
         raise ModelNotFoundError(f"{reference}: not found in the MLflow registry at {config.mlflow.tracking_uri} "
                                  f"({exc.message.splitlines()[0]}); run `ffx evaluate` to register one") from None

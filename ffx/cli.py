@@ -227,15 +227,47 @@ def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
     typer.echo(f"demo dataset written to {root}: {counts}", err=True)
 
 
-def main() -> None:
-    from components.errors import FFXError
+TERMINATED_EXIT = 128 + 15  # the shell's code for a process ended by SIGTERM
 
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler, `docker stop`, `kill`): stop as Ctrl-C does, with the same clean-up. A second SIGTERM
+    during that clean-up ends the process at once."""
+    import signal
+
+    from components.errors import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+def main() -> None:
+    import signal
+
+    from components.errors import FFXError, Terminated
+    from components.files import disk_full_errno, disk_full_error, find_disk_full
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except FFXError as exc:
         if State.debug:
             raise
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Terminated:
+        # The write in progress was dropped (temporary and .partial files are never under a final name) and the
+        # search's MLflow runs closed KILLED: a re-run resumes.
+        typer.echo("stopped by SIGTERM; run the same command again to resume", err=True)
+        sys.exit(TERMINATED_EXIT)
+    except Exception as exc:
+        # Out of space in a writer that no component maps itself (KerasTuner's checkpoints, MLflow's local
+        # artifacts, Prefect's results): the same one line as everywhere else.
+        full = find_disk_full(exc)
+        if full is None or State.debug:
+            raise
+        path = getattr(full, "filename", None)
+        typer.echo(f"error: {disk_full_error(path, disk_full_errno(full))}", err=True)
         sys.exit(2)
 
 

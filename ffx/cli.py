@@ -48,14 +48,21 @@ def _say(quiet: bool, message: str) -> None:
         typer.echo(message, err=True)
 
 
-def _progress_bars(quiet: bool):
-    """A tqdm bar per split with images/s and ETA; silent under --quiet or when stderr is not a terminal."""
-    from tqdm import tqdm
+class _ProgressBars:
+    """A tqdm bar per split with images/s and ETA; silent under --quiet or when stderr is not a terminal. Called
+    with (split, total) it gives the split's progress callback; `close()` ends any bar an error left open, so that
+    the error's line is drawn after it, not above a bar redrawn at exit."""
 
-    interactive = sys.stderr.isatty() and not quiet
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.interactive = sys.stderr.isatty() and not quiet
+        self.bars = []
 
-    def progress_for(split: str, total: int):
-        bar = tqdm(total=total, desc=f"extract {split}", unit="img", disable=not interactive, leave=True)
+    def __call__(self, split: str, total: int):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"extract {split}", unit="img", disable=not self.interactive, leave=True)
+        self.bars.append(bar)
         started = time.perf_counter()
         done = [0]
 
@@ -64,12 +71,15 @@ def _progress_bars(quiet: bool):
             done[0] += count
             if done[0] >= total:
                 bar.close()
-                if not interactive:
+                if not self.interactive:
                     seconds = time.perf_counter() - started
-                    _say(quiet, f"extract {split}: {total} images in {seconds:.1f}s "
-                                f"({total / max(seconds, 1e-9):.1f} img/s)")
+                    _say(self.quiet, f"extract {split}: {total} images in {seconds:.1f}s "
+                                     f"({total / max(seconds, 1e-9):.1f} img/s)")
         return advance
-    return progress_for
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
 
 
 @app.command()
@@ -80,7 +90,11 @@ def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, 
 
     config = _config(params, set_)
     check_tracking_server(config)  # the tune stage needs it: find a dead server before the backbone work
-    results = extract_stage(config, progress_for=_progress_bars(quiet))
+    bars = _ProgressBars(quiet)
+    try:
+        results = extract_stage(config, progress_for=bars)
+    finally:
+        bars.close()
     for result in results.values():
         reused = result.count - result.computed
         note = "up to date" if result.cached else f"{result.computed} computed, {reused} from cache"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -111,8 +112,17 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
     config = _config(params, overrides)  # a params error shows at once, before the slow imports below
     from components.search.trial_logging import progress_line
     from components.stages.tune import tune_stage
+    from components.tracking import tracking_uri
 
-    result = tune_stage(config, None if quiet else lambda info: typer.echo(progress_line(info), err=True))
+    def started(experiment_id: str, run_id: str) -> None:
+        # The one link to the search (MLflow's own per-run links are off: see main). TODO at merge: the MLflow UI
+        # issue's shared link function.
+        uri = tracking_uri(config)
+        where = (f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+                 if uri.startswith(("http://", "https://")) else f"run {run_id} in {uri}")
+        _say(quiet, f"search: MLflow {where}")
+
+    result = tune_stage(config, None if quiet else lambda info: typer.echo(progress_line(info), err=True), started)
     _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
                 f"({len(result.trials)} trials, {result.seconds:.0f}s, MLflow run {result.parent_run_id})")
 
@@ -262,6 +272,14 @@ def main() -> None:
     from components.files import disk_full_errno, disk_full_error, find_disk_full
 
     signal.signal(signal.SIGTERM, _terminate)
+    # MLflow prints "View run"/"View experiment" links for every run it ends on a tracking server: two lines per
+    # trial. `ffx tune` prints one link to the search instead; MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false brings
+    # MLflow's back. Set here, in the process's entry, so that the trial workers it starts inherit it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's HTTP client retries a request to a tracking server that does not answer for about 4 minutes in
+    # silence (7 retries); one retry here, and the search's client says that it waits, and for how long
+    # (tracking.PatientClient, mlflow.wait_for_server_s).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     try:
         app()
     except FFXError as exc:

@@ -197,6 +197,7 @@ class MlflowConfig(Section):
     artifact_location: ProjectPath
     experiment: Text
     registered_model: Text
+    wait_for_server_s: AtLeast0
 
 
 class RegistryConfig(Section):

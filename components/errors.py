@@ -31,3 +31,14 @@ class UnsafeModelError(FFXError):
 
 class LockedError(FFXError):
     """Another process is writing the same output."""
+
+
+class DiskFullError(FFXError):
+    """A write failed for want of space (disk full, quota, file size limit); the message names the path and the
+    free space (components.files.disk_full_error)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler, `docker stop`): raised in the main thread like Ctrl-C's KeyboardInterrupt, so that the
+    same clean-up runs (writes dropped or finished, MLflow runs closed KILLED). A BaseException for the same reason
+    KeyboardInterrupt is one: `except Exception` blocks must not swallow it."""

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from components.config import Config
 from components.errors import FFXError
 
 SERVER_TIMEOUT_S = 5
+RETRY_EVERY_S = 5  # between tries of a request to a tracking server that does not answer
 SQLITE = "sqlite:///"
 
 
@@ -60,6 +63,8 @@ def setup_mlflow(config: Config, create: bool = True):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if uri.startswith(("http://", "https://")):
+        client = PatientClient(client, uri, config.mlflow.wait_for_server_s)
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     if experiment is not None:
         return client, experiment.experiment_id
@@ -69,6 +74,90 @@ def setup_mlflow(config: Config, create: bool = True):
     location = config.mlflow.artifact_location
     location.mkdir(parents=True, exist_ok=True)
     return client, client.create_experiment(config.mlflow.experiment, artifact_location=location.as_uri())
+
+
+class ServerUnavailableError(FFXError):
+    """The tracking server did not answer within mlflow.wait_for_server_s: nothing more can be recorded, so the
+    clean-up that would record the stop is skipped too (the next run closes what this one left open)."""
+
+
+def server_unreachable(exc: BaseException) -> bool:
+    """The request found no server (refused, reset, timed out), as MLflow reports it after its own retries: the
+    requests error it wraps, or the HTTP 502-504 of a proxy in front of a stopped server."""
+    import requests
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                            requests.exceptions.RetryError)):
+            return True
+        if any(code in str(exc) for code in ("Max retries exceeded", "status code 502", "status code 503",
+                                             "status code 504")):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class PatientClient:
+    """An MlflowClient whose calls wait for an http(s) tracking server that stops answering: one line when the first
+    request fails (the address, that it waits, for how long: mlflow.wait_for_server_s), the time waited on the same
+    line of a terminal after each try (nothing more on a log), one line when the server answers again; when the
+    wait runs out, one FFXError. MLflow's own retries are kept short (MLFLOW_HTTP_REQUEST_MAX_RETRIES, set by the
+    CLI) so that the first line comes at once, not after minutes of silence. Only a request that found no server
+    (refused, reset, timed out) is tried again: the search's writes (params, tags, metrics of a step, end states)
+    are the same when repeated, and a trial's run is looked up by its trial id before one is created."""
+
+    def __init__(self, client, uri: str, wait_s: int, stream=None):
+        self._client, self._uri, self._wait_s = client, uri, wait_s
+        self._stream = stream or sys.stderr
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def patient_call(*args, **kwargs):
+            return self._call(attribute, args, kwargs)
+        return patient_call
+
+    def _say(self, text: str, same_line: bool = False) -> None:
+        terminal = self._stream.isatty()
+        if same_line and not terminal:
+            return
+        self._stream.write(("\r\x1b[K" if same_line else "") + text + ("" if same_line else "\n"))
+        self._stream.flush()
+
+    def _call(self, method, args, kwargs):
+        started = None
+        while True:
+            try:
+                result = method(*args, **kwargs)
+            except Exception as exc:
+                if not server_unreachable(exc):
+                    raise
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                    self._say(f"MLflow tracking server {self._uri} does not answer; waiting up to "
+                              f"{self._wait_s}s for it (mlflow.wait_for_server_s)")
+                elif now - started >= self._wait_s:
+                    if self._stream.isatty():
+                        self._stream.write("\n")
+                    raise ServerUnavailableError(
+                        f"mlflow.tracking_uri: {self._uri} did not answer for {self._wait_s}s "
+                        "(mlflow.wait_for_server_s); start it again and run the same command: it resumes where it "
+                        "stopped") from None
+                else:
+                    self._say(f"waiting for {self._uri}: {now - started:.0f}s of {self._wait_s}s", same_line=True)
+                time.sleep(max(0.0, min(RETRY_EVERY_S, started + self._wait_s - time.monotonic())))
+                continue
+            if started is not None:
+                if self._stream.isatty():
+                    self._stream.write("\n")
+                self._say(f"MLflow tracking server {self._uri} answers again after "
+                          f"{time.monotonic() - started:.0f}s; going on")
+            return result
 
 
 def git_commit(root: Path) -> str:

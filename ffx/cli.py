@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,14 +49,21 @@ def _say(quiet: bool, message: str) -> None:
         typer.echo(message, err=True)
 
 
-def _progress_bars(quiet: bool):
-    """A tqdm bar per split with images/s and ETA; silent under --quiet or when stderr is not a terminal."""
-    from tqdm import tqdm
+class _ProgressBars:
+    """A tqdm bar per split with images/s and ETA; silent under --quiet or when stderr is not a terminal. Called
+    with (split, total) it gives the split's progress callback; `close()` ends any bar an error left open, so that
+    the error's line is drawn after it, not above a bar redrawn at exit."""
 
-    interactive = sys.stderr.isatty() and not quiet
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.interactive = sys.stderr.isatty() and not quiet
+        self.bars = []
 
-    def progress_for(split: str, total: int):
-        bar = tqdm(total=total, desc=f"extract {split}", unit="img", disable=not interactive, leave=True)
+    def __call__(self, split: str, total: int):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"extract {split}", unit="img", disable=not self.interactive, leave=True)
+        self.bars.append(bar)
         started = time.perf_counter()
         done = [0]
 
@@ -64,12 +72,15 @@ def _progress_bars(quiet: bool):
             done[0] += count
             if done[0] >= total:
                 bar.close()
-                if not interactive:
+                if not self.interactive:
                     seconds = time.perf_counter() - started
-                    _say(quiet, f"extract {split}: {total} images in {seconds:.1f}s "
-                                f"({total / max(seconds, 1e-9):.1f} img/s)")
+                    _say(self.quiet, f"extract {split}: {total} images in {seconds:.1f}s "
+                                     f"({total / max(seconds, 1e-9):.1f} img/s)")
         return advance
-    return progress_for
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
 
 
 @app.command()
@@ -80,7 +91,11 @@ def extract(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, 
 
     config = _config(params, set_)
     check_tracking_server(config)  # the tune stage needs it: find a dead server before the backbone work
-    results = extract_stage(config, progress_for=_progress_bars(quiet))
+    bars = _ProgressBars(quiet)
+    try:
+        results = extract_stage(config, progress_for=bars)
+    finally:
+        bars.close()
     for result in results.values():
         reused = result.count - result.computed
         note = "up to date" if result.cached else f"{result.computed} computed, {reused} from cache"
@@ -97,8 +112,17 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
     config = _config(params, overrides)  # a params error shows at once, before the slow imports below
     from components.search.trial_logging import progress_line
     from components.stages.tune import tune_stage
+    from components.tracking import tracking_uri
 
-    result = tune_stage(config, None if quiet else lambda info: typer.echo(progress_line(info), err=True))
+    def started(experiment_id: str, run_id: str) -> None:
+        # The one link to the search (MLflow's own per-run links are off: see main). TODO at merge: the MLflow UI
+        # issue's shared link function.
+        uri = tracking_uri(config)
+        where = (f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+                 if uri.startswith(("http://", "https://")) else f"run {run_id} in {uri}")
+        _say(quiet, f"search: MLflow {where}")
+
+    result = tune_stage(config, None if quiet else lambda info: typer.echo(progress_line(info), err=True), started)
     _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
                 f"({len(result.trials)} trials, {result.seconds:.0f}s, MLflow run {result.parent_run_id})")
 
@@ -227,15 +251,55 @@ def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
     typer.echo(f"demo dataset written to {root}: {counts}", err=True)
 
 
-def main() -> None:
-    from components.errors import FFXError
+TERMINATED_EXIT = 128 + 15  # the shell's code for a process ended by SIGTERM
 
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler, `docker stop`, `kill`): stop as Ctrl-C does, with the same clean-up. A second SIGTERM
+    during that clean-up ends the process at once."""
+    import signal
+
+    from components.errors import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+def main() -> None:
+    import signal
+
+    from components.errors import FFXError, Terminated
+    from components.files import disk_full_errno, disk_full_error, find_disk_full
+
+    signal.signal(signal.SIGTERM, _terminate)
+    # MLflow prints "View run"/"View experiment" links for every run it ends on a tracking server: two lines per
+    # trial. `ffx tune` prints one link to the search instead; MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false brings
+    # MLflow's back. Set here, in the process's entry, so that the trial workers it starts inherit it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's HTTP client retries a request to a tracking server that does not answer for about 4 minutes in
+    # silence (7 retries); one retry here, and the search's client says that it waits, and for how long
+    # (tracking.PatientClient, mlflow.wait_for_server_s).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     try:
         app()
     except FFXError as exc:
         if State.debug:
             raise
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Terminated:
+        # The write in progress was dropped (temporary and .partial files are never under a final name) and the
+        # search's MLflow runs closed KILLED: a re-run resumes.
+        typer.echo("stopped by SIGTERM; run the same command again to resume", err=True)
+        sys.exit(TERMINATED_EXIT)
+    except Exception as exc:
+        # Out of space in a writer that no component maps itself (KerasTuner's checkpoints, MLflow's local
+        # artifacts, Prefect's results): the same one line as everywhere else.
+        full = find_disk_full(exc)
+        if full is None or State.debug:
+            raise
+        path = getattr(full, "filename", None)
+        typer.echo(f"error: {disk_full_error(path, disk_full_errno(full))}", err=True)
         sys.exit(2)
 
 

@@ -165,3 +165,94 @@ def test_tuning_killed_mid_search_continues_the_same_search_and_mlflow_runs(tmp_
         after = next(r for r in trials if r.data.tags["ffx_trial_id"] == trial_id)
         assert after.info.run_id == runs_before[trial_id].info.run_id
         assert after.info.end_time == runs_before[trial_id].info.end_time
+
+
+def read_until_exit(process, terminal: int) -> str:
+    """What the process writes to its terminal until it exits."""
+    seen, deadline = "", time.monotonic() + GIVE_UP_S
+    while time.monotonic() < deadline:
+        if select.select([terminal], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the other end closed: the process is gone
+                break
+            if not chunk:
+                break
+            seen += chunk.decode(errors="replace")
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=GIVE_UP_S)
+    return seen
+
+
+STOPPED_LINE = "stopped by SIGTERM; run the same command again to resume"
+
+
+def test_extraction_stopped_by_sigterm_says_how_to_resume_and_the_next_run_resumes(tmp_path):
+    make_dataset(tmp_path / "data", per_split={"train": 20, "valid": 2, "test": 2})
+    write_params(tmp_path, backbone={"input_size": 64}, extract={"batch_size": 2})
+
+    process, terminal = start_ffx(tmp_path, "extract", terminal=True)
+    try:
+        wait_for_progress(process, terminal, "train")
+        process.send_signal(signal.SIGTERM)
+        output = read_until_exit(process, terminal)
+    finally:
+        if process.poll() is None:
+            kill(process)
+        os.close(terminal)
+    assert process.returncode == 143, output
+    assert "Traceback" not in output, output
+    assert output.rstrip().splitlines()[-1].strip() == STOPPED_LINE, output
+    assert not (tmp_path / "features" / "train.h5").exists()  # the write in progress was dropped
+    assert (tmp_path / "features" / "train.h5.partial").exists() or not list((tmp_path / "features").glob("*.h5"))
+    (cache,) = (tmp_path / ".ffx" / "feature-cache").glob("*.h5")
+    with h5py.File(cache, "r") as handle:
+        flushed = int(handle.attrs["rows"])
+    assert 0 < flushed < 40
+
+    resumed = ffx_process(tmp_path, "extract")
+    assert resumed.returncode == 0, resumed.stderr
+    computed = int(re.search(r"train: 40 images -> .*?\((\d+) computed", resumed.stderr).group(1))
+    assert computed == 40 - flushed  # the rows flushed before SIGTERM were not redone
+
+
+def test_tuning_stopped_by_sigterm_closes_its_runs_killed_and_the_next_run_finishes_the_search(tmp_path):
+    make_dataset(tmp_path / "data")
+    write_params(tmp_path, tuner={"algorithm": "random", "max_trials": 3, "executions_per_trial": 1},
+                 train={"epochs": 20, "batch_size": 8})
+    config = load_config(tmp_path / "params.yaml")
+    extract_stage(config)
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([str(FFX), "tune"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        frozen = stop_mid_search(process, config.tuner.directory)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        _, stderr = process.communicate(timeout=GIVE_UP_S)
+    finally:
+        if process.poll() is None:
+            kill(process)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.rstrip().splitlines()[-1] == STOPPED_LINE, stderr
+
+    client = MlflowClient(tracking_uri(config))
+    experiment_id = client.get_experiment_by_name(config.mlflow.experiment).experiment_id
+    (parent,) = client.search_runs([experiment_id], "tags.ffx_kind = 'search'")
+    assert parent.info.status == "KILLED"
+    stopped = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert "RUNNING" not in {r.info.status for r in stopped}  # every trial run closed
+    assert "KILLED" in {r.info.status for r in stopped}  # the one in training when SIGTERM came
+    assert "RUNNING" in frozen.values()
+
+    resumed = ffx_process(tmp_path, "tune")
+    assert resumed.returncode == 0, resumed.stderr
+    (after,) = client.search_runs([experiment_id], "tags.ffx_kind = 'search'")
+    assert after.info.run_id == parent.info.run_id and after.info.status == "FINISHED"
+    trials = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    trial_ids = [r.data.tags["ffx_trial_id"] for r in trials]
+    assert sorted(trial_ids) == sorted(set(trial_ids)) and len(trial_ids) == 3  # none lost or doubled
+    assert {r.info.status for r in trials} == {"FINISHED"}

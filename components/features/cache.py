@@ -11,17 +11,23 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from components.features.store import reopen_h5
+from components.features.store import WRITE_OPTIONS, reopen_h5
 from components.files import output_lock
 
 
 class FeatureCache:
     def __init__(self, handle: h5py.File):
         self._file = handle
+        self.path = Path(handle.filename)
         self._features = handle["features"]
         self._sha1 = handle["sha1"]
         valid = int(handle.attrs["rows"])
         self._index = {s.decode(): i for i, s in enumerate(self._sha1[:valid])}
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes a row takes: its float32 features and its SHA-1."""
+        return self._features.shape[1] * 4 + 40
 
     def __contains__(self, sha1: str) -> bool:
         return sha1 in self._index
@@ -60,7 +66,7 @@ def open_feature_cache(folder: Path, backbone_key: str, feature_dim: int):
 
 
 def _create(path: Path, feature_dim: int) -> h5py.File:
-    handle = h5py.File(path, "w")
+    handle = h5py.File(path, "w", **WRITE_OPTIONS)
     chunk_rows = max(1, (1 << 20) // (4 * feature_dim))
     handle.create_dataset("features", shape=(0, feature_dim), maxshape=(None, feature_dim), dtype="float32",
                           chunks=(chunk_rows, feature_dim))

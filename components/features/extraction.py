@@ -20,7 +20,7 @@ from components.features.backbone import (
 )
 from components.features.cache import open_feature_cache
 from components.features.store import FeatureWriter, read_attrs
-from components.files import content_key, output_lock
+from components.files import content_key, disk_full_as_error, output_lock
 
 EXTRACTION_CODE_VERSION = 1  # bump when a change here alters the features written
 ASSEMBLY_ROWS = 1024         # rows copied from the cache per write: keeps memory flat
@@ -134,8 +134,9 @@ def _compute_missing(rows: list[Row], backbone: Backbone, cache, batch_size: int
     todo = {row.key: row for row in rows if row.key not in cache}  # an image that stands twice is computed once
     if progress and len(rows) > len(todo):
         progress(len(rows) - len(todo))
-    run_backbone(list(todo.values()), backbone, batch_size, max_pixels,
-                 lambda batch, features: cache.add([r.key for r in batch], features), progress)
+    with disk_full_as_error(cache.path, needed=len(todo) * cache.row_bytes):  # the space the new rows take
+        run_backbone(list(todo.values()), backbone, batch_size, max_pixels,
+                     lambda batch, features: cache.add([r.key for r in batch], features), progress)
     return len(todo)
 
 
@@ -168,7 +169,8 @@ def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: P
     with output_lock(out_path), open_feature_cache(cache_dir, backbone.key, backbone.feature_dim) as cache:
         computed = _compute_missing(rows, backbone, cache, batch_size, max_pixels, progress)
         attrs = feature_attrs(split, backbone, skipped, views)
-        with FeatureWriter(out_path, key, rows, backbone.feature_dim, attrs) as writer:
+        with (disk_full_as_error(out_path, needed=len(rows) * 4 * backbone.feature_dim),
+              FeatureWriter(out_path, key, rows, backbone.feature_dim, attrs) as writer):
             for start in range(writer.rows_done, len(rows), ASSEMBLY_ROWS):
                 writer.append(cache.get([r.key for r in rows[start:start + ASSEMBLY_ROWS]]))
     return ExtractionResult(split.name, out_path, len(rows), computed, time.perf_counter() - started,

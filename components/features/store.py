@@ -27,6 +27,13 @@ class FeatureSet:
         return len(self.class_names)
 
 
+# HDF5 files opened for writing keep no raw-data chunk cache: a chunk it holds that cannot be written (disk full)
+# fails every close after, and HDF5 crashes (segmentation fault) closing it again when the process exits. Without
+# the cache a write that finds no space fails at once with OSError(ENOSPC) and the file closes cleanly. Rows are
+# written in whole batches and flushed after each, so the cache saved no writes anyway.
+WRITE_OPTIONS = {"rdcc_nbytes": 0}
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
@@ -36,7 +43,7 @@ def reopen_h5(path: Path, usable: Callable[[h5py.File], bool]) -> h5py.File | No
     inputs, or damaged by a hard kill mid-write) and None, for the caller to start it again."""
     if path.exists():
         try:
-            handle = h5py.File(path, "r+")
+            handle = h5py.File(path, "r+", **WRITE_OPTIONS)
             if usable(handle):
                 return handle
             handle.close()
@@ -63,7 +70,7 @@ class FeatureWriter:
 
     def _create(self, key, rows, feature_dim, attrs):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = h5py.File(self.partial, "w")
+        handle = h5py.File(self.partial, "w", **WRITE_OPTIONS)
         chunk_rows = max(1, min(self.count, (4 << 20) // (4 * feature_dim)))  # chunks of about 4 MiB
         handle.create_dataset("features", shape=(self.count, feature_dim), dtype="float32",
                               chunks=(chunk_rows, feature_dim) if self.count else None)

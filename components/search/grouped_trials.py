@@ -8,7 +8,8 @@ import traceback
 import numpy as np
 
 from components.config import minimised
-from components.files import content_key
+from components.errors import DiskFullError
+from components.files import content_key, disk_full_as_error
 from components.search.head_group import HeadGroup, HeadRun, HeadSpec
 
 
@@ -112,6 +113,8 @@ class GroupedTrials:
             if failure:
                 raise kt.errors.FailedTrialError(failure)
             self._report(trial, runs, slots)
+        except DiskFullError:
+            raise  # the machine's fault, not the trial's: the search stops, and resumes this trial once there is space
         except Exception:
             trial.status, trial.message = kt.engine.trial.TrialStatus.FAILED, failure or traceback.format_exc()
         ids[next(i for i, held in ids.items() if held == trial.trial_id)] = None
@@ -127,7 +130,9 @@ class GroupedTrials:
         best = min(runs, key=lambda run: minimised(self.oracle.objective.name, run.best_value))
         head = self.hypermodel.build(trial.hyperparameters)
         head.set_weights(best.weights)
-        head.save_weights(self._get_checkpoint_fname(trial.trial_id))
+        checkpoint = self._get_checkpoint_fname(trial.trial_id)
+        with disk_full_as_error(checkpoint):
+            head.save_weights(checkpoint)
         self.log_executions(trial, [run.history for run in runs], [run.epoch_seconds for run in runs])
         self.log_heads_in_graph(trial, slots)
         trial.status = kt.engine.trial.TrialStatus.COMPLETED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -26,8 +27,9 @@ from components.search.trial_logging import (
     close_open_trials,
     finish_completed_trials,
 )
-from components.tracking import git_commit, setup_mlflow
+from components.tracking import ServerUnavailableError, git_commit, setup_mlflow
 
+SearchStarted = Callable[[str, str], None]  # (experiment id, parent run id)
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
 
 
@@ -181,7 +183,7 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
             tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
                                  config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
     except BaseException as exc:
-        if not owner:
+        if not owner or isinstance(exc, ServerUnavailableError):  # no server to record the stop in
             raise
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"  # Ctrl-C: the search resumes on a re-run
         close_open_trials(parent.client, parent.experiment_id, parent.run_id, status)
@@ -195,14 +197,17 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
 
 
 def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
-               progress: TrialProgress | None = None) -> SearchResult:
-    """Search the head's hyperparameters on in-memory features; resumes an interrupted identical search."""
+               progress: TrialProgress | None = None, on_start: SearchStarted | None = None) -> SearchResult:
+    """Search the head's hyperparameters on in-memory features; resumes an interrupted identical search.
+    `on_start(experiment_id, parent_run_id)` is called once the search's MLflow run is open."""
     if "KERASTUNER_ORACLE_IP" in os.environ:  # KerasTuner would make this process a chief or worker
         raise FFXError("KERASTUNER_ORACLE_IP is set: chief and worker processes run `python -m "
                        "components.search.worker`; unset the KERASTUNER_* variables to run or report the search")
     check_compatible(train, valid)
     started = time.perf_counter()
     parent = open_parent_run(config, train, valid, joining=False)
+    if on_start:
+        on_start(parent.experiment_id, parent.run_id)
     if config.tuner.workers:
         run_tuner_processes(config, show_progress=progress is not None)  # the tuner below reloads their oracle
     tuner, statistics = run_trials(config, train, valid, parent, progress, owner=True)

@@ -10,10 +10,11 @@ from components.search.tuner import SearchResult, run_search
 from components.tracking import setup_mlflow
 
 
-def tune_stage(config: Config, progress=None) -> SearchResult:
-    """Search on train/valid features, save the best head with the metadata prediction needs."""
+def tune_stage(config: Config, progress=None, on_start=None) -> SearchResult:
+    """Search on train/valid features, save the best head with the metadata prediction needs. `progress(info)`
+    after each trial, `on_start(experiment_id, parent_run_id)` once the search's MLflow run is open."""
     train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
-    result = run_search(config, train, valid, progress)
+    result = run_search(config, train, valid, progress, on_start)
     metadata = {
         "class_names": train.class_names,
         "backbone": config.section("backbone") | {"precision": config.extract.precision},

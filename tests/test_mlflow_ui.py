@@ -94,12 +94,13 @@ def test_the_printed_experiment_link_opens_on_the_runs_table_with_datasets_and_n
 
     digest = {d.dataset.name: d.dataset.digest for d in trials[0].inputs.dataset_inputs}
     # The Runs table: its columns, the search run (its trials nested under it) and its datasets, name (digest).
-    expected = ["Run Name", "Dataset", "Duration", tiny_run.search.project, f"train ({digest['train']})",
+    expected = ["Runs - Experiment", "Run Name", "Dataset", "Duration", tiny_run.search.project, f"train ({digest['train']})",
                 f"valid ({digest['valid']})", "4 matching runs"]
     _, text = page_text(chromium, experiment_url, tmp_path / "profile", expected)
     missing = [item for item in expected if item not in text]
     assert not missing, f"not on the experiment page: {missing}\n{text[:3000]}"
-    # The GenAI overview a fresh browser opens otherwise: trace counters, an empty chart, the issue pop-up.
+    # The GenAI overview a fresh browser opens without ?workflowType (titled "Overview - Experiment N" in 3.17,
+    # although the experiment is tagged custom_model_development): trace counters, an empty chart, a pop-up.
     genai = [item for item in ("Traces 0", "Detect Issues", "No data available", "Overview") if item in text]
     assert not genai, f"GenAI overview shown: {genai}\n{text[:3000]}"
     assert backbones[0].info.run_name not in text

@@ -73,8 +73,8 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
     names = metadata["class_names"]
     search = metadata.get("search", {})
     backbone = metadata.get("backbone", {})
-    correct = int(round(metrics["accuracy"] * metrics["count"]))
     _, experiment_id = setup_mlflow(config, create=False)  # the search's experiment, for the MLflow UI links
+    correct = int(round(metrics["accuracy"] * metrics["count"]))
     low, high = wilson_interval(correct, metrics["count"])
 
     lines = [f"# Model card: {config.mlflow.registered_model}", "",

@@ -143,14 +143,14 @@ def artifact_sizes(project: Path) -> dict:
 
     from components.config import load_config
     from components.model.backbone_weights import WEIGHTS_KIND
-    from components.tracking import tracking_uri
+    from components.tracking import BACKBONES_SUFFIX, tracking_uri
 
     config = load_config(project / "params.yaml")
     client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     version = client.get_model_version_by_alias(config.mlflow.registered_model, config.registry.alias)
     source = Path(client.get_model_version_download_uri(version.name, version.version).removeprefix("file://"))
     files = [f for f in source.rglob("*") if f.is_file()]
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment = client.get_experiment_by_name(config.mlflow.experiment + BACKBONES_SUFFIX)
     (weights,) = client.search_runs([experiment.experiment_id], f"tags.ffx_kind = '{WEIGHTS_KIND}'")
     return {"version_bytes": sum(f.stat().st_size for f in files),
             "head_bytes": sum(f.stat().st_size for f in files if f.name == "head.keras"),

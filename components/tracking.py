@@ -12,6 +12,10 @@ from components.errors import FFXError
 SERVER_TIMEOUT_S = 5
 RETRY_EVERY_S = 5  # between tries of a request to a tracking server that does not answer
 SQLITE = "sqlite:///"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the MLflow UI reads to open an experiment on its runs
+EXPERIMENT_KIND = "custom_model_development"
+BACKBONES_SUFFIX = "-backbones"                # the experiment holding the shared backbone weights' runs
+DIGEST_CHARS = 16   # of a feature file's content key, as its MLflow dataset digest (MLflow keeps up to 36)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -65,15 +69,60 @@ def setup_mlflow(config: Config, create: bool = True):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if uri.startswith(("http://", "https://")):
         client = PatientClient(client, uri, config.mlflow.wait_for_server_s)
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    if not create:
-        raise FFXError(f"mlflow.experiment '{config.mlflow.experiment}': no such experiment in {uri}; "
-                       "run `ffx tune` first")
-    location = config.mlflow.artifact_location
-    location.mkdir(parents=True, exist_ok=True)
-    return client, client.create_experiment(config.mlflow.experiment, artifact_location=location.as_uri())
+    return client, _experiment(config, client, config.mlflow.experiment, create)
+
+
+def backbones_experiment(config: Config, client) -> str:
+    """The id of `<experiment>-backbones`, made on first use: it holds the shared backbone-weights runs, artefact
+    holders that would otherwise sit among the searches in the project's experiment."""
+    return _experiment(config, client, config.mlflow.experiment + BACKBONES_SUFFIX, create=True)
+
+
+def _experiment(config: Config, client, name: str, create: bool) -> str:
+    """An experiment's id, made when missing (unless `create` is False); tagged as custom model development when
+    the project writes to it, so that the MLflow UI opens it on its runs, not on the GenAI overview."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        if not create:
+            raise FFXError(f"mlflow.experiment '{name}': no such experiment in {tracking_uri(config)}; "
+                           "run `ffx tune` first")
+        location = config.mlflow.artifact_location
+        location.mkdir(parents=True, exist_ok=True)
+        experiment_id = client.create_experiment(name, artifact_location=location.as_uri(),
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return experiment_id
+    if create and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before the tag
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def feature_datasets(data_root: Path, splits: dict) -> list:
+    """Each split's feature file (a FeatureSet by split name) as an MLflow dataset input, for
+    `client.log_inputs(run_id, datasets=...)`: the Runs table's Dataset column then says what a run saw. Name = the
+    split, digest = the file's content key, source = the image folder it was made from, schema and profile (rows,
+    feature shape, class counts): only this metadata goes to MLflow, not the features."""
+    import json
+
+    import numpy as np
+    from mlflow.data.schema import TensorDatasetSchema
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    inputs = []
+    for split, features in splits.items():
+        shape = list(features.features.shape[1:])
+        schema = TensorDatasetSchema(features=Schema([TensorSpec(np.dtype("float32"), (-1, *shape), "features")]),
+                                     targets=Schema([TensorSpec(np.dtype("int64"), (-1,), "label")]))
+        counts = np.bincount(features.labels, minlength=len(features.class_names)).tolist()
+        profile = {"rows": len(features.labels), "feature_shape": shape, "features_key": features.attrs["key"],
+                   "classes": dict(zip(features.class_names, counts))}
+        # The image folder: test_flip.h5 is made from test/ (MLflow's "local" source, a JSON {"uri": ...}).
+        folder = Path(data_root) / str(features.attrs.get("split", split))
+        dataset = Dataset(name=split, digest=features.attrs["key"][:DIGEST_CHARS], source_type="local",
+                          source=json.dumps({"uri": str(folder)}), schema=json.dumps(schema.to_dict()),
+                          profile=json.dumps(profile))
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split)]))
+    return inputs
 
 
 class ServerUnavailableError(FFXError):

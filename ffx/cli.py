@@ -112,15 +112,12 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
     config = _config(params, overrides)  # a params error shows at once, before the slow imports below
     from components.search.trial_logging import progress_line
     from components.stages.tune import tune_stage
-    from components.tracking import tracking_uri
+    from components.ui_links import experiment_link, run_link
 
     def started(experiment_id: str, run_id: str) -> None:
-        # The one link to the search (MLflow's own per-run links are off: see main). TODO at merge: the MLflow UI
-        # issue's shared link function.
-        uri = tracking_uri(config)
-        where = (f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-                 if uri.startswith(("http://", "https://")) else f"run {run_id} in {uri}")
-        _say(quiet, f"search: MLflow {where}")
+        # Printed when the search starts, once (MLflow's own per-run links are off: see main).
+        _say(quiet, f"MLflow UI, the trials: {experiment_link(config, experiment_id)}")
+        _say(quiet, f"MLflow UI, the search run: {run_link(config, experiment_id, run_id)}")
 
     result = tune_stage(config, None if quiet else lambda info: typer.echo(progress_line(info), err=True), started)
     _say(quiet, f"best {config.tuner.objective} {result.score:.4f} with {result.hyperparameters} "
@@ -141,6 +138,9 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     _say(quiet, f"test accuracy {result.metrics['accuracy']:.4f}, loss {result.metrics['loss']:.4f}{auc}")
     _say(quiet, f"registered {reg.name} version {reg.version}; alias '{reg.alias}' "
                 f"{'moved to it' if reg.promoted else 'kept on the previous champion'}")
+    from components.ui_links import model_version_link
+
+    _say(quiet, f"MLflow UI, the model version: {model_version_link(config, reg.name, reg.version)}")
 
 
 @app.command()
@@ -184,6 +184,7 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
         trials_table,
     )
     from components.tracking import setup_mlflow
+    from components.ui_links import compare_link, experiment_link
 
     config = _config(params, set_)
     client, experiment_id = setup_mlflow(config, create=False)
@@ -191,7 +192,7 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     if not listed:
         typer.echo(f"no searches yet in experiment '{config.mlflow.experiment}'; run `ffx tune`", err=True)
         return
-    typer.echo(f"Recent searches (experiment '{config.mlflow.experiment}'):")
+    typer.echo(f"Recent searches (experiment '{config.mlflow.experiment}', {experiment_link(config, experiment_id)}):")
     typer.echo(searches_table(listed))
     chosen = find_search(client, experiment_id, search) if search else listed[0]
     objective = chosen.data.params.get("tuner.objective")
@@ -199,6 +200,8 @@ def runs(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     best = top_trials(trials, objective or "score", top)
     typer.echo(f"\nTop {len(best)} of {len(trials)} trials of search {chosen.info.run_id} (by {objective or 'score'}):")
     typer.echo(trials_table(best))
+    if best:
+        typer.echo(f"\nCompare them in the MLflow UI: {compare_link(config, experiment_id, [t.run_id for t in best])}")
 
 
 @app.command()

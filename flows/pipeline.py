@@ -19,7 +19,8 @@ from components.features.shards import ShardResult, extract_shard, merge_shards,
 from components.stages.evaluate import evaluate_stage
 from components.stages.extract import extract_planned, write_extraction_reports
 from components.stages.tune import tune_stage
-from components.tracking import check_tracking_server
+from components.tracking import check_tracking_server, setup_mlflow
+from components.ui_links import experiment_link, model_version_link, run_link
 from flows.cache_keys import evaluate_cache_key, extraction_cache_key, shard_cache_key, tune_cache_key
 
 DEPLOYMENT_NAME = "ffx-pipeline"
@@ -81,6 +82,9 @@ def tune_task(config: Config) -> dict:
                     info["best"], info["elapsed"])
 
     result = tune_stage(config, progress)
+    _, experiment_id = setup_mlflow(config, create=False)
+    logger.info("MLflow UI, the trials: %s", experiment_link(config, experiment_id))
+    logger.info("MLflow UI, the search run: %s", run_link(config, experiment_id, result.parent_run_id))
     return {"score": result.score, "hyperparameters": result.hyperparameters,
             "parent_run_id": result.parent_run_id, "trials": len(result.trials), "seconds": result.seconds}
 
@@ -89,8 +93,10 @@ def tune_task(config: Config) -> dict:
 def evaluate_task(config: Config) -> dict:
     result = evaluate_stage(config)
     reg = result.registration
-    get_run_logger().info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
-                          reg.decision)
+    logger = get_run_logger()
+    logger.info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
+                reg.decision)
+    logger.info("MLflow UI, the model version: %s", model_version_link(config, reg.name, reg.version))
     return {"accuracy": result.metrics["accuracy"], "version": reg.version, "promoted": reg.promoted,
             "decision": reg.decision}
 

@@ -7,10 +7,10 @@ from mlflow.tracking import MlflowClient
 
 from components.config import load_config
 from components.features.store import read_features
-from components.model.backbone_weights import WEIGHTS_KIND
+from components.model.backbone_weights import WEIGHTS_KIND, share_backbone_weights
 from components.model.head_file import head_paths, load_head
 from components.model.registry import register_classifier
-from components.tracking import setup_mlflow, tracking_uri
+from components.tracking import backbones_experiment, setup_mlflow, tracking_uri
 
 
 def _store(tmp_path, tiny_run, *overrides):
@@ -59,7 +59,8 @@ def test_every_version_refers_to_one_shared_copy_of_the_backbone_weights(tmp_pat
     config = _store(tmp_path, tiny_run)
     versions = [_register(config, tiny_run, accuracy).version for accuracy in (0.8, 0.9)]
     client, experiment_id = setup_mlflow(config)
-    weights_runs = client.search_runs([experiment_id], f"tags.ffx_kind = '{WEIGHTS_KIND}'")
+    assert not client.search_runs([experiment_id], f"tags.ffx_kind = '{WEIGHTS_KIND}'")  # not among the searches
+    weights_runs = client.search_runs([backbones_experiment(config, client)], f"tags.ffx_kind = '{WEIGHTS_KIND}'")
     assert len(weights_runs) == 1
     name = config.mlflow.registered_model
     uris = {client.get_model_version(name, v).tags["backbone_weights"] for v in versions}
@@ -68,3 +69,25 @@ def test_every_version_refers_to_one_shared_copy_of_the_backbone_weights(tmp_pat
     for version in versions:  # a version holds the head, its spec and code: far less than the weights
         source = Path(client.get_model_version_download_uri(name, version).removeprefix("file://"))
         assert sum(f.stat().st_size for f in source.rglob("*") if f.is_file()) < 5_000_000
+
+
+def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_version_loads(tmp_path, tiny_run):
+    """Stores from before the backbones had an experiment of their own: their weights run sits among the searches,
+    and a new version still shares it (by its runs:/ URI) instead of logging a second copy."""
+    import numpy as np
+    import pandas as pd
+
+    from components.model.registry import load_registered_classifier
+
+    config = _store(tmp_path, tiny_run)
+    client, experiment_id = setup_mlflow(config)
+    _, metadata = load_head(head_paths(tiny_run.config)[0])
+    earlier = share_backbone_weights(config.root, client, experiment_id, metadata)  # where they used to be logged
+    version = _register(config, tiny_run, 0.8).version
+    name = config.mlflow.registered_model
+    assert client.get_model_version(name, version).tags["backbone_weights"] == earlier["uri"]
+    assert not client.search_runs([backbones_experiment(config, client)], f"tags.ffx_kind = '{WEIGHTS_KIND}'")
+    model = load_registered_classifier(config, f"models:/{name}/{version}")
+    image = tiny_run.config.data.root / read_features(tiny_run.config.features.path("test")).paths[0]
+    (probability,) = model.predict(pd.DataFrame({"path": [str(image)]}))["probability"]
+    assert 0.0 <= probability <= 1.0 and np.isfinite(probability)

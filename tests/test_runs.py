@@ -5,8 +5,9 @@ import pytest
 from conftest import run_ffx, write_params
 
 from components.errors import FFXError
-from components.reports.runs import find_search, format_table, search_trials
+from components.reports.runs import find_search, format_table, search_trials, top_trials
 from components.tracking import setup_mlflow
+from components.ui_links import compare_link, experiment_link
 
 
 def test_ffx_runs_prints_the_search_and_its_trials_best_first(tiny_run):
@@ -14,6 +15,7 @@ def test_ffx_runs_prints_the_search_and_its_trials_best_first(tiny_run):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     searches, trials = out.split("\nTop ")
+    trials, _ = trials.split("\n\nCompare them in the MLflow UI: ")  # the link: see the next test
     assert tiny_run.search.parent_run_id[:12] in searches and "FINISHED" in searches
     assert f"2 of 3 trials of search {tiny_run.search.parent_run_id}" in trials
     header, _, *rows = trials.splitlines()[1:]
@@ -21,6 +23,15 @@ def test_ffx_runs_prints_the_search_and_its_trials_best_first(tiny_run):
     scores = [float(row.split()[5]) for row in rows]
     assert len(rows) == 2 and scores == sorted(scores, reverse=True)
     assert scores[0] == pytest.approx(tiny_run.search.score, abs=1e-4)
+
+
+def test_ffx_runs_prints_the_experiment_link_and_a_compare_link_of_the_best_trials(tiny_run):
+    out = run_ffx(tiny_run.root, "runs", "--top", "2").stdout
+    client, experiment_id = setup_mlflow(tiny_run.config, create=False)
+    best = top_trials(search_trials(client, experiment_id, tiny_run.search.parent_run_id), "val_accuracy", 2)
+    assert f"experiment 'ffx', {experiment_link(tiny_run.config, experiment_id)}" in out.splitlines()[0]
+    assert out.splitlines()[-1] == ("Compare them in the MLflow UI: "
+                                    + compare_link(tiny_run.config, experiment_id, [t.run_id for t in best]))
 
 
 def test_ffx_runs_picks_a_search_by_run_id_prefix_and_names_an_unknown_one(tiny_run):

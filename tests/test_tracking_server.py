@@ -103,9 +103,9 @@ def test_tune_with_a_tracking_server_prints_one_link_to_the_search_and_no_mlflow
     output = result.stdout + result.stderr
     assert "View run" not in output and "View experiment" not in output, output
     parent, _ = search_runs(server)
-    links = [line for line in output.splitlines() if line.startswith("search: MLflow ")]
-    assert links == [f"search: MLflow {server.url}/#/experiments/{parent.info.experiment_id}/runs/"
-                     f"{parent.info.run_id}"], output
+    links = [line for line in output.splitlines() if line.startswith("MLflow UI, the search run: ")]
+    assert links == [f"MLflow UI, the search run: {server.url}/#/experiments/{parent.info.experiment_id}/runs/"
+                     f"{parent.info.run_id}?workflowType=machine_learning"], output
 
 
 def test_a_tracking_server_killed_mid_search_is_waited_for_in_one_line_and_the_search_goes_on(tmp_path, server):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -43,6 +45,28 @@ def test_every_trial_is_a_nested_run_with_params_and_epoch_histories(tiny_run):
     assert parent.data.params["best.units"] == str(result.hyperparameters["units"])
     assert result.score == max(t["score"] for t in result.trials)
 
+
+
+def test_the_search_its_trials_and_its_evaluation_log_the_feature_files_they_saw_as_datasets(tiny_run):
+    config = tiny_run.config
+    client, trials = _children(config, tiny_run.search.parent_run_id)
+    features = {split: load_split_features(config, split) for split in ("train", "valid", "test")}
+
+    def datasets(run_id: str) -> dict:
+        return {d.dataset.name: d for d in client.get_run(run_id).inputs.dataset_inputs}
+
+    for run in trials:
+        assert sorted(datasets(run.info.run_id)) == ["train", "valid"]
+    logged = datasets(tiny_run.search.parent_run_id)  # the search's, and the evaluation's test split
+    assert sorted(logged) == ["test", "train", "valid"]
+    for split, entry in logged.items():
+        dataset, shown = entry.dataset, features[split]
+        assert dataset.digest == shown.attrs["key"][:16]
+        assert json.loads(dataset.source) == {"uri": str(config.data.root / split)}
+        profile = json.loads(dataset.profile)
+        assert profile["rows"] == len(shown.labels) and profile["feature_shape"] == [shown.features.shape[1]]
+        assert profile["features_key"] == shown.attrs["key"]
+        assert {t.key: t.value for t in entry.tags} == {"mlflow.data.context": split}
 
 # What each of a trial's two executions reports, epoch by epoch: no series is monotone and each execution has its
 # best epoch elsewhere, so every other way of combining them (first or last execution, last epoch, best of the

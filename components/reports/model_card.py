@@ -12,7 +12,8 @@ from components.config import Config
 from components.features.store import FeatureSet, split_summary
 from components.files import write_text_atomic
 from components.model.metrics import roc_auc
-from components.tracking import git_commit
+from components.tracking import git_commit, setup_mlflow
+from components.ui_links import experiment_link, run_link
 
 MODEL_CARD_FILE = "model_card.md"
 BOOTSTRAP_SAMPLES = 1000
@@ -72,6 +73,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
     names = metadata["class_names"]
     search = metadata.get("search", {})
     backbone = metadata.get("backbone", {})
+    _, experiment_id = setup_mlflow(config, create=False)  # the search's experiment, for the MLflow UI links
     correct = int(round(metrics["accuracy"] * metrics["count"]))
     low, high = wilson_interval(correct, metrics["count"])
 
@@ -97,7 +99,9 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
               f"{config.tuner.executions_per_trial} execution(s), up to {config.train.epochs} epochs each.",
               f"- Best {search.get('objective')}: {search.get('score', float('nan')):.4f}; "
               f"wall time {search.get('seconds', 0):.0f} s.",
-              f"- MLflow parent run: `{search.get('parent_run_id')}` (trial table and plots under `search/`).",
+              f"- MLflow parent run: `{search.get('parent_run_id')}` (trial table and plots under `search/`): "
+              f"<{run_link(config, experiment_id, search.get('parent_run_id'))}>; every trial: "
+              f"<{experiment_link(config, experiment_id)}>.",
               "", "## Test metrics", "",
               f"{metrics['count']} test images. Intervals are 95%: Wilson for proportions, bootstrap "
               f"({BOOTSTRAP_SAMPLES} resamples) for ROC AUC.", "",

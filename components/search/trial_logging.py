@@ -20,8 +20,11 @@ def mean_per_epoch(series: list[list[float]]) -> list[float]:
 class MlflowTrialLogging:
     """Mixed into a KerasTuner tuner: opens, fills and closes one MLflow run per trial."""
 
-    def attach_mlflow(self, client, experiment_id: str, parent_run_id: str, progress: TrialProgress | None):
+    def attach_mlflow(self, client, experiment_id: str, parent_run_id: str, progress: TrialProgress | None,
+                      datasets: list = ()):
+        """`datasets`: MLflow dataset inputs (tracking.feature_datasets) each trial run logs, its train and valid."""
         self._client = client
+        self._datasets = list(datasets)
         self._experiment_id = experiment_id
         self._parent_run_id = parent_run_id
         self._progress = progress
@@ -47,6 +50,8 @@ class MlflowTrialLogging:
                   for name in HP_NAMES}
         values.update({k: v for k, v in hp.values.items() if k not in values})
         self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        if self._datasets:
+            self._client.log_inputs(run_id, datasets=self._datasets)
         self._trial_runs[trial.trial_id] = (run_id, time.perf_counter())
 
     def log_heads_in_graph(self, trial, heads: int) -> None:

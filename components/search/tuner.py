@@ -27,7 +27,7 @@ from components.search.trial_logging import (
     close_open_trials,
     finish_completed_trials,
 )
-from components.tracking import ServerUnavailableError, git_commit, setup_mlflow
+from components.tracking import ServerUnavailableError, feature_datasets, git_commit, setup_mlflow
 
 SearchStarted = Callable[[str, str], None]  # (experiment id, parent run id)
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
@@ -150,6 +150,7 @@ def open_parent_run(config: Config, train: FeatureSet, valid: FeatureSet, joinin
     params = {f"{section}.{k}": v for section in ("tuner", "train", "space")
               for k, v in config.section(section).items() if k != "directory"}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_inputs(run_id, datasets=feature_datasets(config.data.root, {"train": train, "valid": valid}))
     skipped = {"train": train.attrs.get("skipped") or {}, "valid": valid.attrs.get("skipped") or {}}
     if any(skipped.values()):  # data.on_bad_image: skip left these out of the features
         client.log_dict(run_id, skipped, "skipped_images.json")
@@ -168,7 +169,8 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
     statistics = feature_statistics(train) if config.train.normalize else None
     hypermodel = HeadHyperModel(config.space, train.features.shape[1], train.num_classes)
     tuner = make_tuner(config, hypermodel, parent.project)
-    tuner.attach_mlflow(parent.client, parent.experiment_id, parent.run_id, progress)
+    tuner.attach_mlflow(parent.client, parent.experiment_id, parent.run_id, progress,
+                        feature_datasets(config.data.root, {"train": train, "valid": valid}))
     if owner:
         finish_completed_trials(parent.client, parent.experiment_id, parent.run_id, tuner.oracle)
     try:

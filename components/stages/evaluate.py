@@ -13,6 +13,7 @@ from components.model.metrics import evaluate_head, write_predictions_csv, write
 from components.model.registry import Registration, register_classifier
 from components.reports.evaluation_plots import write_evaluation_plots
 from components.reports.model_card import write_model_card
+from components.tracking import feature_datasets, setup_mlflow
 
 PREDICTIONS_FILE = "test_predictions.csv"
 ROC_FILE = "roc.csv"
@@ -49,4 +50,7 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     registration = register_classifier(config, head_file, metadata, metrics,
                                        example_image=config.data.root / test.paths[0],
                                        artifacts=[predictions, roc, *figures, card])
+    client, _ = setup_mlflow(config)  # the evaluation's run (the search's): the test features it was scored on
+    scored = {"test": test} | ({"test" + FLIPPED_SUFFIX: flipped} if flipped is not None else {})
+    client.log_inputs(registration.run_id, datasets=feature_datasets(config.data.root, scored))
     return EvaluationResult(metrics, registration)

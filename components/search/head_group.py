@@ -8,7 +8,8 @@ disjoint and the loss is the sum of theirs, so each head's gradient, RMSprop sta
 group trains what K separate heads would on the same sequence of shuffled batches. Each head keeps its own
 initialisation, dropout rate, layer sizes, early stopping and best epoch, and comes out as an ordinary single head
 (`build_head`). Its dropout masks are drawn from its own seed and its own count of training steps, never from the
-group's: a head draws the same masks in any slot, beside any other heads, or alone.
+group's: a head draws the same masks in any slot, beside any other heads or alone (at the same slot width, which
+is the search space's largest).
 """
 from __future__ import annotations
 

@@ -33,16 +33,33 @@ def test_each_head_comes_out_as_an_ordinary_head_at_its_best_epoch(features):
         assert len(run.history["loss"]) == min(12, run.best_epoch + 3 + 1)
 
 
+def _assert_same_training(mine, theirs):
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(mine.history[name], theirs.history[name], rtol=1e-4, err_msg=name)
+    assert mine.best_epoch == theirs.best_epoch
+    for mine_weight, their_weight in zip(mine.weights, theirs.weights, strict=True):
+        np.testing.assert_allclose(mine_weight, their_weight, rtol=1e-3, atol=1e-5)
+
+
 def test_a_head_trains_the_same_alone_or_beside_others(features):
-    """Without dropout (whose masks depend on the graph's shape) training is deterministic: the heads' parameters,
-    gradients and optimizer state are disjoint, and a narrow head's unused units stay at zero."""
+    """Without dropout training is deterministic: the heads' parameters, gradients and optimizer state are
+    disjoint, and a narrow head's unused units stay at zero."""
     alone = _group(1).train([HeadSpec(8, 0.0, 0, 7)], *features, 6, 0, "val_loss", 5)[0]
     together = _group(3).train([HeadSpec(16, 0.0, 8, 1), HeadSpec(8, 0.0, 0, 7), HeadSpec(4, 0.0, 0, 2)],
                                *features, 6, 0, "val_loss", 5)[1]
-    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose(together.history[name], alone.history[name], rtol=1e-4, err_msg=name)
-    for mine, theirs in zip(together.weights, alone.weights):
-        np.testing.assert_allclose(mine, theirs, rtol=1e-3, atol=1e-5)
+    _assert_same_training(together, alone)
+
+
+def test_with_dropout_a_head_trains_the_same_alone_or_beside_others_in_any_slot(features):
+    """A head's dropout masks come from its own seed and its own steps: not from its slot, the group's size or
+    its neighbours (which have other seeds and rates)."""
+    spec = HeadSpec(8, 0.5, 0, 7)
+    alone = _group(1).train([spec], *features, 6, 0, "val_loss", 5)[0]
+    together = _group(4).train([HeadSpec(16, 0.3, 8, 1), HeadSpec(4, 0.6, 0, 2), spec, HeadSpec(16, 0.5, 0, 3)],
+                               *features, 6, 0, "val_loss", 5)[2]
+    _assert_same_training(together, alone)
+    other_seed = _group(1).train([HeadSpec(8, 0.5, 0, 8)], *features, 6, 0, "val_loss", 5)[0]
+    assert other_seed.history["loss"] != alone.history["loss"]  # the masks (and initialisation) follow the seed
 
 
 def test_a_head_continues_from_given_weights_for_its_own_number_of_epochs(features):

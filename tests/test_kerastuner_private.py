@@ -52,7 +52,7 @@ def test_private_attributes_exist():
 
 
 def test_every_private_module_the_code_imports_is_listed_here():
-    unlisted = [f"{path.name}: {node.module}.{alias.name}" for path in sorted((REPO / "components").glob("*.py"))
+    unlisted = [f"{path.name}: {node.module}.{alias.name}" for path in sorted((REPO / "components").rglob("*.py"))
                 for node in ast.walk(ast.parse(path.read_text()))
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_tuner.src")
                 for alias in node.names if node.module not in MODULES and f"{node.module}.{alias.name}" not in MODULES]

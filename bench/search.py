@@ -8,6 +8,9 @@
    (until 2026-11-29 a Keras fit per execution) — and with the default, for each seed, the order alternating
    so that a busy machine slows both alike. Reported: wall time, best validation score and the best head's
    test accuracy; the wall-time ratio and the means over seeds.
+3. Each search against its bound from arithmetic (bench.limits): its trials' matmul FLOPs (each trial's sizes and
+   the epochs its executions trained, read from its MLflow run) at the float32 matmul peak timed right after it;
+   reported as the fraction of the bound's speed the search reaches.
 
 Features: the face dataset (VGG16 `hed-vgg16`, 150 px, extract.precision as the defaults say) extracted once
 through the pipeline into a feature cache kept under bench/results/, so a re-run extracts nothing.
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import FACES, REPO, log
+from bench.limits import logged_trials, matmul_peak, search_flops
 
 HEADS = (1, 2, 4, 8)
 
@@ -80,8 +84,12 @@ def one_search(config) -> dict:
     result = run_search(config, train, valid)
     seconds = time.perf_counter() - started
     accuracy = float((class_probabilities(result.model, test.features).argmax(axis=1) == test.labels).mean())
+    flops = search_flops(logged_trials(config, result.parent_run_id), train.features.shape[1], train.num_classes,
+                         len(train.labels), len(valid.labels))
+    bound = flops / matmul_peak("float32")  # the peak timed beside the search it bounds
     return {"seconds": seconds, "best_valid": result.score, "test_accuracy": accuracy,
-            "best": result.hyperparameters, "trials": len(result.trials)}
+            "best": result.hyperparameters, "trials": len(result.trials), "gflops": flops / 1e9,
+            "bound_s": bound, "fraction_of_bound": bound / seconds}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,7 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
             for heads in order:
                 log(f"search: seed {seed}, parallel_heads {heads}, {args.trials} trials ...")
                 row = {"seed": seed, "parallel_heads": heads, **one_search(configs[(seed, heads)])}
-                log(f"  {row['seconds']:.0f}s, best valid {row['best_valid']:.4f}, test {row['test_accuracy']:.4f}")
+                log(f"  {row['seconds']:.0f}s, best valid {row['best_valid']:.4f}, test {row['test_accuracy']:.4f}; "
+                    f"{row['gflops']:.1f} GFLOP: bound {row['bound_s']:.1f}s, {row['fraction_of_bound']:.3f} of its "
+                    "speed")
                 runs.append(row)
         figures["searches"] = runs
     figures["summary"] = summary(runs, default_heads)
@@ -140,7 +150,7 @@ def summary(runs: list[dict], default_heads: int) -> dict:
     def mean(heads: int, key: str) -> float:
         return float(np.mean([r[key] for r in runs if r["parallel_heads"] == heads]))
 
-    out = {heads: {key: mean(heads, key) for key in ("seconds", "best_valid", "test_accuracy")}
+    out = {heads: {key: mean(heads, key) for key in ("seconds", "best_valid", "test_accuracy", "fraction_of_bound")}
            for heads in (1, default_heads)}
     out["wall_time_ratio"] = out[1]["seconds"] / out[default_heads]["seconds"]
     out["best_valid_difference_points"] = 100 * (out[default_heads]["best_valid"] - out[1]["best_valid"])
@@ -154,7 +164,7 @@ def print_summary(figures: dict) -> None:
     log(f"{figures['trials']}-trial search over seeds {figures['seeds']} (means):")
     for h in (1, heads):
         log(f"  parallel_heads {h}: {s[h]['seconds']:.0f}s, best valid {s[h]['best_valid']:.4f}, "
-            f"test {s[h]['test_accuracy']:.4f}")
+            f"test {s[h]['test_accuracy']:.4f}, {s[h]['fraction_of_bound']:.3f} of the FLOPs bound's speed")
     log(f"  wall-time ratio {s['wall_time_ratio']:.2f}x (target >= 2.5); best valid {heads} vs 1: "
         f"{s['best_valid_difference_points']:+.1f} points (target within 1)")
 

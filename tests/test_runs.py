@@ -1,11 +1,13 @@
 """`ffx runs` and the trial table: searches and trials read back from a real MLflow store."""
 import csv
+import html
+import re
 
 import pytest
 from conftest import run_ffx, write_params
 
 from components.errors import FFXError
-from components.reports.runs import find_search, format_table, search_trials, top_trials
+from components.reports.runs import Trial, find_search, format_table, search_trials, top_trials, write_trial_table
 from components.tracking import setup_mlflow
 from components.ui_links import compare_link, experiment_link
 
@@ -60,7 +62,7 @@ def test_trials_are_read_in_the_order_they_ran_with_the_same_param_names(tiny_ru
         find_search(client, experiment_id, "not-a-run")
 
 
-def test_trial_table_csv_has_one_row_per_trial_and_html_escapes_nothing_away(tiny_run):
+def test_trial_table_csv_has_one_row_per_trial_and_the_html_page_one_row_each(tiny_run):
     folder = tiny_run.config.reports.dir / "search"
     rows = list(csv.DictReader((folder / "trials.csv").open()))
     assert [r["trial_id"] for r in rows] == ["0", "1", "2"]
@@ -68,6 +70,25 @@ def test_trial_table_csv_has_one_row_per_trial_and_html_escapes_nothing_away(tin
     assert max(float(r["score"]) for r in rows) == pytest.approx(tiny_run.search.score, abs=1e-4)
     page = (folder / "trials.html").read_text()
     assert page.count("<tr") == 1 + len(rows) and all(r["run_id"] in page for r in rows)
+
+
+def test_trial_table_html_escapes_markup_in_titles_params_and_statuses(tmp_path):
+    script = "<script>alert('x')</script>"
+    status = 'FAILED "quoted" & <b>bold</b>'
+    trials = [Trial("run-1", "0", status, {"units": script, "note": "a & b < c"}, 0.5, 1.0, 0),
+              Trial("run-2", "1", "COMPLETED", {"units": "8", "note": "&amp; stays text"}, None, None, 1)]
+    write_trial_table(tmp_path / "trials.csv", tmp_path / "trials.html", trials, f"search {script} & co")
+    page = (tmp_path / "trials.html").read_text()
+    assert "<script" not in page and "<b>" not in page  # no markup from the data reached the page
+    heading = "search &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co"
+    assert f"<title>{heading}</title>" in page and f"<h1>{heading}</h1>" in page
+    cells = re.findall(r"<td>(.*?)</td>", page, flags=re.S)
+    assert not any(re.search(r"[<>]|&(?!(amp|lt|gt|quot|#x27);)", cell) for cell in cells), cells
+    # each cell reads back as the value it shows, in the table's column order
+    assert [html.unescape(cell) for cell in cells[:6]] == ["1", "0", status, "a & b < c", script, "0.5000"]
+    assert html.unescape(cells[8 + 3]) == "&amp; stays text"  # escaped once, not taken as an entity
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))  # the CSV keeps the values as they are
+    assert rows[0]["units"] == script and rows[0]["status"] == status
 
 
 def test_terminal_table_pads_columns_to_the_widest_cell():

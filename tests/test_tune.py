@@ -156,10 +156,19 @@ def test_hyperband_continues_a_trial_from_the_best_weights_of_the_one_it_extends
     assert result.model.output_shape == (None, 1)
 
 
-def test_multi_class_search_runs(tmp_path):
+def test_multi_class_search_learns_three_separable_classes(tmp_path):
+    """Three colour classes (tests/conftest.py make_dataset), separable even through a random-weights backbone:
+    a search whose multi-class loss or labels were wrong would stay near chance (1/3) or predict one class."""
     from conftest import make_dataset, write_params
 
     make_dataset(tmp_path / "data", classes=("blue", "green", "red"))
     write_params(tmp_path)
-    _, result = _search(tmp_path, "tuner.max_trials=1", "train.epochs=1")
+    config, result = _search(tmp_path, "tuner.max_trials=1", "train.epochs=10", "tuner.algorithm=random")
     assert result.model.output_shape == (None, 3)
+    valid = load_split_features(config, "valid")
+    probabilities = result.model.predict(valid.features, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)  # one distribution per image
+    predicted = probabilities.argmax(axis=1)
+    assert set(predicted) == {0, 1, 2}  # every class is predicted
+    assert (predicted == valid.labels).mean() >= 0.75  # chance: 1/3
+    assert result.score == pytest.approx(max(t["score"] for t in result.trials)) and result.score >= 0.75

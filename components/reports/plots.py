@@ -1,4 +1,7 @@
-"""PNG figures people look at after a run: evaluation plots and trial comparison. Matplotlib, Agg backend."""
+"""PNG figures people look at after a run: evaluation plots and trial comparison. Matplotlib, Agg backend.
+
+Each figure has two functions: `NAME_figure(...)` draws it and returns the matplotlib Figure (what tests read the
+drawn data from; the caller closes it), `NAME_png(path, ...)` writes it (save_figure) and returns the path."""
 from __future__ import annotations
 
 import math
@@ -36,13 +39,13 @@ def save_figure(figure, path: Path) -> Path:
     return Path(path)
 
 
-def _message_png(path: Path, message: str, title: str = "") -> Path:
+def _message_figure(message: str, title: str = ""):
     """A figure that says why there is nothing to draw."""
     figure, ax = _pyplot().subplots()
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=16)
     figure.suptitle(title)
-    return save_figure(figure, path)
+    return figure
 
 
 def _curve_targets(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]):
@@ -53,8 +56,8 @@ def _curve_targets(labels: np.ndarray, probabilities: np.ndarray, class_names: S
     return [(name, truth, score) for name, truth, score in targets if truth.min() != truth.max()]
 
 
-def _curves_png(path: Path, display, title: str, labels: np.ndarray, probabilities: np.ndarray,
-                class_names: Sequence[str], legend: str, chance_level_once: bool) -> Path:
+def _curves_figure(display, title: str, labels: np.ndarray, probabilities: np.ndarray,
+                   class_names: Sequence[str], legend: str, chance_level_once: bool):
     """One curve per `_curve_targets` entry, drawn by a scikit-learn display class, with its chance level."""
     figure, ax = _pyplot().subplots()
     for index, (name, truth, score) in enumerate(_curve_targets(labels, probabilities, class_names)):
@@ -63,10 +66,10 @@ def _curves_png(path: Path, display, title: str, labels: np.ndarray, probabiliti
     ax.set_title(title + (" (one vs rest)" if len(class_names) > 2 else f" (positive class: {class_names[1]})"))
     ax.legend(loc=legend)
     ax.grid(alpha=0.3)
-    return save_figure(figure, path)
+    return figure
 
 
-def confusion_matrix_png(path: Path, matrix, class_names: Sequence[str]) -> Path:
+def confusion_matrix_figure(matrix, class_names: Sequence[str]):
     """Counts and row-normalised (recall per true class) side by side."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -81,27 +84,39 @@ def confusion_matrix_png(path: Path, matrix, class_names: Sequence[str]) -> Path
             im_kw={"vmin": 0}, colorbar=True)
         ax.set_title(title)
     figure.suptitle(f"Confusion matrix on the test split ({int(counts.sum())} images)")
-    return save_figure(figure, path)
+    return figure
 
 
-def roc_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
+def confusion_matrix_png(path: Path, matrix, class_names: Sequence[str]) -> Path:
+    return save_figure(confusion_matrix_figure(matrix, class_names), path)
+
+
+def roc_figure(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]):
     from sklearn.metrics import RocCurveDisplay
 
     # The chance level (the diagonal) is the same for every class: drawn once.
-    return _curves_png(path, RocCurveDisplay, "ROC curve", labels, probabilities, class_names, "lower right",
-                       chance_level_once=True)
+    return _curves_figure(RocCurveDisplay, "ROC curve", labels, probabilities, class_names, "lower right",
+                          chance_level_once=True)
+
+
+def roc_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
+    return save_figure(roc_figure(labels, probabilities, class_names), path)
+
+
+def precision_recall_figure(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]):
+    from sklearn.metrics import PrecisionRecallDisplay
+
+    # Each class's chance level: its base rate, what a classifier guessing at random reaches.
+    return _curves_figure(PrecisionRecallDisplay, "Precision-recall curve", labels, probabilities, class_names,
+                          "lower left", chance_level_once=False)
 
 
 def precision_recall_png(path: Path, labels: np.ndarray, probabilities: np.ndarray,
                          class_names: Sequence[str]) -> Path:
-    from sklearn.metrics import PrecisionRecallDisplay
-
-    # Each class's chance level: its base rate, what a classifier guessing at random reaches.
-    return _curves_png(path, PrecisionRecallDisplay, "Precision-recall curve", labels, probabilities, class_names,
-                       "lower left", chance_level_once=False)
+    return save_figure(precision_recall_figure(labels, probabilities, class_names), path)
 
 
-def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> Path:
+def calibration_figure(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10):
     """Reliability of the predicted class's probability: accuracy per confidence bin, with bin sizes below."""
     from sklearn.calibration import CalibrationDisplay
 
@@ -120,16 +135,20 @@ def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, b
     bottom.bar((edges[:-1] + edges[1:]) / 2, counts, width=1 / bins * 0.9, color="tab:grey")
     bottom.set(xlabel="predicted probability of the chosen class", ylabel="images")
     bottom.yaxis.get_major_locator().set_params(integer=True)
-    return save_figure(figure, path)
+    return figure
 
 
-def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: Sequence[str],
-                         predicted: Sequence[str], probability: Sequence[float], names: Sequence[str],
-                         total_errors: int) -> Path:
+def calibration_png(path: Path, labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> Path:
+    return save_figure(calibration_figure(labels, probabilities, bins), path)
+
+
+def confident_errors_figure(images: Sequence[np.ndarray | None], true: Sequence[str],
+                            predicted: Sequence[str], probability: Sequence[float], names: Sequence[str],
+                            total_errors: int):
     """A grid of misclassified images (most confident first) with true/predicted labels and probability."""
     count = len(images)
     if count == 0:
-        return _message_png(path, "No misclassified test images", "Most confidently wrong test images")
+        return _message_figure("No misclassified test images", "Most confidently wrong test images")
     columns = min(count, 6)
     rows = math.ceil(count / columns)
     figure, axes = _pyplot().subplots(rows, columns, figsize=(FIGSIZE[0], max(3.2, 2.9 * rows)), squeeze=False)
@@ -144,7 +163,13 @@ def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: 
         name = name if len(name) <= 20 else "…" + name[-19:]  # the end of a long name: what tells files apart
         ax.set_title(f"true: {t}\npredicted: {p} ({prob:.2f})\n{name}", fontsize=9)
     figure.suptitle(f"Most confidently wrong test images ({count} of {total_errors} errors)")
-    return save_figure(figure, path)
+    return figure
+
+
+def confident_errors_png(path: Path, images: Sequence[np.ndarray | None], true: Sequence[str],
+                         predicted: Sequence[str], probability: Sequence[float], names: Sequence[str],
+                         total_errors: int) -> Path:
+    return save_figure(confident_errors_figure(images, true, predicted, probability, names, total_errors), path)
 
 
 def _axis_positions(values: Sequence, categories_up_to: int = 6) -> tuple[np.ndarray, list[tuple[float, str]]]:
@@ -182,14 +207,14 @@ def _label(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Sequence[str], objective: str,
-                             maximise: bool) -> Path:
+def parallel_coordinates_figure(trials: Sequence[dict], hp_names: Sequence[str], objective: str,
+                                maximise: bool):
     """One line per completed trial across the hyperparameter axes to the objective, coloured by objective."""
     from matplotlib import cm, colors
 
     scored = [t for t in trials if t.get("score") is not None]
     if not scored:
-        return _message_png(path, "No completed trial to compare")
+        return _message_figure("No completed trial to compare")
     figure, ax = _pyplot().subplots()
     columns = [*hp_names, objective]
     scores = np.array([t["score"] for t in scored], dtype=float)
@@ -212,10 +237,15 @@ def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Seque
     figure.colorbar(cm.ScalarMappable(norm=norm, cmap=colormap), ax=ax, label=objective)
     ax.set_title(f"Hyperparameters vs {objective} ({len(scored)} completed trials; "
                  f"{'higher' if maximise else 'lower'} is better)")
-    return save_figure(figure, path)
+    return figure
 
 
-def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective: str, maximise: bool) -> Path:
+def parallel_coordinates_png(path: Path, trials: Sequence[dict], hp_names: Sequence[str], objective: str,
+                             maximise: bool) -> Path:
+    return save_figure(parallel_coordinates_figure(trials, hp_names, objective, maximise), path)
+
+
+def objective_by_trial_figure(scores: Sequence[float | None], objective: str, maximise: bool):
     """Each trial's score in the order trials ran, failed trials marked, and the best-so-far line."""
     figure, ax = _pyplot().subplots()
     numbers = np.arange(1, len(scores) + 1)
@@ -233,10 +263,14 @@ def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
-    return save_figure(figure, path)
+    return figure
 
 
-def learning_curves_png(path: Path, history: dict[str, Sequence[float]], title: str) -> Path:
+def objective_by_trial_png(path: Path, scores: Sequence[float | None], objective: str, maximise: bool) -> Path:
+    return save_figure(objective_by_trial_figure(scores, objective, maximise), path)
+
+
+def learning_curves_figure(history: dict[str, Sequence[float]], title: str):
     """Loss and accuracy per epoch, train and validation, side by side."""
     figure, axes = _pyplot().subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -250,4 +284,8 @@ def learning_curves_png(path: Path, history: dict[str, Sequence[float]], title: 
         ax.legend()
         ax.grid(alpha=0.3)
     figure.suptitle(title)
-    return save_figure(figure, path)
+    return figure
+
+
+def learning_curves_png(path: Path, history: dict[str, Sequence[float]], title: str) -> Path:
+    return save_figure(learning_curves_figure(history, title), path)

@@ -119,6 +119,28 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
                 f"{'moved to it' if reg.promoted else 'kept on the previous champion'}")
 
 
+# --- audit -------------------------------------------------------------------------------------------------
+@app.command()
+def audit(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False,
+          as_json: Annotated[bool, typer.Option("--json", help="print the findings' lists as JSON")] = False,
+          write_exclusions: Annotated[Optional[Path], typer.Option(
+              help="also write the suspects to this file, for data.exclude (nothing is moved or relabelled)")] = None):
+    """Label issues, leaks between splits, near-duplicates and outliers, from the stored features (cleanlab)."""
+    config = _config(params, set_)
+    from components.stages.audit import audit_stage, write_exclusions as write_list
+
+    result = audit_stage(config)
+    if as_json:
+        typer.echo(json.dumps(result.lists, indent=2))
+    counts = result.lists["counts"]
+    _say(quiet, ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+         + f" -> {', '.join(str(p) for p in result.files)} (MLflow run {result.run_id})")
+    if write_exclusions:
+        _say(quiet, f"{write_list(write_exclusions, result.audit)} image(s) listed in {write_exclusions}; review "
+                    "it, then set data.exclude to it")
+# --- end audit ---------------------------------------------------------------------------------------------
+
+
 @app.command()
 def predict(paths: Annotated[list[Path], typer.Argument(help="image files and folders")],
             params: ParamsOption = Path("params.yaml"), set_: SetOption = None,

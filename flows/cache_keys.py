@@ -14,6 +14,7 @@ from components.files import content_key, file_digest
 from components.model.head_file import head_paths
 from components.reports.model_card import MODEL_CARD_FILE
 from components.search.tuner import project_name
+from components.stages.audit import audit_outputs
 from components.stages.evaluate import METRICS_FILE
 
 
@@ -44,3 +45,13 @@ def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
                        "registry": config.section("registry"), "metrics": config.section("metrics")})
     outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
     return f"evaluate-{key}", all(path.is_file() for path in outputs)
+
+
+# --- audit ---
+def audit_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
+    """`feature_keys`: the train, valid and test feature files' keys (their images' contents and backbone)."""
+    key = content_key({"features": {name: feature_keys[name] for name in ("train", "valid", "test")},
+                       "audit": config.section("audit"), "metrics": config.section("metrics"),
+                       "reports": config.section("reports"), "mlflow": config.section("mlflow")})
+    return f"audit-{key}", all(path.is_file() for path in audit_outputs(config))
+# --- end audit ---

@@ -12,7 +12,7 @@ import numpy as np
 
 from components.config import FLIPPED_SUFFIX, AugmentConfig, Config
 from components.data.augment import FLIP, ORIGINAL, View, augmented_views, row_key
-from components.data.dataset import SPLITS, ImageRecord, Split, scan_dataset, screen_split
+from components.data.dataset import SPLITS, ImageRecord, Split, read_exclusions, scan_dataset, screen_split
 from components.data.images import load_rgb
 from components.features.backbone import (
     Backbone,
@@ -178,7 +178,7 @@ def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: P
 def plan_extraction(config: Config, splits: tuple[str, ...] = SPLITS) -> ExtractionPlan:
     """Check params, layout and every image before any backbone work."""
     check_backbone_config(config.backbone, config.root)
-    scanned = scan_dataset(config.data.root, splits)
+    scanned = scan_dataset(config.data.root, splits, read_exclusions(config.data.exclude))
     screened = {name: screen_split(split, config.data.max_pixels, config.data.on_bad_image)
                 for name, split in scanned.items()}
     return ExtractionPlan({n: s for n, (s, _) in screened.items()}, {n: bad for n, (_, bad) in screened.items()})

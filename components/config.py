@@ -250,6 +250,7 @@ class ScheduleConfig(Section):
 
 
 # --- audit (ffx audit: components/audit) ---------------------------------------------------------------------
+AUDIT_FILE = "audit.json"  # metrics.dir/audit.json: the audit's counts, which the model card and ffx evaluate read
 LabelMethod = Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"]
 
 

@@ -117,6 +117,8 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     _say(quiet, f"test accuracy {result.metrics['accuracy']:.4f}, loss {result.metrics['loss']:.4f}{auc}")
     _say(quiet, f"registered {reg.name} version {reg.version}; alias '{reg.alias}' "
                 f"{'moved to it' if reg.promoted else 'kept on the previous champion'}")
+    if result.leak_warning:  # audit: a leak makes the test score optimistic
+        typer.echo(result.leak_warning, err=True)
 
 
 # --- audit -------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from components.config import Config
+from components.config import AUDIT_FILE, Config
 from components.data.dataset import Split
 from components.features.extraction import extraction_key, output_is_current
 from components.features.identity import configured_identity, split_views
@@ -41,8 +41,10 @@ def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str,
 def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
     model_path, _ = head_paths(config)
     head = file_digest(model_path) if model_path.is_file() else "missing"
+    audit = config.metrics.dir / AUDIT_FILE  # the model card quotes its counts
     key = content_key({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
-                       "registry": config.section("registry"), "metrics": config.section("metrics")})
+                       "registry": config.section("registry"), "metrics": config.section("metrics"),
+                       "audit": file_digest(audit) if audit.is_file() else None})
     outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
     return f"evaluate-{key}", all(path.is_file() for path in outputs)
 

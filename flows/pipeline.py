@@ -96,6 +96,8 @@ def tune_task(config: Config) -> dict:
 def evaluate_task(config: Config) -> dict:
     result = evaluate_stage(config)
     reg = result.registration
+    if result.leak_warning:
+        get_run_logger().warning(result.leak_warning)
     get_run_logger().info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
                           reg.decision)
     return {"accuracy": result.metrics["accuracy"], "version": reg.version, "promoted": reg.promoted,

@@ -153,3 +153,15 @@ def test_a_missing_exclusion_list_is_named(tmp_path):
     write_params(tmp_path, data={"exclude": "absent.txt"})
     with pytest.raises(FFXError, match="absent.txt: exclusion list not found"):
         plan_extraction(load_config(tmp_path / "params.yaml"))
+
+
+def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(tiny_run, tmp_path):
+    """ffx evaluate reads metrics/audit.json when `ffx audit` wrote one (here: one with two leaks)."""
+    root = shutil.copytree(tiny_run.root, tmp_path / "project", symlinks=True)
+    counts = {"images": 48, "label_issues": 1, "leaks": 2, "near_duplicates": 0, "outliers": 3}
+    (root / "metrics" / "audit.json").write_text(json.dumps(counts))
+    result = run_ffx(root, "evaluate")
+    assert result.returncode == 0, result.stderr
+    assert "warning: the audit found 2 near-duplicate pair(s) across splits" in result.stderr
+    card = (root / "reports" / "model_card.md").read_text()
+    assert "1 probable label issue(s), 2 near-duplicate pair(s) across splits" in card and "**Leak:**" in card

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from components.audit.findings import Audit, audit_features
 from components.audit.html import write_audit_html
-from components.config import Config
+from components.config import AUDIT_FILE, Config
 from components.data.dataset import SPLITS
 from components.features.identity import load_split_features
 from components.files import write_json_atomic, write_text_atomic
 from components.tracking import git_commit, setup_mlflow
 
-METRICS_FILE = "audit.json"  # in metrics.dir: counts per kind
+METRICS_FILE = AUDIT_FILE   # in metrics.dir: counts per kind
 LISTS_FILE = "audit.json"    # in reports.dir: the findings, listed
 REPORT_FILE = "audit.html"   # in reports.dir
 AUDIT_KIND = "audit"         # ffx_kind tag of the audit's MLflow runs

@@ -165,3 +165,16 @@ def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(tiny_run, tmp_pat
     assert "warning: the audit found 2 near-duplicate pair(s) across splits" in result.stderr
     card = (root / "reports" / "model_card.md").read_text()
     assert "1 probable label issue(s), 2 near-duplicate pair(s) across splits" in card and "**Leak:**" in card
+
+
+def test_drift_is_the_share_of_a_folders_images_outside_the_training_features(faulty, tmp_path):
+    from conftest import COLOURS, make_image
+
+    root, config, _, _ = faulty
+    for index in range(20):  # like train (blue, red) and unlike it (green, a class it never saw)
+        make_image(tmp_path / "alike" / f"{index}.jpg", COLOURS[("blue", "red")[index % 2]], (40, 36), 900 + index)
+        make_image(tmp_path / "unlike" / f"{index}.jpg", COLOURS["green"], (40, 36), 900 + index)
+    alike, unlike = (json.loads(run_ffx(root, "audit", "--json", "--quiet", "--drift", str(tmp_path / name)).stdout)
+                     ["drift"] for name in ("alike", "unlike"))
+    assert alike["images"] == unlike["images"] == 20 and "OutOfDistribution" in unlike["method"]
+    assert alike["share"] <= 0.25 < 0.75 <= unlike["share"], (alike, unlike)

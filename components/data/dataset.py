@@ -61,6 +61,15 @@ def _image_files(folder: Path) -> list[Path]:
     return found
 
 
+def folder_records(folder: Path) -> list[ImageRecord]:
+    """Every image file below `folder` (any layout, label 0: unknown), hashed like a split's."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image folder not found")
+    return [ImageRecord(path, path.relative_to(folder).as_posix(), 0, path.stat().st_size, file_digest(path))
+            for path in _image_files(folder)]
+
+
 def read_exclusions(path: Path | None) -> frozenset[str]:
     """data.exclude: image paths relative to the dataset root, one a line (blank lines and # comments ignored)."""
     if path is None:

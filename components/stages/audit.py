@@ -11,6 +11,7 @@ from components.audit.findings import Audit, audit_features
 from components.audit.html import write_audit_html
 from components.config import AUDIT_FILE, Config
 from components.data.dataset import SPLITS
+from components.features.extraction import folder_features
 from components.features.identity import load_split_features
 from components.files import write_json_atomic, write_text_atomic
 from components.tracking import git_commit, setup_mlflow
@@ -33,10 +34,13 @@ def audit_outputs(config: Config) -> tuple[Path, Path, Path]:
     return (config.metrics.dir / METRICS_FILE, config.reports.dir / LISTS_FILE, config.reports.dir / REPORT_FILE)
 
 
-def audit_stage(config: Config) -> AuditResult:
-    """Audit train, valid and test from their stored features; write and log the findings."""
+def audit_stage(config: Config, drift_folder: Path | None = None) -> AuditResult:
+    """Audit train, valid and test from their stored features; with `drift_folder` (or audit.drift_folder), the
+    share of that folder's images outside the training distribution. Write and log the findings."""
     splits = {name: load_split_features(config, name) for name in SPLITS}
-    audit = audit_features(splits, config.audit)
+    folder = drift_folder or config.audit.drift_folder
+    new = (str(folder), folder_features(config, folder)[1]) if folder else None
+    audit = audit_features(splits, config.audit, new)
     lists = audit.lists(config.audit.listed, config.audit.neighbours_shown)
     metrics_path, lists_path, report_path = audit_outputs(config)
     write_json_atomic(metrics_path, audit.counts())

@@ -9,7 +9,7 @@ import numpy as np
 from components.audit.drift import Drift, measure_drift
 from components.audit.labels import LabelIssues, find_label_issues
 from components.audit.neighbours import NeighbourIssues, find_neighbour_issues
-from components.audit.space import fit_label_space, fit_neighbour_space, to_space
+from components.audit.space import fit_space, spatially_pooled, to_space
 from components.config import AuditConfig
 from components.features.store import FeatureSet
 
@@ -119,18 +119,19 @@ def audit_features(splits: dict[str, FeatureSet], settings: AuditConfig,
         labels.append(features.labels[:n])
         blocks.append(features.features[:n])
     labels_all = np.concatenate(labels)
-    train = splits["train"].features[:image_rows(splits["train"])]
-    features = np.concatenate(blocks)
+    attrs = splits["train"].attrs
+    pooled = spatially_pooled(np.concatenate(blocks), attrs["feature_shape"], attrs["pooling"])
+    n_train = image_rows(splits["train"])  # train comes first in `splits`: its rows lead
+    space = fit_space(pooled[:n_train], settings.components, settings.seed)
+    x = to_space(space, pooled)
     labelled = np.flatnonzero(np.isin(names, LABELLED_SPLITS))
-    label_space = fit_label_space(train, settings.components, settings.seed)
-    label_issues = find_label_issues(to_space(label_space, features[labelled]), labels_all[labelled],
-                                     settings.folds, settings.label_method, settings.seed)
-    space = fit_neighbour_space(train, settings.components, settings.seed)
-    x = to_space(space, features)
+    label_issues = find_label_issues(x[labelled], labels_all[labelled], settings.folds, settings.label_method,
+                                     settings.seed)
     neighbours = find_neighbour_issues(x, labels_all, settings.k, settings.duplicate_radius,
                                        settings.outlier_threshold)
     drift = None
-    if new is not None:  # train comes first in `splits`: its rows lead `x`
-        drift = measure_drift(x[:len(train)], to_space(space, new[1]), settings.k, settings.drift_quantile, new[0])
+    if new is not None:
+        new_x = to_space(space, spatially_pooled(new[1], attrs["feature_shape"], attrs["pooling"]))
+        drift = measure_drift(x[:n_train], new_x, settings.k, settings.drift_quantile, new[0])
     return Audit(paths, names, labels_all, list(splits["train"].class_names), labelled, label_issues, neighbours,
                  drift)

@@ -1,8 +1,10 @@
 """Label issues: out-of-fold predicted probabilities from a cross-validated logistic regression, ranked by cleanlab.
 
-Logistic regression on the standardised, PCA-reduced features: a linear read-out like the tuned head's, convex
+Logistic regression on the audit space's coordinates, standardised: a linear read-out like the tuned head's, convex
 (no seed-dependent training), calibrated enough for cleanlab's confident learning, and a second or two for a few
-thousand images. Out of fold, so that no image's own (possibly wrong) label fits the model that judges it."""
+thousand images. C = 0.1, a stronger penalty than scikit-learn's default: with a few hundred images per class the
+default fits the training folds' labels, wrong ones included (on the face data: 80% out-of-fold accuracy against
+74-76%). Out of fold, so that no image's own (possibly wrong) label fits the model that judges it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +34,10 @@ def out_of_fold_probabilities(x: np.ndarray, labels: np.ndarray, folds: int, see
     if smallest < 2:
         raise FFXError("audit: a class has fewer than 2 train/valid images; label issues need cross-validation")
     cv = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
-    model = LogisticRegression(max_iter=2000)
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
     return cross_val_predict(model, x, labels, cv=cv, method="predict_proba")
 
 

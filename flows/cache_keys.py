@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from components.config import AUDIT_FILE, Config
-from components.data.dataset import Split
+from components.data.dataset import Split, folder_records
 from components.features.extraction import extraction_key, output_is_current
 from components.features.identity import configured_identity, split_views
 from components.features.shards import shard_key, shard_path
@@ -51,8 +51,11 @@ def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
 
 # --- audit ---
 def audit_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
-    """`feature_keys`: the train, valid and test feature files' keys (their images' contents and backbone)."""
-    key = content_key({"features": {name: feature_keys[name] for name in ("train", "valid", "test")},
+    """`feature_keys`: the train, valid and test feature files' keys (their images' contents and backbone); with
+    audit.drift_folder, its images' contents too (a scheduled run checks the images added since)."""
+    folder = config.audit.drift_folder
+    drift = [(r.relpath, r.sha1) for r in folder_records(folder)] if folder and folder.is_dir() else None
+    key = content_key({"features": {name: feature_keys[name] for name in ("train", "valid", "test")}, "drift": drift,
                        "audit": config.section("audit"), "metrics": config.section("metrics"),
                        "reports": config.section("reports"), "mlflow": config.section("mlflow")})
     return f"audit-{key}", all(path.is_file() for path in audit_outputs(config))

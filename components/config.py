@@ -92,10 +92,19 @@ class Section(BaseModel):
             raise ConfigError(_one_line(exc.errors()[0], cls)) from None
 
 
+def _optional_path(value, info: ValidationInfo) -> Path | None:
+    """"" (or null): none; else a path, as ProjectPath."""
+    return None if value in ("", None) else _path(value, info)
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_optional_path)]
+
+
 class DataConfig(Section):
     root: ProjectPath
     on_bad_image: Literal["error", "skip"]
     max_pixels: Positive
+    exclude: OptionalPath  # a list of image paths (relative to root) left out of every split: ffx audit writes one
 
 
 class BackboneConfig(Section):
@@ -241,6 +250,26 @@ class ScheduleConfig(Section):
         return self
 
 
+# --- audit (ffx audit: components/audit) ---------------------------------------------------------------------
+AUDIT_FILE = "audit.json"  # metrics.dir/audit.json: the audit's counts, which the model card and ffx evaluate read
+LabelMethod = Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"]
+
+
+class AuditConfig(Section):
+    folds: Annotated[int, Field(ge=2)]
+    components: AtLeast0
+    label_method: LabelMethod
+    k: Positive
+    duplicate_radius: Annotated[float, AfterValidator(_fraction)]
+    outlier_threshold: Annotated[float, AfterValidator(_fraction)]
+    drift_folder: OptionalPath
+    drift_quantile: Annotated[float, AfterValidator(_fraction)]
+    neighbours_shown: Positive
+    listed: Positive
+    seed: int
+# --- end audit -------------------------------------------------------------------------------------------------
+
+
 class Config(Section):
     data: DataConfig
     backbone: BackboneConfig
@@ -257,6 +286,7 @@ class Config(Section):
     predict: PredictConfig
     orchestration: OrchestrationConfig
     schedule: ScheduleConfig
+    audit: AuditConfig
     root: Path                  # folder of the params file: relative paths resolve against it
     source: Path
     overrides: tuple[str, ...]  # the --set KEY=VALUE items applied, so child processes see the same config

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from components.config import Config
-from components.data.dataset import Split
+from components.config import AUDIT_FILE, Config
+from components.data.dataset import Split, folder_records
 from components.features.extraction import extraction_key, output_is_current
 from components.features.identity import configured_identity, split_views
 from components.features.shards import shard_key, shard_path
@@ -14,6 +14,7 @@ from components.files import content_key, file_digest
 from components.model.head_file import head_paths
 from components.reports.model_card import MODEL_CARD_FILE
 from components.search.tuner import project_name
+from components.stages.audit import audit_outputs
 from components.stages.evaluate import METRICS_FILE
 
 
@@ -40,7 +41,22 @@ def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str,
 def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
     model_path, _ = head_paths(config)
     head = file_digest(model_path) if model_path.is_file() else "missing"
+    audit = config.metrics.dir / AUDIT_FILE  # the model card quotes its counts
     key = content_key({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
-                       "registry": config.section("registry"), "metrics": config.section("metrics")})
+                       "registry": config.section("registry"), "metrics": config.section("metrics"),
+                       "audit": file_digest(audit) if audit.is_file() else None})
     outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
     return f"evaluate-{key}", all(path.is_file() for path in outputs)
+
+
+# --- audit ---
+def audit_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
+    """`feature_keys`: the train, valid and test feature files' keys (their images' contents and backbone); with
+    audit.drift_folder, its images' contents too (a scheduled run checks the images added since)."""
+    folder = config.audit.drift_folder
+    drift = [(r.relpath, r.sha1) for r in folder_records(folder)] if folder and folder.is_dir() else None
+    key = content_key({"features": {name: feature_keys[name] for name in ("train", "valid", "test")}, "drift": drift,
+                       "audit": config.section("audit"), "metrics": config.section("metrics"),
+                       "reports": config.section("reports"), "mlflow": config.section("mlflow")})
+    return f"audit-{key}", all(path.is_file() for path in audit_outputs(config))
+# --- end audit ---

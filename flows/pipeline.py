@@ -16,12 +16,14 @@ from components.config import Config, load_config
 from components.features.backbone import Backbone, build_backbone
 from components.features.extraction import ExtractionPlan, feature_files, plan_extraction, source_split
 from components.features.shards import ShardResult, extract_shard, merge_shards, shard_rows
+from components.stages.audit import audit_stage
 from components.stages.evaluate import evaluate_stage
 from components.stages.extract import extract_planned, write_extraction_reports
 from components.stages.tune import tune_stage
 from components.tracking import check_tracking_server, setup_mlflow
 from components.ui_links import experiment_link, model_version_link, run_link
-from flows.cache_keys import evaluate_cache_key, extraction_cache_key, shard_cache_key, tune_cache_key
+from flows.cache_keys import (audit_cache_key, evaluate_cache_key, extraction_cache_key, shard_cache_key,
+                              tune_cache_key)
 
 DEPLOYMENT_NAME = "ffx-pipeline"
 
@@ -94,11 +96,22 @@ def evaluate_task(config: Config) -> dict:
     result = evaluate_stage(config)
     reg = result.registration
     logger = get_run_logger()
+    if result.leak_warning:
+        logger.warning(result.leak_warning)
     logger.info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
                 reg.decision)
     logger.info("MLflow UI, the model version: %s", model_version_link(config, reg.name, reg.version))
     return {"accuracy": result.metrics["accuracy"], "version": reg.version, "promoted": reg.promoted,
             "decision": reg.decision}
+
+
+# --- audit ---
+@task(name="audit", persist_result=True)
+def audit_task(config: Config) -> dict:
+    result = audit_stage(config)
+    get_run_logger().info("audit: %s (MLflow run %s)", result.lists["counts"], result.run_id)
+    return dict(result.lists["counts"], run_id=result.run_id)
+# --- end audit ---
 
 
 def _with_storage(config: Config, *tasks):
@@ -112,13 +125,15 @@ def _with_storage(config: Config, *tasks):
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """extract (one task per split, or per shard) -> tune -> evaluate and register; unchanged inputs are cached.
+    """extract (one task per split, or per shard) -> audit -> tune -> evaluate and register; unchanged inputs are
+    cached.
 
     Returns each task's result and final state name ("Cached" for a cache hit).
     """
     config = load_config(params_file, overrides or [])
     check_tracking_server(config)  # a dead tracking server is found before the backbone work, not after
-    extract, shard, tune, evaluate = _with_storage(config, extract_task, shard_task, tune_task, evaluate_task)
+    extract, shard, tune, evaluate, audit = _with_storage(config, extract_task, shard_task, tune_task, evaluate_task,
+                                                          audit_task)
     plan = plan_task(config)
     # Built on first use, once per process: threads share this one; a Dask worker builds its own from the settings.
     backbone = build_backbone(config.backbone, config.root, config.extract.precision)
@@ -145,6 +160,7 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
                                         else result["computed"])
     keys = {name: result["key"] for name, result in summary["extract"].items()}
     write_extraction_reports(config, plan)
+    summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys)), config)  # before evaluate reads it
     summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config)
     summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys["test"])), config)
     return summary

@@ -7,6 +7,7 @@ from import_graph import closure_files, graph
 # components/ in layers; a module may import its own layer's modules and lower layers' only. search and model sit
 # side by side and do not import each other. Modules at the package's top level are the base.
 LAYERS = {"components": 0, "components.data": 1, "components.features": 2, "components.search": 3,
+          "components.audit": 3,
           "components.model": 3, "components.reports": 4, "components.stages": 5, "flows": 6, "ffx": 7, "bench": 7}
 
 
@@ -67,6 +68,7 @@ def test_every_import_goes_down_the_layers():
 
 @pytest.mark.parametrize("stage, forbidden", [
     ("components.stages.extract", ("components.search", "components.model", "components.reports")),
+    ("components.stages.audit", ("components.search", "components.model", "components.reports")),
     ("components.stages.tune", ("components.model.classifier", "components.model.registry",
                                 "components.reports.model_card", "components.reports.evaluation_plots")),
 ])

@@ -61,7 +61,26 @@ def _image_files(folder: Path) -> list[Path]:
     return found
 
 
-def scan_split(root: Path, name: str) -> Split:
+def folder_records(folder: Path) -> list[ImageRecord]:
+    """Every image file below `folder` (any layout, label 0: unknown), hashed like a split's."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image folder not found")
+    return [ImageRecord(path, path.relative_to(folder).as_posix(), 0, path.stat().st_size, file_digest(path))
+            for path in _image_files(folder)]
+
+
+def read_exclusions(path: Path | None) -> frozenset[str]:
+    """data.exclude: image paths relative to the dataset root, one a line (blank lines and # comments ignored)."""
+    if path is None:
+        return frozenset()
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: exclusion list not found (data.exclude)")
+    lines = (line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines())
+    return frozenset(line for line in lines if line)
+
+
+def scan_split(root: Path, name: str, exclude: frozenset[str] = frozenset()) -> Split:
     folder = root / name
     if not folder.is_dir():
         raise DatasetError(f"{folder}: split folder missing (expected {', '.join(SPLITS)} under {root})")
@@ -72,20 +91,23 @@ def scan_split(root: Path, name: str) -> Split:
         raise DatasetError(f"{folder}: only one class ({class_names[0]}); at least two are needed")
     records = []
     for label, class_name in enumerate(class_names):
-        files = _image_files(folder / class_name)
+        files = [p for p in _image_files(folder / class_name) if p.relative_to(root).as_posix() not in exclude]
         if not files:
-            raise DatasetError(f"{folder / class_name}: class folder has no images")
+            raise DatasetError(f"{folder / class_name}: class folder has no images"
+                               + (" left after data.exclude" if exclude else ""))
         records += [ImageRecord(path, path.relative_to(root).as_posix(), label, path.stat().st_size, file_digest(path))
                     for path in files]
     return Split(name, root, class_names, tuple(records))
 
 
-def scan_dataset(root: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Split]:
-    """Scan every split and check they share the same class names."""
+def scan_dataset(root: Path, splits: tuple[str, ...] = SPLITS, exclude: frozenset[str] = frozenset()
+                 ) -> dict[str, Split]:
+    """Scan every split, leaving out the `exclude` paths (relative to root), and check they share the same class
+    names."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found (set data.root in params.yaml)")
-    scanned = {name: scan_split(root, name) for name in splits}
+    scanned = {name: scan_split(root, name, exclude) for name in splits}
     reference = scanned[splits[0]].class_names
     for name, split in scanned.items():
         if split.class_names != reference:

@@ -12,10 +12,19 @@ import numpy as np
 
 from components.config import FLIPPED_SUFFIX, AugmentConfig, Config
 from components.data.augment import FLIP, ORIGINAL, View, augmented_views, row_key
-from components.data.dataset import SPLITS, ImageRecord, Split, scan_dataset, screen_split
-from components.data.images import load_rgb
+from components.data.dataset import (
+    SPLITS,
+    ImageRecord,
+    Split,
+    folder_records,
+    read_exclusions,
+    scan_dataset,
+    screen_split,
+)
+from components.data.images import check_image, load_rgb
 from components.features.backbone import (
     Backbone,
+    build_backbone,
     check_backbone_config,
 )
 from components.features.cache import open_feature_cache
@@ -180,7 +189,19 @@ def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: P
 def plan_extraction(config: Config, splits: tuple[str, ...] = SPLITS) -> ExtractionPlan:
     """Check params, layout and every image before any backbone work."""
     check_backbone_config(config.backbone, config.root)
-    scanned = scan_dataset(config.data.root, splits)
+    scanned = scan_dataset(config.data.root, splits, read_exclusions(config.data.exclude))
     screened = {name: screen_split(split, config.data.max_pixels, config.data.on_bad_image)
                 for name, split in scanned.items()}
     return ExtractionPlan({n: s for n, (s, _) in screened.items()}, {n: bad for n, (_, bad) in screened.items()})
+
+
+def folder_features(config: Config, folder: Path) -> tuple[list[str], np.ndarray]:
+    """Every image below `folder` (unreadable ones left out) through the configured backbone by way of the feature
+    cache: (paths relative to `folder`, features). For images outside the dataset, e.g. new ones checked for drift."""
+    records = [r for r in folder_records(folder) if check_image(r.path, config.data.max_pixels) is None]
+    rows = [Row(r, i) for i, r in enumerate(records)]
+    backbone = build_backbone(config.backbone, config.root, config.extract.precision)
+    with open_feature_cache(config.features.cache_dir, backbone.key, backbone.feature_dim) as cache:
+        _compute_missing(rows, backbone, cache, config.extract.batch_size, config.data.max_pixels, None)
+        features = cache.get([r.key for r in rows]) if rows else np.zeros((0, backbone.feature_dim), np.float32)
+    return [r.relpath for r in records], features

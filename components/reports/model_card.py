@@ -3,12 +3,13 @@ reproduce the run (git commit, params, the data and outputs recorded in dvc.lock
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from components.config import Config
+from components.config import AUDIT_FILE, Config
 from components.features.store import FeatureSet, split_summary
 from components.files import write_text_atomic
 from components.model.metrics import roc_auc
@@ -41,6 +42,29 @@ def bootstrap_auc_interval(labels: np.ndarray, probabilities: np.ndarray, seed: 
     if len(values) < samples // 2:
         return None
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def read_audit_counts(config: Config) -> dict | None:
+    """metrics/audit.json, the counts `ffx audit` wrote, when there is one (read, not declared: the evaluate stage
+    does not wait for the audit)."""
+    path = config.metrics.dir / AUDIT_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _audit_lines(counts: dict | None) -> list[str]:
+    if counts is None:
+        return ["- Data audit: none yet (`ffx audit`)."]
+    lines = [f"- Data audit (`ffx audit`, {counts.get('images')} images): {counts.get('label_issues')} probable "
+             f"label issue(s), {counts.get('leaks')} near-duplicate pair(s) across splits, "
+             f"{counts.get('near_duplicates')} within a split, {counts.get('outliers')} outlier(s); "
+             "see `reports/audit.html`."]
+    if counts.get("leaks"):
+        lines.append(f"- **Leak:** {counts['leaks']} test or valid image(s) have a near-copy in another split: "
+                     "the test score is optimistic.")
+    return lines
 
 
 def _dvc_lock_lines(root: Path) -> list[str]:
@@ -121,6 +145,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
     lines += ["", "Plots: `evaluation/confusion_matrix.png`, `roc.png`, `precision_recall.png`, `calibration.png`, "
               "`confident_errors.png`.", "", "## Known limits", ""]
     lines += _limits(splits, backbone, metrics)
+    lines += _audit_lines(read_audit_counts(config))
     commit = git_commit(config.root)
     checkout = [f"git checkout {commit.removesuffix('-dirty')}"] if commit != "unknown" else []
     lines += ["", "## Reproduce", "",

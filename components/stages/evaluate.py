@@ -12,7 +12,7 @@ from components.model.head_file import head_paths, load_head
 from components.model.metrics import evaluate_head, write_predictions_csv, write_roc_csv
 from components.model.registry import Registration, register_classifier
 from components.reports.evaluation_plots import write_evaluation_plots
-from components.reports.model_card import write_model_card
+from components.reports.model_card import read_audit_counts, write_model_card
 from components.tracking import feature_datasets, setup_mlflow
 
 PREDICTIONS_FILE = "test_predictions.csv"
@@ -24,6 +24,13 @@ METRICS_FILE = "test.json"
 class EvaluationResult:
     metrics: dict
     registration: Registration
+    audit: dict | None = None  # metrics/audit.json's counts when `ffx audit` wrote one
+
+    @property
+    def leak_warning(self) -> str | None:
+        leaks = (self.audit or {}).get("leaks", 0)
+        return (f"warning: the audit found {leaks} near-duplicate pair(s) across splits (metrics/audit.json, "
+                "reports/audit.html): the test score is optimistic") if leaks else None
 
 
 def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationResult:
@@ -53,4 +60,4 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     client, _ = setup_mlflow(config)  # the evaluation's run (the search's): the test features it was scored on
     scored = {"test": test} | ({"test" + FLIPPED_SUFFIX: flipped} if flipped is not None else {})
     client.log_inputs(registration.run_id, datasets=feature_datasets(config.data.root, scored))
-    return EvaluationResult(metrics, registration)
+    return EvaluationResult(metrics, registration, read_audit_counts(config))

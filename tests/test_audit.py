@@ -1,0 +1,180 @@
+"""ffx audit on generated data with known faults: flipped labels, test images copied into train (re-encoded and
+resized), blank and noise frames. And its params: one line naming the key."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_dataset, run_ffx, write_params
+
+from components.config import load_config
+from components.errors import ConfigError
+
+FLIPS, LEAKS, ODD = 4, 5, 3  # 4 = 5% of the 80 train images
+
+
+def inject_faults(data: Path, seed: int) -> dict:
+    """Flip 5% of the train labels (move to the other class folder), copy 5 test images into train re-encoded at
+    JPEG quality 60 and resized 1.5x, add 3 blank images. Returns the faults' relative paths."""
+    rng = np.random.default_rng(seed)
+    train = sorted(p for p in (data / "train").rglob("*") if p.is_file())
+    classes = sorted(p.name for p in (data / "train").iterdir())
+    flipped = []
+    for path in rng.choice(train, FLIPS, replace=False):
+        other = next(c for c in classes if c != path.parent.name)
+        dest = data / "train" / other / f"flipped_{path.name}"
+        path.rename(dest)
+        flipped.append(dest.relative_to(data).as_posix())
+    leaks = []
+    for path in rng.choice(sorted(p for p in (data / "test").rglob("*") if p.is_file()), LEAKS, replace=False):
+        with Image.open(path) as image:
+            copy = image.convert("RGB").resize((image.width * 3 // 2, image.height * 3 // 2))
+        dest = data / "train" / path.parent.name / f"leaked_{path.stem}.jpg"
+        copy.save(dest, quality=60)
+        leaks.append(frozenset({path.relative_to(data).as_posix(), dest.relative_to(data).as_posix()}))
+    odd = []
+    # Blank frames: white, black, grey. (Uniform noise is no odd image here: make_dataset's images are coloured
+    # noise; it ranks after the grayscale image make_dataset puts in each split and class.)
+    for index, shade in enumerate((255, 0, 128)):
+        pixels = np.full((40 + 8 * index, 40, 3), shade, np.uint8)
+        dest = data / "train" / classes[index % 2] / f"odd_{index}.png"
+        Image.fromarray(pixels).save(dest)
+        odd.append(dest.relative_to(data).as_posix())
+    return {"flipped": flipped, "leaks": leaks, "odd": odd}
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """A dataset with known faults, extracted (random VGG16 weights, 32 px, average pooling: fast and enough to tell
+    these images apart), then audited by `ffx audit --json`."""
+    from components.stages.extract import extract_stage
+
+    root = tmp_path_factory.mktemp("faulty")
+    make_dataset(root / "data", per_split={"train": 40, "valid": 10, "test": 10})
+    faults = inject_faults(root / "data", seed=7)
+    write_params(root, backbone={"name": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg"})
+    config = load_config(root / "params.yaml")
+    extract_stage(config)
+    result = run_ffx(root, "audit", "--json", "--write-exclusions", "exclude.txt")
+    assert result.returncode == 0, result.stderr
+    return root, config, faults, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def audit(faulty):
+    """The same audit, in full (every image ranked), without the outputs."""
+    from components.audit.findings import audit_features
+    from components.features.identity import load_split_features
+
+    config = faulty[1]
+    return audit_features({s: load_split_features(config, s) for s in ("train", "valid", "test")}, config.audit)
+
+
+def test_flipped_labels_rank_first(faulty, audit):
+    root, config, faults, _ = faulty
+    ranked = [audit.paths[row] for row in audit.label_ranking()[:FLIPS]]
+    assert len(set(ranked) & set(faults["flipped"])) >= 0.6 * FLIPS, ranked
+    assert set(audit.paths) >= set(faults["flipped"])
+
+
+def test_every_leak_is_found_as_a_cross_split_pair(faulty):
+    _, _, faults, lists = faulty
+    found = {frozenset({p["a"]["path"], p["b"]["path"]}) for p in lists["leaks"]}
+    assert all(leak in found for leak in faults["leaks"]), (faults["leaks"], found)
+    assert all({p["a"]["split"], p["b"]["split"]} == {"train", "test"} for p in lists["leaks"]
+               if frozenset({p["a"]["path"], p["b"]["path"]}) in faults["leaks"])
+
+
+def test_odd_images_are_the_top_outliers(faulty, audit):
+    _, _, faults, lists = faulty
+    top = [audit.paths[row] for row in audit.neighbours.ranked_outliers[:2 * ODD]]
+    assert set(faults["odd"]) <= set(top), top
+    assert [o["path"] for o in lists["outliers"]] == [p for p in top if p in {o["path"] for o in lists["outliers"]}]
+
+
+def test_outputs_report_and_exclusion_list(faulty):
+    root, config, faults, lists = faulty
+    counts = json.loads((config.metrics.dir / "audit.json").read_text())
+    assert counts == lists["counts"] and counts["leaks"] >= LEAKS and counts["images"] == 80 + 20 + 20 + LEAKS + ODD
+    page = (config.reports.dir / "audit.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 * LEAKS and faults["odd"][0] in page
+    excluded = {line.split("#")[0].strip() for line in (root / "exclude.txt").read_text().splitlines()} - {""}
+    assert {o["path"] for o in lists["outliers"]} <= excluded and not any(p.startswith("test/") for p in excluded)
+    assert {p for leak in faults["leaks"] for p in leak if p.startswith("train/")} <= excluded
+    # The audit moved nothing; the list, set as data.exclude, leaves those images out of the next scan.
+    from components.features.extraction import plan_extraction
+
+    assert all((config.data.root / p).is_file() for p in excluded)
+    plan = plan_extraction(load_config(root / "params.yaml", ["data.exclude=exclude.txt"]))
+    kept = {r.relpath for split in plan.splits.values() for r in split.records}
+    assert not kept & excluded and len(kept) == counts["images"] - len(excluded)
+
+
+def test_audit_is_logged_to_mlflow(faulty):
+    from components.tracking import setup_mlflow
+
+    _, config, _, lists = faulty
+    client, experiment = setup_mlflow(config, create=False)
+    (run, *_) = client.search_runs([experiment], "tags.ffx_kind = 'audit'")
+    assert run.data.metrics["audit_leaks"] == lists["counts"]["leaks"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "audit")} == {
+        "audit/audit.json", "audit/audit.html"}
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("audit.label_method=loss", "audit.label_method"),
+    ("audit.k=0", "audit.k"),
+    ("audit.duplicate_radius=1.5", "audit.duplicate_radius"),
+    ("audit.drift_quantile=-0.1", "audit.drift_quantile"),
+    ("audit.folds=1", "audit.folds"),
+])
+def test_bad_audit_params_name_the_key(tmp_path, setting, key):
+    write_params(tmp_path)
+    with pytest.raises(ConfigError, match=f"'{key}'") as error:
+        load_config(tmp_path / "params.yaml", [setting])
+    assert "\n" not in str(error.value)
+
+
+def test_bad_param_from_the_command_line_is_one_line(tmp_path):
+    from conftest import assert_one_line_error
+
+    write_params(tmp_path)
+    assert_one_line_error(run_ffx(tmp_path, "audit", "--set", "audit.k=0"), "audit.k")
+
+
+def test_a_missing_exclusion_list_is_named(tmp_path):
+    from components.errors import FFXError
+    from components.features.extraction import plan_extraction
+
+    make_dataset(tmp_path / "data")
+    write_params(tmp_path, data={"exclude": "absent.txt"})
+    with pytest.raises(FFXError, match="absent.txt: exclusion list not found"):
+        plan_extraction(load_config(tmp_path / "params.yaml"))
+
+
+def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(tiny_run, tmp_path):
+    """ffx evaluate reads metrics/audit.json when `ffx audit` wrote one (here: one with two leaks)."""
+    root = shutil.copytree(tiny_run.root, tmp_path / "project", symlinks=True)
+    counts = {"images": 48, "label_issues": 1, "leaks": 2, "near_duplicates": 0, "outliers": 3}
+    (root / "metrics" / "audit.json").write_text(json.dumps(counts))
+    result = run_ffx(root, "evaluate")
+    assert result.returncode == 0, result.stderr
+    assert "warning: the audit found 2 near-duplicate pair(s) across splits" in result.stderr
+    card = (root / "reports" / "model_card.md").read_text()
+    assert "1 probable label issue(s), 2 near-duplicate pair(s) across splits" in card and "**Leak:**" in card
+
+
+def test_drift_is_the_share_of_a_folders_images_outside_the_training_features(faulty, tmp_path):
+    from conftest import COLOURS, make_image
+
+    root, config, _, _ = faulty
+    for index in range(20):  # like train (blue, red) and unlike it (green, a class it never saw)
+        make_image(tmp_path / "alike" / f"{index}.jpg", COLOURS[("blue", "red")[index % 2]], (40, 36), 900 + index)
+        make_image(tmp_path / "unlike" / f"{index}.jpg", COLOURS["green"], (40, 36), 900 + index)
+    alike, unlike = (json.loads(run_ffx(root, "audit", "--json", "--quiet", "--drift", str(tmp_path / name)).stdout)
+                     ["drift"] for name in ("alike", "unlike"))
+    assert alike["images"] == unlike["images"] == 20 and "OutOfDistribution" in unlike["method"]
+    assert alike["share"] <= 0.25 < 0.75 <= unlike["share"], (alike, unlike)

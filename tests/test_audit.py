@@ -1,7 +1,6 @@
 """ffx audit on generated data with known faults: flipped labels, test images copied into train (re-encoded and
 resized), blank and noise frames. And its params: one line naming the key."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -155,10 +154,13 @@ def test_a_missing_exclusion_list_is_named(tmp_path):
         plan_extraction(load_config(tmp_path / "params.yaml"))
 
 
-def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(tiny_run, tmp_path):
-    """ffx evaluate reads metrics/audit.json when `ffx audit` wrote one (here: one with two leaks)."""
-    root = shutil.copytree(tiny_run.root, tmp_path / "project", symlinks=True)
+def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(extracted_project):
+    """ffx evaluate reads metrics/audit.json when `ffx audit` wrote one (here: one with two leaks). A search of its
+    own: a copy of `tiny_run` would share that run's MLflow artifact folder (the experiment records its path)."""
+    root = extracted_project
+    assert run_ffx(root, "tune", "--set", "tuner.max_trials=1").returncode == 0
     counts = {"images": 48, "label_issues": 1, "leaks": 2, "near_duplicates": 0, "outliers": 3}
+    (root / "metrics").mkdir(exist_ok=True)
     (root / "metrics" / "audit.json").write_text(json.dumps(counts))
     result = run_ffx(root, "evaluate")
     assert result.returncode == 0, result.stderr

@@ -17,10 +17,17 @@ from components.features.backbone import Backbone, build_backbone
 from components.features.extraction import ExtractionPlan, feature_files, plan_extraction, source_split
 from components.features.shards import ShardResult, extract_shard, merge_shards, shard_rows
 from components.stages.evaluate import evaluate_stage
+from components.stages.finetune import finetune_stage
 from components.stages.extract import extract_planned, write_extraction_reports
 from components.stages.tune import tune_stage
 from components.tracking import check_tracking_server
-from flows.cache_keys import evaluate_cache_key, extraction_cache_key, shard_cache_key, tune_cache_key
+from flows.cache_keys import (
+    evaluate_cache_key,
+    extraction_cache_key,
+    finetune_cache_key,
+    shard_cache_key,
+    tune_cache_key,
+)
 
 DEPLOYMENT_NAME = "ffx-pipeline"
 
@@ -106,13 +113,14 @@ def _with_storage(config: Config, *tasks):
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """extract (one task per split, or per shard) -> tune -> evaluate and register; unchanged inputs are cached.
+    """extract (one task per split, or per shard) -> tune -> finetune -> evaluate and register; unchanged inputs are cached.
 
     Returns each task's result and final state name ("Cached" for a cache hit).
     """
     config = load_config(params_file, overrides or [])
     check_tracking_server(config)  # a dead tracking server is found before the backbone work, not after
-    extract, shard, tune, evaluate = _with_storage(config, extract_task, shard_task, tune_task, evaluate_task)
+    extract, shard, tune, finetune, evaluate = _with_storage(config, extract_task, shard_task, tune_task,
+                                                             finetune_task, evaluate_task)
     plan = plan_task(config)
     # Built on first use, once per process: threads share this one; a Dask worker builds its own from the settings.
     backbone = build_backbone(config.backbone, config.root, config.extract.precision)
@@ -140,6 +148,7 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     keys = {name: result["key"] for name, result in summary["extract"].items()}
     write_extraction_reports(config, plan)
     summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config)
+    summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys)), config)
     summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys["test"])), config)
     return summary
 

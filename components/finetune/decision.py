@@ -38,7 +38,8 @@ def settings_key(config: Config) -> str:
 
 
 def write_decision(config: Config, head_file: Path, decision: dict) -> dict:
-    decision = dict(decision, head_sha1=file_digest(head_file), settings=settings_key(config))
+    decision = dict(decision, head_sha1=file_digest(head_file) if head_file.is_file() else None,
+                    settings=settings_key(config))
     write_json_atomic(decision_path(config), decision)
     return decision
 

@@ -3,6 +3,7 @@ and a checkpoint after every epoch (weights, optimizer state, history) from whic
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,8 +95,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 def _save_weights(model: keras.Model, path: Path) -> None:
-    with atomic_path(path) as tmp:  # keeps the .weights.h5 suffix Keras wants
+    """Written beside `path` and renamed (a kill leaves no torn file), with the .weights.h5 ending Keras wants."""
+    tmp = path.with_name(f".tmp.{path.name}")
+    try:
         model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def restore(model: keras.Model, folder: Path, state: TrainingState) -> None:

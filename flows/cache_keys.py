@@ -53,6 +53,7 @@ def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
     decision = decision_path(config)
     key = content_key({"head": head, "test": test_key,
                        "finetune": file_digest(decision) if decision.is_file() else "none",
-                       "mlflow": config.section("mlflow"), "registry": config.section("registry"), "metrics": config.section("metrics")})
+                       "mlflow": config.section("mlflow"), "registry": config.section("registry"),
+                       "metrics": config.section("metrics")})
     outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
     return f"evaluate-{key}", all(path.is_file() for path in outputs)

@@ -92,6 +92,12 @@ def tune_task(config: Config) -> dict:
             "parent_run_id": result.parent_run_id, "trials": len(result.trials), "seconds": result.seconds}
 
 
+@task(name="finetune", persist_result=True)
+def finetune_task(config: Config) -> dict:
+    decision = finetune_stage(config, get_run_logger().info)
+    return {key: decision.get(key) for key in ("enabled", "kept", "objective", "head_score", "finetuned_score")}
+
+
 @task(name="evaluate-and-register", persist_result=True)
 def evaluate_task(config: Config) -> dict:
     result = evaluate_stage(config)
@@ -113,7 +119,8 @@ def _with_storage(config: Config, *tasks):
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """extract (one task per split, or per shard) -> tune -> finetune -> evaluate and register; unchanged inputs are cached.
+    """extract (one task per split, or per shard) -> tune -> finetune -> evaluate and register; unchanged inputs are
+    cached.
 
     Returns each task's result and final state name ("Cached" for a cache hit).
     """

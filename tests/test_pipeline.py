@@ -44,7 +44,7 @@ def _stages_run(output: str) -> list[str]:
 def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_path, classes):
     project = _dvc_project(tmp_path, classes)
     first = _run(["dvc", "repro"], project)
-    assert _stages_run(first.stdout) == ["extract", "tune", "evaluate"]
+    assert _stages_run(first.stdout) == ["extract", "tune", "finetune", "evaluate"]
     assert "WARNING" not in first.stdout + first.stderr, first.stdout + first.stderr  # e.g. an empty output folder
 
     with h5py.File(project / "features" / "test.h5", "r") as handle:
@@ -88,7 +88,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_pat
         assert set(json.loads(_run(["dvc", "status", "--json"], project).stdout)) == {"evaluate"}
         card.write_text(card.read_text().removesuffix("# an edit\n"))
         write_params(project, mlflow={"experiment": "tiny"}, tuner={"max_trials": 2})
-        assert _stages_run(_run(["dvc", "repro"], project).stdout) == ["tune", "evaluate"]
+        assert _stages_run(_run(["dvc", "repro"], project).stdout) == ["tune", "finetune", "evaluate"]
         write_params(project, mlflow={"experiment": "tiny"}, tuner={"max_trials": 2},
                      backbone={"input_size": 40})
         assert _stages_run(_run(["dvc", "repro"], project).stdout)[0] == "extract"

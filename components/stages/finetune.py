@@ -89,7 +89,8 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        client.log_batch(state.run_id, [Metric(k, v, now, epoch) for k, v in {**logs, "epoch_seconds": seconds}.items()])
+        values = {**logs, "epoch_seconds": seconds}
+        client.log_batch(state.run_id, [Metric(k, v, now, epoch) for k, v in values.items()])
         say(f"epoch {epoch}/{settings.epochs}: {monitor} {logs[monitor]:.4f}, loss {logs['loss']:.4f} ({seconds:.1f}s)")
 
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from components.config import BackboneConfig, BackboneName, Config
 from components.data.dataset import SPLITS
-from components.errors import ConfigError
+from components.errors import ConfigError, FFXError
 from components.features.backbone import (
     LAST_LAYER,
     Backbone,
@@ -107,7 +107,7 @@ def check_boundary_file(config: Config, boundary: str, name: str) -> dict:
     try:
         attrs = read_attrs(path)
     except OSError:
-        raise ConfigError(f"{path}: no boundary feature file (run `ffx finetune`)") from None
+        raise FFXError(f"{path}: no boundary feature file (run `ffx finetune`)") from None
     weights_id = attrs.get("weights")
     expected = backbone_identity(boundary_config(config.backbone, boundary), weights_id, config.extract.precision)
     check_same_identity(f"{path}: made with other settings than params.yaml asks for",

@@ -61,8 +61,3 @@ def decision_is_current(config: Config, head_file: Path) -> bool:
     return bool(decision and head_file.is_file() and decision.get("head_sha1") == file_digest(head_file)
                 and decision.get("settings") == settings_key(config))
 
-
-def check_decision_is_current(config: Config, head_file: Path) -> None:
-    if not decision_is_current(config, head_file):
-        raise FFXError(f"{decision_path(config)}: made for another head ({head_file}) or other finetune settings; "
-                       "run `ffx finetune` again")

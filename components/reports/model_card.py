@@ -124,7 +124,8 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
               f"- Parameters: `{_relative(config.source, config.root)}`.",
               f"- Command that wrote this card: `{command}`.",
               "- Data and outputs (`dvc.lock`):", *_dvc_lock_lines(config.root), "",
-              "```bash", *checkout, "dvc repro            # or: ffx extract && ffx tune && ffx evaluate", "```", ""]
+              "```bash", *checkout, "dvc repro  # or: ffx extract && ffx tune && ffx finetune && ffx evaluate",
+              "```", ""]
     path = config.reports.dir / MODEL_CARD_FILE
     write_text_atomic(path, "\n".join(lines))
     return path

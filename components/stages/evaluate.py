@@ -9,7 +9,13 @@ from components.errors import FFXError
 from components.features.identity import load_split_features
 from components.files import write_json_atomic
 from components.finetune.boundary import load_boundary_features
-from components.finetune.decision import KEPT_FINETUNED, check_decision_is_current, finetuned_dir, read_decision
+from components.finetune.decision import (
+    KEPT_FINETUNED,
+    decision_is_current,
+    decision_path,
+    finetuned_dir,
+    read_decision,
+)
 from components.model.head_file import HEAD_FILE, head_paths, load_head
 from components.model.metrics import evaluate_head, write_predictions_csv, write_roc_csv
 from components.model.registry import Registration, register_classifier
@@ -59,10 +65,14 @@ def _kept_model(config: Config):
     the stage's decision (both validation scores) for the model card and the registered version."""
     head_file = head_paths(config)[0]
     decision = read_decision(config)
+    if decision is not None and not decision_is_current(config, head_file):
+        if decision["kept"] == KEPT_FINETUNED:  # made from an earlier head: neither it nor its scores stand
+            raise FFXError(f"{decision_path(config)}: made for another head ({head_file}) or other finetune "
+                           "settings; run `ffx finetune` again")
+        decision = None  # the head alone, as without the stage
     if decision is None:  # the finetune stage never ran here
         model, metadata = load_head(head_file)
         return head_file, model, metadata, lambda split: load_split_features(config, split)
-    check_decision_is_current(config, head_file)
     if decision["kept"] == KEPT_FINETUNED:
         head_file = finetuned_dir(config) / HEAD_FILE
         model, metadata = load_head(head_file)

@@ -10,6 +10,7 @@ from typing import Callable
 
 from components.config import BackboneConfig, Config, better
 from components.features.backbone import backbone_of_head
+from components.errors import FFXError
 from components.files import atomic_path, content_key, file_digest, write_json_atomic
 from components.finetune.boundary import (
     boundary_backbone,
@@ -63,6 +64,10 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     say(f"boundary {boundary}: {computed} view(s) through the frozen layers, the rest from the cache "
         f"({extract_seconds:.1f}s)")
     attrs = {name: check_boundary_file(config, boundary, name) for name in ("train", "valid")}
+    for name, found in attrs.items():
+        if found["class_names"] != metadata["class_names"]:
+            raise FFXError(f"{boundary_path(config, name)}: classes {found['class_names']} differ from the head's "
+                           f"{metadata['class_names']}; run `ffx tune` again")
     model = build_finetune_model(backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root),
                                  boundary, head)
     binary = len(metadata["class_names"]) == 2

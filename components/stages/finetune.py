@@ -116,8 +116,9 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     _finish_runs(client, state.run_id, parent_run_id, decision)
     say(f"kept {kept}: {monitor} head alone {head_score:.4f}, fine-tuned "
         f"{'none' if finetuned_score is None else f'{finetuned_score:.4f}'} (best epoch {state.best_epoch})")
-    shutil.rmtree(folder, ignore_errors=True)  # done: the checkpoints are no longer needed
-    return write_decision(config, head_file, decision)
+    decision = write_decision(config, head_file, decision)
+    shutil.rmtree(folder, ignore_errors=True)  # done and recorded: the checkpoints are no longer needed
+    return decision
 
 
 def _start_run(client, experiment_id: str, parent_run_id: str, config: Config, boundary: str, monitor: str,

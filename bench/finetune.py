@@ -1,7 +1,7 @@
 """One fine-tuning epoch from the boundary cache against the same model trained the guide's way (Keras' transfer
 learning guide: every image through the frozen blocks at every epoch), side by side in one run.
 
-    python -m bench.finetune [--images 256] [--rounds 2] [--precision float32]
+    python -m bench.finetune --data ../shared/datasets/faces [--images 256] [--rounds 2] [--precision float32]
 
 Both train the same top block (the backbone's layers after the boundary) and the same head (Dense 64 on the
 flattened maps, behind its fixed standardisation), with RMSprop, one epoch of the same images in batches of 32.
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="timed epochs of each way, alternated")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--boundary", default="block4_pool")
+    parser.add_argument("--weights", default="hed-vgg16", help="speed does not depend on weights (none: random)")
+    parser.add_argument("--input-size", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "finetune.json")
     args = parser.parse_args(argv)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = subset_project(args.data, work, args.images // 2)
     config = load_config(write_params(work / "params.yaml", {
         "data": {"root": str(root)},
-        "backbone": {"name": "vgg16", "weights": "hed-vgg16", "input_size": 150, "pooling": "flatten"},
+        "backbone": {"name": "vgg16", "weights": args.weights, "input_size": args.input_size, "pooling": "flatten"},
         "extract": {"precision": args.precision, "batch_size": args.batch_size},
         "features": {"dir": str(work / "features"), "cache_dir": str(work / "cache")},
         "finetune": {"enabled": True, "boundary": args.boundary, "batch_size": args.batch_size},
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     with h5py.File(path, "r") as handle:
         labels = handle["labels"][()].astype(np.float32).reshape(-1, 1)
         relpaths = list(handle["paths"].asstr()[()])
-    images = decode_batch([config.data.root / p for p in relpaths], 150, config.data.max_pixels,
+    images = decode_batch([config.data.root / p for p in relpaths], args.input_size, config.data.max_pixels,
                           [ORIGINAL] * len(relpaths))
     images = guide_backbone.preprocess(images.astype(np.float32))
     log(f"trainable weights: cached {len(cached.trainable_weights)}, guide {len(guide.trainable_weights)}")

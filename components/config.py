@@ -174,6 +174,16 @@ class TrainConfig(Section):
     early_stopping_patience: AtLeast0
 
 
+class FinetuneConfig(Section):  # the finetune stage: the top of the backbone trained with the head
+    enabled: bool
+    boundary: Text  # auto: per architecture (components.finetune.boundary.DEFAULT_BOUNDARIES), checked at the stage
+    epochs: Positive
+    learning_rate: Annotated[float, Field(gt=0)]
+    batch_size: Positive
+    early_stopping_patience: AtLeast0
+    directory: ProjectPath  # per-epoch checkpoints: a killed run resumes from its last epoch
+
+
 class SpaceConfig(Section):
     units: Annotated[list[Positive], Field(min_length=1)]
     dropout_min: float
@@ -278,6 +288,7 @@ class Config(Section):
     tuner: TunerConfig
     train: TrainConfig
     space: SpaceConfig
+    finetune: FinetuneConfig
     model: OutputConfig
     metrics: OutputConfig
     reports: OutputConfig

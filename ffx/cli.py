@@ -125,6 +125,22 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
 
 
 @app.command()
+def finetune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
+    """Fine-tune the backbone's top layers with the best head from features cached at the boundary (finetune.*);
+    keep whichever of fine-tuned and head-only is better on validation, for `ffx evaluate`."""
+    config = _config(params, set_)
+    if config.finetune.enabled:  # off, the stage only writes its decision: no TensorFlow to load
+        from components.runtime import quiet_tensorflow
+
+        quiet_tensorflow(State.debug)
+    from components.stages.finetune import finetune_stage
+
+    decision = finetune_stage(config, None if quiet else lambda line: typer.echo(line, err=True))
+    if not decision["enabled"]:
+        _say(quiet, "finetune: off (finetune.enabled: false); evaluate scores the head alone")
+
+
+@app.command()
 def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
     """Score the best head on the test split; write metrics, plots and reports/model_card.md; register it in MLflow."""
     import shlex

@@ -11,6 +11,7 @@ from components.features.extraction import extraction_key, output_is_current
 from components.features.identity import configured_identity, split_views
 from components.features.shards import shard_key, shard_path
 from components.files import content_key, file_digest
+from components.finetune.decision import decision_is_current, decision_path, settings_key
 from components.model.head_file import head_paths
 from components.reports.model_card import MODEL_CARD_FILE
 from components.search.tuner import project_name
@@ -38,13 +39,24 @@ def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str,
     return f"tune-{content_key({'project': project, 'model': config.section('model')})}", current
 
 
+def finetune_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
+    """`feature_keys`: the extract stage's keys by feature file (the images and views the boundary features are
+    made from too)."""
+    model_path, _ = head_paths(config)
+    head = file_digest(model_path) if model_path.is_file() else "missing"
+    key = content_key({"head": head, "features": feature_keys, "settings": settings_key(config)})
+    return f"finetune-{key}", decision_is_current(config, model_path)
+
+
 def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
     model_path, _ = head_paths(config)
     head = file_digest(model_path) if model_path.is_file() else "missing"
     audit = config.metrics.dir / AUDIT_FILE  # the model card quotes its counts
-    key = content_key({"head": head, "test": test_key, "mlflow": config.section("mlflow"),
-                       "registry": config.section("registry"), "metrics": config.section("metrics"),
-                       "audit": file_digest(audit) if audit.is_file() else None})
+    decision = decision_path(config)
+    key = content_key({"head": head, "test": test_key,
+                       "finetune": file_digest(decision) if decision.is_file() else "none",
+                       "mlflow": config.section("mlflow"), "registry": config.section("registry"),
+                       "metrics": config.section("metrics"), "audit": file_digest(audit) if audit.is_file() else None})
     outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
     return f"evaluate-{key}", all(path.is_file() for path in outputs)
 

@@ -18,12 +18,13 @@ from components.features.extraction import ExtractionPlan, feature_files, plan_e
 from components.features.shards import ShardResult, extract_shard, merge_shards, shard_rows
 from components.stages.audit import audit_stage
 from components.stages.evaluate import evaluate_stage
+from components.stages.finetune import finetune_stage
 from components.stages.extract import extract_planned, write_extraction_reports
 from components.stages.tune import tune_stage
 from components.tracking import check_tracking_server, setup_mlflow
 from components.ui_links import experiment_link, model_version_link, run_link
-from flows.cache_keys import (audit_cache_key, evaluate_cache_key, extraction_cache_key, shard_cache_key,
-                              tune_cache_key)
+from flows.cache_keys import (audit_cache_key, evaluate_cache_key, extraction_cache_key, finetune_cache_key,
+                              shard_cache_key, tune_cache_key)
 
 DEPLOYMENT_NAME = "ffx-pipeline"
 
@@ -91,6 +92,12 @@ def tune_task(config: Config) -> dict:
             "parent_run_id": result.parent_run_id, "trials": len(result.trials), "seconds": result.seconds}
 
 
+@task(name="finetune", persist_result=True)
+def finetune_task(config: Config) -> dict:
+    decision = finetune_stage(config, get_run_logger().info)
+    return {key: decision.get(key) for key in ("enabled", "kept", "objective", "head_score", "finetuned_score")}
+
+
 @task(name="evaluate-and-register", persist_result=True)
 def evaluate_task(config: Config) -> dict:
     result = evaluate_stage(config)
@@ -125,15 +132,15 @@ def _with_storage(config: Config, *tasks):
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """extract (one task per split, or per shard) -> audit -> tune -> evaluate and register; unchanged inputs are
-    cached.
+    """extract (one task per split, or per shard) -> audit -> tune -> finetune -> evaluate and register; unchanged
+    inputs are cached.
 
     Returns each task's result and final state name ("Cached" for a cache hit).
     """
     config = load_config(params_file, overrides or [])
     check_tracking_server(config)  # a dead tracking server is found before the backbone work, not after
-    extract, shard, tune, evaluate, audit = _with_storage(config, extract_task, shard_task, tune_task, evaluate_task,
-                                                          audit_task)
+    extract, shard, tune, finetune, evaluate, audit = _with_storage(config, extract_task, shard_task, tune_task,
+                                                                    finetune_task, evaluate_task, audit_task)
     plan = plan_task(config)
     # Built on first use, once per process: threads share this one; a Dask worker builds its own from the settings.
     backbone = build_backbone(config.backbone, config.root, config.extract.precision)
@@ -162,6 +169,7 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     write_extraction_reports(config, plan)
     summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys)), config)  # before evaluate reads it
     summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config)
+    summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys)), config)
     summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys["test"])), config)
     return summary
 

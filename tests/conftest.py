@@ -232,3 +232,28 @@ def page_text(chromium: str, url: str, profile: Path, expected: list[str], tries
         if all(item in text for item in expected):
             break
     return dom, text
+
+
+FINETUNE_PARAMS = {  # tiny data, random weights: at 1e-6 the top block improves validation loss, so it is kept
+    "tuner": {"objective": "val_loss"},
+    "finetune": {"enabled": True, "epochs": 2, "learning_rate": 0.000001, "batch_size": 8},
+}
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(extracted, tmp_path_factory):
+    """extract -> tune -> finetune (fine-tuned kept) -> evaluate once per session; tests only read it."""
+    import shutil
+    from types import SimpleNamespace
+
+    from components.config import load_config
+    from components.stages.evaluate import evaluate_stage
+    from components.stages.finetune import finetune_stage
+    from components.stages.tune import tune_stage
+
+    root = shutil.copytree(extracted.root, tmp_path_factory.mktemp("finetuned_run") / "project", symlinks=True)
+    config = load_config(write_params(root, **FINETUNE_PARAMS))
+    search = tune_stage(config)
+    decision = finetune_stage(config)
+    evaluation = evaluate_stage(config, command="ffx evaluate --params params.yaml")
+    return SimpleNamespace(root=root, config=config, search=search, decision=decision, evaluation=evaluation)

@@ -5,10 +5,11 @@ import pytest
 from import_graph import closure_files, graph
 
 # components/ in layers; a module may import its own layer's modules and lower layers' only. search and model sit
-# side by side and do not import each other. Modules at the package's top level are the base.
+# side by side and do not import each other, and so do reports and finetune. Modules at the package's top level are
+# the base.
 LAYERS = {"components": 0, "components.data": 1, "components.features": 2, "components.search": 3,
-          "components.audit": 3,
-          "components.model": 3, "components.reports": 4, "components.stages": 5, "flows": 6, "ffx": 7, "bench": 7}
+          "components.audit": 3, "components.model": 3, "components.reports": 4, "components.finetune": 4,
+          "components.stages": 5, "flows": 6, "ffx": 7, "bench": 7}
 
 
 def layer_of(module: str) -> str:
@@ -71,6 +72,8 @@ def test_every_import_goes_down_the_layers():
     ("components.stages.audit", ("components.search", "components.model", "components.reports")),
     ("components.stages.tune", ("components.model.classifier", "components.model.registry",
                                 "components.reports.model_card", "components.reports.evaluation_plots")),
+    ("components.stages.finetune", ("components.search", "components.reports", "components.model.classifier",
+                                    "components.model.registry")),
 ])
 def test_a_stage_entry_module_imports_only_its_own_stage_code(stage, forbidden):
     files = closure_files([stage])

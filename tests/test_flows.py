@@ -95,7 +95,8 @@ def test_second_run_is_cached_and_a_new_image_is_extracted_alone(tmp_path, prefe
 
     second = _pipeline(tmp_path, prefect_api)
     assert second["states"] == {"extract-train": "Cached", "extract-valid": "Cached", "extract-test": "Cached",
-                                "audit": "Cached", "tune": "Cached", "evaluate": "Cached"}
+                                "audit": "Cached", "tune": "Cached", "finetune": "Cached",
+                                "evaluate": "Cached"}
     server_states = _task_states(prefect_api, _latest_flow_run(prefect_api)["id"])
     assert server_states["extract-train"] == "Cached" and list(server_states.values()).count("Cached") == 6
     print(f"cold run {first['seconds']:.1f}s, cached run {second['seconds']:.1f}s")

@@ -45,7 +45,8 @@ def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_pat
     project = _dvc_project(tmp_path, classes)
     first = _run(["dvc", "repro"], project)
     stages = _stages_run(first.stdout)  # audit and tune both follow extract, in an order DVC picks
-    assert stages[0] == "extract" and sorted(stages) == ["audit", "evaluate", "extract", "tune"]
+    assert stages[0] == "extract" and sorted(stages) == ["audit", "evaluate", "extract", "finetune", "tune"]
+    assert stages.index("tune") < stages.index("finetune") < stages.index("evaluate")
     assert "WARNING" not in first.stdout + first.stderr, first.stdout + first.stderr  # e.g. an empty output folder
 
     with h5py.File(project / "features" / "test.h5", "r") as handle:
@@ -89,7 +90,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_predict_uses_the_champion(tmp_pat
         assert set(json.loads(_run(["dvc", "status", "--json"], project).stdout)) == {"evaluate"}
         card.write_text(card.read_text().removesuffix("# an edit\n"))
         write_params(project, mlflow={"experiment": "tiny"}, tuner={"max_trials": 2})
-        assert _stages_run(_run(["dvc", "repro"], project).stdout) == ["tune", "evaluate"]
+        assert _stages_run(_run(["dvc", "repro"], project).stdout) == ["tune", "finetune", "evaluate"]
         write_params(project, mlflow={"experiment": "tiny"}, tuner={"max_trials": 2},
                      backbone={"input_size": 40})
         assert _stages_run(_run(["dvc", "repro"], project).stdout)[0] == "extract"

@@ -1,6 +1,7 @@
 """The registered end-to-end classifier: image bytes or files in, class and probabilities out, the same through
 `mlflow.pyfunc.load_model`, `ffx predict` and `mlflow models serve`."""
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -92,18 +93,17 @@ def test_bad_rows_fail_the_request_naming_each_row_and_reason_or_are_reported(ti
     assert reported["class"][1:].isna().all()
 
 
-@pytest.fixture(scope="module")
-def served(tiny_run, tmp_path_factory):
-    """`mlflow models serve` of the champion on 127.0.0.1 and a free port; stopped at the end."""
+@contextlib.contextmanager
+def _serving(run, log: Path):
+    """`mlflow models serve` of `run`'s champion on 127.0.0.1 and a free port; stopped at the end."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    uri = tracking_uri(tiny_run.config)  # both: other tests leave MLFLOW_REGISTRY_URI set in this process
+    uri = tracking_uri(run.config)  # both: other tests leave MLFLOW_REGISTRY_URI set in this process
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri)
     with log.open("w") as out:
         server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m",
-                                   f"models:/{tiny_run.config.mlflow.registered_model}@champion",
+                                   f"models:/{run.config.mlflow.registered_model}@champion",
                                    "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                                  cwd=tiny_run.root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=run.root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
         try:
@@ -114,6 +114,12 @@ def served(tiny_run, tmp_path_factory):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tmp_path_factory):
+    with _serving(tiny_run, tmp_path_factory.mktemp("serve") / "server.log") as url:
+        yield url
 
 
 def _post(url: str, column: str, values: list) -> httpx.Response:
@@ -147,3 +153,55 @@ def test_server_names_each_bad_row_and_keeps_serving(tiny_run, served):
         assert _post(served, "image", [good]).status_code == 200, f"server down after {case}"
     refused = _post(served, "path", [str(image)])  # the server never opens files its clients name
     assert refused.status_code == 400 and "column 'path'" in refused.json()["message"]
+
+
+# The fine-tuned model, kept by the finetune stage and registered: the frozen base up to the boundary (the shared
+# weights), then the fine-tuned top block and head carried with the version.
+
+def _probabilities(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    return frame[[f"p_{n}" for n in names]].to_numpy(dtype=float)
+
+
+def test_fine_tuned_champion_agrees_with_ffx_predict_and_its_stored_boundary_features(finetuned_run):
+    import mlflow
+
+    from components.finetune.boundary import boundary_path
+    from components.finetune.decision import finetuned_dir
+    from conftest import run_ffx
+
+    config = finetuned_run.config
+    assert finetuned_run.decision["kept"] == "finetuned"
+    mlflow.set_tracking_uri(tracking_uri(config))
+    mlflow.set_registry_uri(tracking_uri(config))
+    champion = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}@champion")
+    assert champion.metadata.metadata["finetune"]["kept"] == "finetuned"
+    test = read_features(boundary_path(config, "test"))
+    files = [config.data.root / p for p in test.paths[:5]]
+    model, _ = load_head(finetuned_dir(config) / "head.keras")
+    expected = class_probabilities(model, test.features[:5])  # what evaluation scored
+    served = _probabilities(champion.predict(pd.DataFrame({"path": [str(f) for f in files]})), test.class_names)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    for reference in ("registry", "models/finetuned"):  # the registered version, and the local fine-tuned model
+        cli = run_ffx(finetuned_run.root, "predict", "--json", "--model", reference, *map(str, files))
+        assert cli.returncode == 0, cli.stderr
+        answers = [json.loads(line) for line in cli.stdout.splitlines()]
+        np.testing.assert_allclose([[a["probabilities"][n] for n in test.class_names] for a in answers], expected,
+                                   atol=1e-5)
+
+
+@pytest.mark.e2e
+def test_served_fine_tuned_champion_answers_as_ffx_predict_does(finetuned_run, tmp_path):
+    config = finetuned_run.config
+    test = read_features(config.features.path("test"))
+    image = config.data.root / test.paths[0]
+    with _serving(finetuned_run, tmp_path / "server.log") as url:
+        response = _post(url, "image", [_b64(image.read_bytes())])
+    assert response.status_code == 200, response.text
+    (answer,) = response.json()["predictions"]
+    cli = subprocess.run([str(BIN / "ffx"), "predict", "--json", str(image)], cwd=finetuned_run.root,
+                         capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    local = json.loads(cli.stdout)
+    assert answer["class"] == local["class"]
+    for name in test.class_names:
+        assert answer[f"p_{name}"] == pytest.approx(local["probabilities"][name], abs=1e-5)

@@ -126,7 +126,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
               f"- MLflow parent run: `{search.get('parent_run_id')}` (trial table and plots under `search/`): "
               f"<{run_link(config, experiment_id, search.get('parent_run_id'))}>; every trial: "
               f"<{experiment_link(config, experiment_id)}>.",
-              "", "## Test metrics", "",
+              *_finetune_lines(metadata.get("finetune")), "", "## Test metrics", "",
               f"{metrics['count']} test images. Intervals are 95%: Wilson for proportions, bootstrap "
               f"({BOOTSTRAP_SAMPLES} resamples) for ROC AUC.", "",
               "| metric | value | 95% interval |", "|---|---:|---|",
@@ -153,10 +153,30 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
               f"- Parameters: `{_relative(config.source, config.root)}`.",
               f"- Command that wrote this card: `{command}`.",
               "- Data and outputs (`dvc.lock`):", *_dvc_lock_lines(config.root), "",
-              "```bash", *checkout, "dvc repro            # or: ffx extract && ffx tune && ffx evaluate", "```", ""]
+              "```bash", *checkout, "dvc repro  # or: ffx extract && ffx tune && ffx finetune && ffx evaluate",
+              "```", ""]
     path = config.reports.dir / MODEL_CARD_FILE
     write_text_atomic(path, "\n".join(lines))
     return path
+
+
+def _finetune_lines(decision: dict | None) -> list[str]:
+    """The finetune stage's decision: both validation scores and which model these test metrics are of."""
+    if not decision:
+        return []
+    lines = ["", "## Fine-tuning", ""]
+    if not decision.get("enabled"):
+        return lines + ["- Off (`finetune.enabled: false`): the head alone is scored and registered."]
+    finetuned = decision.get("finetuned_score")
+    return lines + [
+        f"- Backbone layers after `{decision['boundary']}` trained with the head, from features cached at that "
+        f"boundary: {decision['epochs_run']} epoch(s), best epoch {decision['best_epoch']}"
+        + (", stopped early." if decision.get("stopped_early") else "."),
+        f"- Validation `{decision['objective']}`: head alone {decision['head_score']:.4f}, fine-tuned "
+        + ("none" if finetuned is None else f"{finetuned:.4f}") + f"; kept: **{decision['kept']}** "
+        "(the metrics below are of that model).",
+        f"- MLflow run: `{decision.get('run_id')}` (per-epoch metrics).",
+    ]
 
 
 def _limits(splits: dict, backbone: dict, metrics: dict) -> list[str]:

@@ -46,7 +46,7 @@ def search_trials(client, experiment_id: str, parent_run_id: str) -> list[Trial]
     trials = [Trial(run.info.run_id, run.data.tags.get("ffx_trial_id", run.info.run_name or ""),
                     run.data.tags.get("trial_status", run.info.status), dict(run.data.params),
                     run.data.metrics.get("score"), run.data.metrics.get("trial_seconds"), run.info.start_time)
-              for run in runs]
+              for run in runs if run.data.tags.get("ffx_kind") != "finetune"]  # the finetune stage's run: no trial
     return sorted(trials, key=lambda t: (t.started, t.trial_id))
 
 

@@ -8,7 +8,15 @@ from components.config import FLIPPED_SUFFIX, Config
 from components.errors import FFXError
 from components.features.identity import load_split_features
 from components.files import write_json_atomic
-from components.model.head_file import head_paths, load_head
+from components.finetune.boundary import load_boundary_features
+from components.finetune.decision import (
+    KEPT_FINETUNED,
+    decision_is_current,
+    decision_path,
+    finetuned_dir,
+    read_decision,
+)
+from components.model.head_file import HEAD_FILE, head_paths, load_head
 from components.model.metrics import evaluate_head, write_predictions_csv, write_roc_csv
 from components.model.registry import Registration, register_classifier
 from components.reports.evaluation_plots import write_evaluation_plots
@@ -36,14 +44,13 @@ class EvaluationResult:
 def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationResult:
     """Score the saved head on the test split, write metrics, plots and the model card (quoting `command`, how this
     evaluation was started), register it in MLflow."""
-    head_file = head_paths(config)[0]
-    model, metadata = load_head(head_file)
-    test = load_split_features(config, "test")
+    head_file, model, metadata, features = _kept_model(config)
+    test = features("test")
     if test.class_names != metadata["class_names"]:
         raise FFXError(f"test classes {test.class_names} differ from the model's {metadata['class_names']}")
     flipped = None
     if config.predict.tta:  # scored as prediction scores it: over each test image and its mirror image
-        flipped = load_split_features(config, "test" + FLIPPED_SUFFIX)
+        flipped = features("test" + FLIPPED_SUFFIX)
         if flipped.paths != test.paths:
             raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
                            f"{config.features.path('test')} row for row; run `ffx extract` again")
@@ -61,3 +68,27 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     scored = {"test": test} | ({"test" + FLIPPED_SUFFIX: flipped} if flipped is not None else {})
     client.log_inputs(registration.run_id, datasets=feature_datasets(config.data.root, scored))
     return EvaluationResult(metrics, registration, read_audit_counts(config))
+
+
+def _kept_model(config: Config):
+    """(model file, model, metadata, the features it takes by split name): the fine-tuned model on the boundary
+    features when the finetune stage kept it, else the head on the extract stage's features. The metadata carries
+    the stage's decision (both validation scores) for the model card and the registered version."""
+    head_file = head_paths(config)[0]
+    decision = read_decision(config)
+    if decision is not None and not decision_is_current(config, head_file):
+        if decision["kept"] == KEPT_FINETUNED:  # made from an earlier head: neither it nor its scores stand
+            raise FFXError(f"{decision_path(config)}: made for another head ({head_file}) or other finetune "
+                           "settings; run `ffx finetune` again")
+        decision = None  # the head alone, as without the stage
+    if decision is None:  # the finetune stage never ran here
+        model, metadata = load_head(head_file)
+        return head_file, model, metadata, lambda split: load_split_features(config, split)
+    if decision["kept"] == KEPT_FINETUNED:
+        head_file = finetuned_dir(config) / HEAD_FILE
+        model, metadata = load_head(head_file)
+        features = lambda split: load_boundary_features(config, decision["boundary"], split)  # noqa: E731
+    else:
+        model, metadata = load_head(head_file)
+        features = lambda split: load_split_features(config, split)  # noqa: E731
+    return head_file, model, dict(metadata, finetune=decision), features

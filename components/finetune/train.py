@@ -1,0 +1,131 @@
+"""Training the fine-tuning model with Keras `fit`: early stopping on the validation objective, the best epoch kept,
+and a checkpoint after every epoch (weights, optimizer state, history) from which a killed run resumes."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from components.config import FinetuneConfig, better
+from components.files import atomic_path, write_json_atomic
+
+STATE_FILE = "state.json"
+EpochLog = Callable[[int, dict, float], None]  # (epoch from 1, Keras' logs, seconds)
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint folder holds, rewritten last after each epoch: a kill before it leaves the previous one."""
+    key: str                       # the inputs it was trained from: another key starts over
+    run_id: str = ""               # the MLflow run the epochs are logged to, continued on resume
+    epochs_done: int = 0
+    best_epoch: int = 0            # 0: no epoch yet
+    best_score: float | None = None
+    wait: int = 0                  # epochs since the best one
+    stopped: bool = False          # early stopping ended it
+    latest: str = ""               # weights and optimizer files of the last epoch
+    best: str = ""                 # weights file of the best epoch
+    seconds: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, folder: Path, key: str) -> TrainingState:
+        path = folder / STATE_FILE
+        try:
+            state = cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls(key)
+        return state if state.key == key else cls(key)
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(folder / STATE_FILE, asdict(self))
+        for path in folder.glob("epoch*"):  # files of earlier epochs, now unreferenced
+            if path.name not in (self.latest + ".weights.h5", self.latest + ".optimizer.npz", self.best):
+                path.unlink(missing_ok=True)
+
+
+def compile_model(model: keras.Model, settings: FinetuneConfig, binary: bool) -> None:
+    loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.RMSprop(settings.learning_rate), loss=loss, metrics=["accuracy"])
+
+
+def score(model: keras.Model, batches, metric: str) -> float:
+    """`metric` (val_accuracy, val_loss) of `model` on `batches`, as Keras' evaluate computes it."""
+    return float(model.evaluate(batches, verbose=0, return_dict=True)[metric.removeprefix("val_")])
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After each epoch: the best weights when `monitor` improved (config.better), the last weights and optimizer
+    state, then the state file; early stopping after `patience` epochs without improvement (0: never)."""
+
+    def __init__(self, folder: Path, state: TrainingState, monitor: str, patience: int, log: EpochLog):
+        super().__init__()
+        self.folder, self.state, self.monitor, self.patience, self.log = folder, state, monitor, patience, log
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        state, number = self.state, epoch + 1
+        if better(self.monitor, logs[self.monitor], state.best_score):
+            state.best, state.best_epoch, state.best_score, state.wait = f"epoch{number:04d}.best.weights.h5", \
+                number, logs[self.monitor], 0
+            _save_weights(self.model, self.folder / state.best)
+        else:
+            state.wait += 1
+        state.latest = f"epoch{number:04d}"
+        _save_weights(self.model, self.folder / f"{state.latest}.weights.h5")
+        with atomic_path(self.folder / f"{state.latest}.optimizer.npz") as tmp:
+            np.savez(tmp, *[np.asarray(v) for v in self.model.optimizer.variables])
+        state.epochs_done, state.seconds, state.history = number, state.seconds + [seconds], state.history + [logs]
+        state.stopped = bool(self.patience) and state.wait >= self.patience
+        self.log(number, logs, seconds)
+        state.save(self.folder)
+        if state.stopped:
+            self.model.stop_training = True
+
+
+def _save_weights(model: keras.Model, path: Path) -> None:
+    """Written beside `path` and renamed (a kill leaves no torn file), with the .weights.h5 ending Keras wants."""
+    tmp = path.with_name(f".tmp.{path.name}")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def restore(model: keras.Model, folder: Path, state: TrainingState) -> None:
+    """The last epoch's weights and optimizer state into a compiled `model`."""
+    model.load_weights(folder / f"{state.latest}.weights.h5")
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    with np.load(folder / f"{state.latest}.optimizer.npz") as saved:
+        for variable, index in zip(optimizer.variables, range(len(saved.files))):
+            variable.assign(saved[f"arr_{index}"])
+
+
+def train(model: keras.Model, train_batches, valid_batches, settings: FinetuneConfig, monitor: str, folder: Path,
+          state: TrainingState, log: EpochLog) -> TrainingState:
+    """Fit from where `state` left off (a new state: from the start) to finetune.epochs or early stopping; the model
+    ends with the best epoch's weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if state.epochs_done:
+        restore(model, folder, state)
+    if state.epochs_done < settings.epochs and not state.stopped:
+        train_batches.start_at(state.epochs_done)
+        model.fit(train_batches, validation_data=valid_batches, epochs=settings.epochs,
+                  initial_epoch=state.epochs_done, verbose=0,
+                  callbacks=[EpochCheckpoint(folder, state, monitor, settings.early_stopping_patience, log)])
+    if state.best:
+        model.load_weights(folder / state.best)
+    return state

@@ -1,0 +1,167 @@
+"""The finetune stage: the backbone's top block trained with the champion head from features cached at the boundary,
+kept only when it scores better on validation, resumed after a kill; bad params are one line each."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import FFX, FINETUNE_PARAMS, assert_one_line_error, run_ffx, write_params
+from mlflow.tracking import MlflowClient
+
+from components.config import better, load_config
+from components.features.backbone import backbone_of_head
+from components.features.store import read_features
+from components.finetune.batches import BoundaryBatches
+from components.finetune.boundary import boundary_path
+from components.finetune.decision import decision_path, finetuned_dir
+from components.finetune.model import build_finetune_model
+from components.finetune.train import compile_model
+from components.model.head_file import head_paths, load_head
+from components.tracking import tracking_uri
+
+GIVE_UP_S = 600  # a safety net against a hung child, not a timing assertion
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (["finetune.boundary=nope"], ["'finetune.boundary' unknown for vgg19: 'nope'", "block4_pool, block5_conv1"]),
+    (["backbone.layer=block4_pool"], ["'finetune.boundary' block4_pool is at or after block4_pool"]),
+    (["finetune.boundary=block5_pool"], ["'finetune.boundary' block5_pool is at or after block5_pool"]),
+    (["backbone.name=xception", "backbone.input_size=71"], ["'finetune.boundary' has no default for backbone.name "
+                                                            "xception"]),
+])
+def test_a_bad_boundary_is_one_line_naming_the_key(project, overrides, fragments):
+    args = [item for override in ["finetune.enabled=true", *overrides] for item in ("--set", override)]
+    assert_one_line_error(run_ffx(project, "finetune", *args), *fragments)
+
+
+def test_off_the_stage_writes_its_decision_and_evaluate_scores_the_head(project):
+    result = run_ffx(project, "finetune")
+    assert result.returncode == 0, result.stderr
+    config = load_config(project / "params.yaml")
+    decision = json.loads(decision_path(config).read_text())
+    assert decision["enabled"] is False and decision["kept"] == "head"
+    assert sorted(p.name for p in finetuned_dir(config).iterdir()) == ["finetune.json"]
+    assert (config.features.dir / "boundary" / "index.json").is_file()
+
+
+def _finetune_model(config):
+    head, metadata = load_head(head_paths(config)[0])
+    backbone = backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root)
+    model = build_finetune_model(backbone, "block4_pool", head)
+    compile_model(model, config.finetune, binary=True)
+    return model
+
+
+def test_a_fine_tuning_epoch_lowers_the_training_loss_from_the_champions_start(finetuned_run):
+    config = finetuned_run.config
+    model = _finetune_model(config)
+    path = boundary_path(config, "train")
+    in_order = BoundaryBatches(path, 8, binary=True)
+    before = model.evaluate(in_order, verbose=0, return_dict=True)["loss"]
+    model.fit(BoundaryBatches(path, 8, binary=True, seed=0), epochs=1, verbose=0)
+    after = model.evaluate(in_order, verbose=0, return_dict=True)["loss"]
+    assert after < before
+
+
+def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_validation(finetuned_run):
+    config, decision = finetuned_run.config, finetuned_run.decision
+    assert decision["kept"] == "finetuned" and decision["objective"] == "val_loss"
+    assert better("val_loss", decision["finetuned_score"], decision["head_score"])
+    # The start scored on the boundary features is the head scored on its own features.
+    head, _ = load_head(head_paths(config)[0])
+    valid = read_features(config.features.path("valid"))
+    head_loss = float(keras.losses.binary_crossentropy(valid.labels.reshape(-1, 1).astype("float32"),
+                                                       head.predict(valid.features, verbose=0)).numpy().mean())
+    assert decision["head_score"] == pytest.approx(head_loss, abs=1e-4)
+    # The kept model, as saved, scores what the decision says.
+    kept, metadata = load_head(finetuned_dir(config) / "head.keras")
+    assert metadata["backbone"]["layer"] == "block4_pool" and metadata["backbone"]["pooling"] == "flatten"
+    kept.compile(loss="binary_crossentropy")
+    loss = kept.evaluate(BoundaryBatches(boundary_path(config, "valid"), 8, binary=True), verbose=0)
+    assert loss == pytest.approx(decision["finetuned_score"], abs=1e-5)
+
+
+def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
+    root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
+    result = run_ffx(root, "finetune", "--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1")
+    assert result.returncode == 0, result.stderr
+    config = load_config(root / "params.yaml")
+    decision = json.loads(decision_path(config).read_text())
+    assert decision["kept"] == "head", decision
+    assert not better("val_loss", decision["finetuned_score"], decision["head_score"])
+    assert not (finetuned_dir(config) / "head.keras").exists()  # evaluate scores and registers the head
+
+
+def test_model_card_and_mlflow_state_both_scores_and_which_was_kept(finetuned_run):
+    config, decision = finetuned_run.config, finetuned_run.decision
+    card = (config.reports.dir / "model_card.md").read_text()
+    assert "## Fine-tuning" in card and "kept: **finetuned**" in card
+    assert f"head alone {decision['head_score']:.4f}, fine-tuned {decision['finetuned_score']:.4f}" in card
+    client = MlflowClient(tracking_uri(config))
+    parent = client.get_run(decision["parent_run_id"]).data
+    assert parent.tags["finetune_kept"] == "finetuned"
+    assert parent.metrics["finetune_head_val_loss"] == pytest.approx(decision["head_score"])
+    assert parent.metrics["finetune_finetuned_val_loss"] == pytest.approx(decision["finetuned_score"])
+    run = client.get_run(decision["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == decision["parent_run_id"] and run.info.status == "FINISHED"
+    assert run.data.params["finetune.learning_rate"] == "1e-06"
+    assert [m.step for m in client.get_metric_history(decision["run_id"], "val_loss")] == [1, 2]
+    assert len(client.get_metric_history(decision["run_id"], "epoch_seconds")) == 2
+
+
+@pytest.mark.e2e
+def test_finetuning_killed_mid_training_resumes_from_its_last_epoch(finetuned_run, tmp_path):
+    root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
+    shutil.rmtree(root / "models" / "finetuned")
+    write_params(root, **FINETUNE_PARAMS | {"finetune": FINETUNE_PARAMS["finetune"] | {
+        "epochs": 4, "early_stopping_patience": 0}})
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen([str(FFX), "finetune", "--quiet"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + GIVE_UP_S
+    try:
+        while True:  # killed once an epoch is checkpointed
+            states = list((root / ".ffx" / "finetune").glob("*/state.json"))
+            if states and json.loads(states[0].read_text())["epochs_done"] >= 1:
+                break
+            assert process.poll() is None and time.time() < deadline, "ffx finetune ended before a checkpoint"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    done = json.loads(states[0].read_text())["epochs_done"]
+    assert done < 4
+    result = subprocess.run([str(FFX), "finetune"], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=GIVE_UP_S)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming after epoch {done}" in result.stderr
+    assert "epoch 1/4" not in result.stderr  # no epoch before the checkpoint runs again
+    decision = json.loads((root / "models" / "finetuned" / "finetune.json").read_text())
+    assert decision["epochs_run"] == 4 and len(decision["epoch_seconds"]) == 4
+    client = MlflowClient(tracking_uri(load_config(root / "params.yaml")))
+    steps = [m.step for m in client.get_metric_history(decision["run_id"], "val_loss")]
+    assert sorted(set(steps)) == [1, 2, 3, 4]  # one run, every epoch logged to it
+    assert not states[0].parent.exists()  # checkpoints removed once done
+
+
+def test_boundary_batches_stream_rows_in_a_fresh_order_each_epoch(finetuned_run):
+    path = boundary_path(finetuned_run.config, "train")
+    stored = read_features(path)
+    batches = BoundaryBatches(path, 5, binary=False, seed=3)
+    seen = [batches[i] for i in range(len(batches))]
+    features = np.concatenate([f for f, _ in seen])
+    labels = np.concatenate([y for _, y in seen])
+    order = np.lexsort(features.T[:3])
+    expected = np.lexsort(stored.features.T[:3])
+    np.testing.assert_array_equal(features[order], stored.features[expected])  # every row once
+    np.testing.assert_array_equal(labels[order], stored.labels[expected])
+    first = features.copy()
+    batches.on_epoch_end()
+    assert not np.array_equal(np.concatenate([batches[i][0] for i in range(len(batches))]), first)
+    batches.start_at(0)
+    np.testing.assert_array_equal(np.concatenate([batches[i][0] for i in range(len(batches))]), first)

@@ -19,6 +19,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress ou
 
 
 class State:
+    pid = 0  # the process that runs the command (main): the one SIGTERM stops with clean-up
     debug = False
     tensorflow = False  # the command runs TensorFlow: imported quietly once its params are read
 
@@ -309,12 +310,16 @@ TERMINATED_EXIT = 128 + 15  # the shell's code for a process ended by SIGTERM
 
 def _terminate(signum, frame) -> None:
     """SIGTERM (a scheduler, `docker stop`, `kill`): stop as Ctrl-C does, with the same clean-up. A second SIGTERM
-    during that clean-up ends the process at once."""
+    during that clean-up ends the process at once. A process forked from this one (a multiprocessing pool's worker,
+    which its pool ends with SIGTERM) inherits the handler: it dies as it would without it."""
     import signal
 
     from components.errors import Terminated
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if os.getpid() != State.pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated()
 
 
@@ -324,6 +329,7 @@ def main() -> None:
     from components.errors import FFXError, Terminated
     from components.files import disk_full_errno, disk_full_error, find_disk_full
 
+    State.pid = os.getpid()
     signal.signal(signal.SIGTERM, _terminate)
     # MLflow prints "View run"/"View experiment" links for every run it ends on a tracking server: two lines per
     # trial. `ffx tune` prints one link to the search instead; MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false brings

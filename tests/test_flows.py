@@ -98,7 +98,7 @@ def test_second_run_is_cached_and_a_new_image_is_extracted_alone(tmp_path, prefe
                                 "audit": "Cached", "tune": "Cached", "finetune": "Cached",
                                 "evaluate": "Cached"}
     server_states = _task_states(prefect_api, _latest_flow_run(prefect_api)["id"])
-    assert server_states["extract-train"] == "Cached" and list(server_states.values()).count("Cached") == 6
+    assert server_states["extract-train"] == "Cached" and list(server_states.values()).count("Cached") == 7
     print(f"cold run {first['seconds']:.1f}s, cached run {second['seconds']:.1f}s")
 
     make_image(tmp_path / "data" / "train" / "red" / "new.png", COLOURS["red"], (25, 25), seed=4242)

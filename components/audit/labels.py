@@ -47,5 +47,7 @@ def find_label_issues(x: np.ndarray, labels: np.ndarray, folds: int, method: str
 
     pred_probs = out_of_fold_probabilities(x, labels, folds, seed)
     scores = get_label_quality_scores(labels, pred_probs, method="self_confidence")
-    flagged = cleanlab_find(labels, pred_probs, filter_by=method)
+    # In this process (n_jobs=1): a forked pool worker would inherit the orchestrator's SIGTERM handler (Prefect's
+    # reports the task crashed when the pool ends its workers), and the result is the same for any n_jobs.
+    flagged = cleanlab_find(labels, pred_probs, filter_by=method, n_jobs=1)
     return LabelIssues(pred_probs, scores, np.asarray(flagged, bool), np.argsort(scores, kind="stable"))

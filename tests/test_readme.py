@@ -41,7 +41,10 @@ def test_every_readme_command_runs_on_a_tiny_demo(tmp_path):
     _run([*git, "add", "-A"], project)
     _run([*git, "commit", "-qm", "tiny project"], project)  # dvc exp run needs a commit to branch from
     port = str(free_port())
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="3",
+    # A user's shell: none of the MLFLOW_* variables that in-process tests leave in this process's environment
+    # (mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI; a served block would look in another test's registry).
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
+    env = dict(clean, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="3",
                GIT_AUTHOR_NAME="ffx", GIT_AUTHOR_EMAIL="ffx@localhost", GIT_COMMITTER_NAME="ffx",
                GIT_COMMITTER_EMAIL="ffx@localhost")
     ran = 0

@@ -14,6 +14,8 @@ from PIL import Image
 
 from components.model.predict import load_classifier
 
+pytestmark = pytest.mark.e2e  # trains its own model (about a minute): the end-to-end tier, which CI runs too
+
 
 @pytest.fixture(scope="module")
 def trained_run(extracted, tmp_path_factory):

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from components.errors import FFXError
+from components.files import write_json_atomic
 
 
 @dataclass
@@ -161,3 +162,12 @@ def split_summary(path: Path) -> dict:
     counts = np.bincount(labels, minlength=len(attrs["class_names"])).tolist()
     return {"counts": dict(zip(attrs["class_names"], counts)), "total": int(len(labels)),
             "content_hash": str(attrs.get("content_hash", "unknown"))}
+
+
+INDEX_FILE = "index.json"
+
+
+def write_feature_index(folder: Path) -> None:
+    """`folder`/index.json listing its feature files: a DVC output folder that would otherwise be empty by design
+    (no TTA, no shards, fine-tuning off) is never empty, so `dvc repro` has nothing to warn about."""
+    write_json_atomic(Path(folder) / INDEX_FILE, {"files": sorted(p.name for p in Path(folder).glob("*.h5"))})

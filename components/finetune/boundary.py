@@ -27,12 +27,10 @@ from components.features.extraction import (
     source_split,
 )
 from components.features.identity import split_views
-from components.features.store import FeatureSet, read_attrs, read_features
-from components.files import write_json_atomic
+from components.features.store import FeatureSet, read_attrs, read_features, write_feature_index
 
 AUTO = "auto"          # finetune.boundary: the architecture's default below
 BOUNDARY_DIR = "boundary"
-INDEX_FILE = "index.json"
 # The input of each architecture's last convolutional block (documented in components/defaults.yaml too).
 # Xception has none: its block 14 starts at an Add layer Keras names by a process-wide counter (add_11, add_23...).
 DEFAULT_BOUNDARIES: dict[str, str | None] = {
@@ -81,7 +79,7 @@ def write_boundary_index(config: Config) -> None:
     """What the folder holds: a DVC output that is never empty, fine-tuning on or off."""
     folder = config.features.dir / BOUNDARY_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / INDEX_FILE, {"files": sorted(p.name for p in folder.glob("*.h5"))})
+    write_feature_index(folder)
 
 
 def extract_boundary(config: Config, backbone: Backbone, splits: tuple[str, ...] = SPLITS,

@@ -19,10 +19,10 @@ from components.features.extraction import (
 )
 from components.features.identity import split_views
 from components.features.shards import extract_in_shards
+from components.features.store import write_feature_index
 from components.files import write_json_atomic
 
 SKIPPED_FILE = "skipped.json"
-INDEX_FILE = "index.json"  # in each output folder of the stage: what it holds, so that no output is ever empty
 
 
 def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: Backbone | None = None,
@@ -48,7 +48,7 @@ def write_extraction_reports(config: Config, plan: ExtractionPlan) -> None:
     for folder in (TTA_DIR, SHARDS_DIR):
         path = config.features.dir / folder
         path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path / INDEX_FILE, {"files": sorted(p.name for p in path.glob("*.h5"))})
+        write_feature_index(path)
 
 
 def extract_stage(config: Config, splits: tuple[str, ...] = SPLITS,

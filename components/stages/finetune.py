@@ -9,8 +9,8 @@ import time
 from typing import Callable
 
 from components.config import BackboneConfig, Config, better
-from components.features.backbone import backbone_of_head
 from components.errors import FFXError
+from components.features.backbone import backbone_of_head
 from components.files import atomic_path, content_key, file_digest, write_json_atomic
 from components.finetune.boundary import (
     boundary_backbone,

@@ -172,3 +172,17 @@ def test_multi_class_search_learns_three_separable_classes(tmp_path):
     assert set(predicted) == {0, 1, 2}  # every class is predicted
     assert (predicted == valid.labels).mean() >= 0.75  # chance: 1/3
     assert result.score == pytest.approx(max(t["score"] for t in result.trials)) and result.score >= 0.75
+
+
+def test_train_and_valid_features_of_other_backbone_settings_are_refused_naming_the_setting(extracted):
+    import dataclasses
+
+    from components.errors import FFXError
+    from components.features.identity import load_split_features
+    from components.search.tuner import check_compatible
+
+    train, valid = load_split_features(extracted.config, "train"), load_split_features(extracted.config, "valid")
+    check_compatible(train, valid)
+    other = dataclasses.replace(valid, attrs=dict(valid.attrs, identity=dict(valid.attrs["identity"], pooling="avg")))
+    with pytest.raises(FFXError, match=r"other backbone settings than train.h5 \(pooling 'avg', expected 'flatten'\)"):
+        check_compatible(train, other)

@@ -14,6 +14,7 @@ from mlflow.entities import Param
 
 from components.config import Config, lower_is_better, minimised
 from components.errors import FFXError
+from components.features.backbone import check_same_identity
 from components.features.store import FeatureSet
 from components.files import content_key
 from components.search.distributed import distributed_role, run_tuner_processes
@@ -84,9 +85,8 @@ def project_name(config: Config, train_key: str, valid_key: str) -> str:
 def check_compatible(train: FeatureSet, valid: FeatureSet) -> None:
     if train.class_names != valid.class_names:
         raise FFXError(f"features: train classes {train.class_names} differ from valid classes {valid.class_names}")
-    if train.attrs.get("backbone_key") != valid.attrs.get("backbone_key"):
-        raise FFXError("features: train.h5 and valid.h5 were extracted with different backbone settings; "
-                       "run `ffx extract` again")
+    check_same_identity("features: valid.h5 was extracted with other backbone settings than train.h5",
+                        valid.attrs.get("identity") or {}, train.attrs.get("identity") or {}, "run `ffx extract` again")
 
 
 def make_tuner(config: Config, hypermodel: HeadHyperModel, project: str):

@@ -122,6 +122,14 @@ def served(tiny_run, tmp_path_factory):
         yield url
 
 
+def _ffx_predict(root, image) -> tuple[dict, str]:
+    """`ffx predict --json IMAGE` as a user runs it, from `root`: (its JSON answer, its standard error)."""
+    cli = subprocess.run([str(BIN / "ffx"), "predict", "--json", str(image)], cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    return json.loads(cli.stdout), cli.stderr
+
+
 def _post(url: str, column: str, values: list) -> httpx.Response:
     return httpx.post(url, json={"dataframe_split": {"columns": [column], "data": [[v] for v in values]}},
                       timeout=120)
@@ -133,13 +141,10 @@ def test_served_champion_answers_a_posted_image_as_ffx_predict_does(tiny_run, se
     response = _post(served, "image", [_b64(image.read_bytes())])
     assert response.status_code == 200, response.text
     (answer,) = response.json()["predictions"]
-    cli = subprocess.run([str(BIN / "ffx"), "predict", "--json", str(image)], cwd=tiny_run.root,
-                         capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr
-    local = json.loads(cli.stdout)
+    local, stderr = _ffx_predict(tiny_run.root, image)
     assert answer["class"] == local["class"]
     assert answer["probability"] == pytest.approx(local["probability"], abs=1e-5)
-    assert "oneDNN" not in cli.stderr and "absl" not in cli.stderr  # TensorFlow's start-up lines only with --debug
+    assert "oneDNN" not in stderr and "absl" not in stderr  # TensorFlow's start-up lines only with --debug
 
 
 @pytest.mark.e2e
@@ -198,10 +203,7 @@ def test_served_fine_tuned_champion_answers_as_ffx_predict_does(finetuned_run, t
         response = _post(url, "image", [_b64(image.read_bytes())])
     assert response.status_code == 200, response.text
     (answer,) = response.json()["predictions"]
-    cli = subprocess.run([str(BIN / "ffx"), "predict", "--json", str(image)], cwd=finetuned_run.root,
-                         capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr
-    local = json.loads(cli.stdout)
+    local, _ = _ffx_predict(finetuned_run.root, image)
     assert answer["class"] == local["class"]
     for name in test.class_names:
         assert answer[f"p_{name}"] == pytest.approx(local["probabilities"][name], abs=1e-5)

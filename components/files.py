@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from components.errors import DiskFullError, LockedError
+from components.errors import DiskFullError, FFXError, LockedError
 
 # No space, over quota, over the file size limit (RLIMIT_FSIZE): the machine's fault, not the data's.
 DISK_FULL_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -42,6 +42,17 @@ def find_disk_full(exc: BaseException) -> OSError | RuntimeError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def user_error(exc: BaseException) -> FFXError | None:
+    """The one-line error that `exc` stands for, or None for a bug (shown with its traceback): an FFXError itself
+    (bad input, bad params, a lock), or the out-of-space error behind any writer's exception as DiskFullError."""
+    if isinstance(exc, FFXError):
+        return exc
+    full = find_disk_full(exc)
+    if full is None:
+        return None
+    return disk_full_error(getattr(full, "filename", None), disk_full_errno(full))
 
 
 def megabytes(size: int) -> str:
@@ -147,8 +158,8 @@ def file_digest(path: Path, algorithm: str = "sha1") -> str:
 
 
 def file_sha1_memoised(path: Path) -> str:
-    """The SHA-1 file_digest, computed once per (path, size, modification time) in a process: a weights file, hundreds of MB,
-    is identified at every feature-file check."""
+    """The SHA-1 file_digest, computed once per (path, size, modification time) in a process: a weights file,
+    hundreds of MB, is identified at every feature-file check."""
     stat = Path(path).stat()
     return _file_sha1_at(str(path), stat.st_size, stat.st_mtime_ns)
 

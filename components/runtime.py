@@ -1,11 +1,16 @@
-"""The machine a process runs on: which precision is native there, and TensorFlow's start-up kept quiet."""
+"""The machine a process runs on: which precision is native there, TensorFlow's start-up kept quiet, and SIGTERM
+turned into a clean stop."""
 from __future__ import annotations
 
 import functools
 import importlib.util
 import os
+import signal
 from pathlib import Path
 
+from components.errors import Terminated
+
+TERMINATED_EXIT = 128 + signal.SIGTERM  # the shell's code for a process ended by SIGTERM
 NATIVE_BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo flags of x86 bfloat16 arithmetic
 
 
@@ -63,3 +68,21 @@ def quiet_tensorflow(debug: bool = False) -> None:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `docker stop`, `kill`, the parent of a search's worker) raises Terminated in this
+    process's main thread, as Ctrl-C raises KeyboardInterrupt, so that the same clean-up runs: the write in progress
+    dropped or finished, MLflow runs closed KILLED. Called by a process's entry point (`ffx`, a search worker). A
+    second SIGTERM during that clean-up ends the process at once. A process forked from this one (a multiprocessing
+    pool's worker, which its pool ends with SIGTERM) inherits the handler: it dies as it would without it."""
+    owner = os.getpid()
+
+    def terminate(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != owner:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)

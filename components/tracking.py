@@ -1,6 +1,7 @@
 """MLflow store set-up shared by tuning, registration and reports."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -219,3 +220,18 @@ def git_commit(root: Path) -> str:
         return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@contextlib.contextmanager
+def server_stop_as_error(config: Config, command: str):
+    """Around MLflow's fluent calls (mlflow.start_run, mlflow.pyfunc.log_model), which PatientClient cannot wrap:
+    repeating one could log a model twice. A tracking server that stops answering inside the block is one line
+    naming the command to run again, not a traceback. Make the calls before it through the patient client, so that
+    a server that is down when the block starts is waited for."""
+    try:
+        yield
+    except Exception as exc:
+        if not server_unreachable(exc):
+            raise
+        raise ServerUnavailableError(f"mlflow.tracking_uri: {tracking_uri(config)} stopped answering; start it again "
+                                     f"and run `{command}` again") from None

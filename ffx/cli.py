@@ -19,7 +19,6 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress ou
 
 
 class State:
-    pid = 0  # the process that runs the command (main): the one SIGTERM stops with clean-up
     debug = False
     tensorflow = False  # the command runs TensorFlow: imported quietly once its params are read
 
@@ -261,8 +260,10 @@ def pipeline(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     """Run the whole pipeline as a Prefect flow (cached tasks; visible in the Prefect UI)."""
     started = time.perf_counter()
     config = _config(params, set_)  # first: it imports TensorFlow quietly
-    from flows.pipeline import configured_pipeline
+    from flows.pipeline import configured_pipeline, one_line_user_errors
 
+    if not State.debug:
+        one_line_user_errors()
     flow = configured_pipeline(config)
     summary = flow(params_file=str(params.resolve()), overrides=list(set_ or []))
     if as_json:
@@ -305,32 +306,12 @@ def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
     typer.echo(f"demo dataset written to {root}: {counts}", err=True)
 
 
-TERMINATED_EXIT = 128 + 15  # the shell's code for a process ended by SIGTERM
-
-
-def _terminate(signum, frame) -> None:
-    """SIGTERM (a scheduler, `docker stop`, `kill`): stop as Ctrl-C does, with the same clean-up. A second SIGTERM
-    during that clean-up ends the process at once. A process forked from this one (a multiprocessing pool's worker,
-    which its pool ends with SIGTERM) inherits the handler: it dies as it would without it."""
-    import signal
-
-    from components.errors import Terminated
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if os.getpid() != State.pid:
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    raise Terminated()
-
-
 def main() -> None:
-    import signal
+    from components.errors import Terminated
+    from components.files import user_error
+    from components.runtime import TERMINATED_EXIT, stop_cleanly_on_sigterm
 
-    from components.errors import FFXError, Terminated
-    from components.files import disk_full_errno, disk_full_error, find_disk_full
-
-    State.pid = os.getpid()
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_cleanly_on_sigterm()
     # MLflow prints "View run"/"View experiment" links for every run it ends on a tracking server: two lines per
     # trial. `ffx tune` prints one link to the search instead; MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false brings
     # MLflow's back. Set here, in the process's entry, so that the trial workers it starts inherit it.
@@ -341,24 +322,18 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     try:
         app()
-    except FFXError as exc:
-        if State.debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except Terminated:
         # The write in progress was dropped (temporary and .partial files are never under a final name) and the
         # search's MLflow runs closed KILLED: a re-run resumes.
         typer.echo("stopped by SIGTERM; run the same command again to resume", err=True)
         sys.exit(TERMINATED_EXIT)
     except Exception as exc:
-        # Out of space in a writer that no component maps itself (KerasTuner's checkpoints, MLflow's local
-        # artifacts, Prefect's results): the same one line as everywhere else.
-        full = find_disk_full(exc)
-        if full is None or State.debug:
+        # Bad input, or out of space in any writer (KerasTuner's checkpoints, MLflow's local artifacts, Prefect's
+        # results included): one line. Anything else is a bug and keeps its traceback.
+        error = user_error(exc)
+        if error is None or State.debug:
             raise
-        path = getattr(full, "filename", None)
-        typer.echo(f"error: {disk_full_error(path, disk_full_errno(full))}", err=True)
+        typer.echo(f"error: {error}", err=True)
         sys.exit(2)
 
 

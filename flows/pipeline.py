@@ -6,13 +6,16 @@ under `orchestration.results_dir`; a task whose output file is missing or stale 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import LocalFileSystem
+from prefect.logging.handlers import PrefectConsoleHandler
 
 from components.config import Config, load_config
+from components.files import user_error
 from components.features.backbone import Backbone, build_backbone
 from components.features.extraction import ExtractionPlan, feature_files, plan_extraction, source_split
 from components.features.shards import ShardResult, extract_shard, merge_shards, shard_rows
@@ -127,7 +130,33 @@ def _with_storage(config: Config, *tasks):
     basepath = str(Path(config.orchestration.results_dir).resolve())
     storage = LocalFileSystem(basepath=basepath)
     storage.save(f"ffx-results-{hashlib.sha1(basepath.encode()).hexdigest()[:10]}", overwrite=True)
-    return [t.with_options(result_storage=storage, retries=config.orchestration.retries) for t in tasks]
+    return [t.with_options(result_storage=storage, retries=config.orchestration.retries,
+                           retry_condition_fn=_worth_retrying) for t in tasks]
+
+
+def _worth_retrying(task_, task_run, state) -> bool:
+    """A retry is for a fault that may pass (a worker lost, a flaky mount); bad input, bad params and a full disk
+    fail the same way again, so they fail at once with their one line."""
+    return user_error(state.result(raise_on_failure=False)) is None
+
+
+class _UserErrorsInOneLine(logging.Filter):
+    """Prefect's console shows a failed task's and flow's traceback; for a user error (bad input, a full disk) the
+    line naming the error is the whole story, and `ffx` prints it last. The traceback still goes to the Prefect
+    API (the UI's logs): that handler sees the record before this one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and user_error(record.exc_info[1]) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def one_line_user_errors() -> None:
+    """Console tracebacks of user errors off for this process (`ffx pipeline` without --debug)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _UserErrorsInOneLine) for f in handler.filters):
+            handler.addFilter(_UserErrorsInOneLine())
 
 
 @flow(name="pipeline", log_prints=True)

@@ -257,3 +257,22 @@ def finetuned_run(extracted, tmp_path_factory):
     decision = finetune_stage(config)
     evaluation = evaluate_stage(config, command="ffx evaluate --params params.yaml")
     return SimpleNamespace(root=root, config=config, search=search, decision=decision, evaluation=evaluation)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """`prefect server start` with its UI on loopback and its own home; stopped at the end of the module."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="true")
+    prefect = Path(sys.executable).parent / "prefect"
+    server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_http(f"{url}/health", server)
+        yield {"url": url, "ui": f"http://127.0.0.1:{port}", "env": {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
+    finally:
+        stop_process_group(server)
+    assert server.returncode is not None  # the server is down

@@ -72,6 +72,7 @@ def audit(faulty):
     return audit_features({s: load_split_features(config, s) for s in ("train", "valid", "test")}, config.audit)
 
 
+@pytest.mark.e2e
 def test_flipped_labels_rank_first(faulty, audit):
     root, config, faults, _ = faulty
     ranked = [audit.paths[row] for row in audit.label_ranking()[:FLIPS]]
@@ -79,6 +80,7 @@ def test_flipped_labels_rank_first(faulty, audit):
     assert set(audit.paths) >= set(faults["flipped"])
 
 
+@pytest.mark.e2e
 def test_every_leak_is_found_as_a_cross_split_pair(faulty):
     _, _, faults, lists = faulty
     found = {frozenset({p["a"]["path"], p["b"]["path"]}) for p in lists["leaks"]}
@@ -87,6 +89,7 @@ def test_every_leak_is_found_as_a_cross_split_pair(faulty):
                if frozenset({p["a"]["path"], p["b"]["path"]}) in faults["leaks"])
 
 
+@pytest.mark.e2e
 def test_odd_images_are_the_top_outliers(faulty, audit):
     _, _, faults, lists = faulty
     top = [audit.paths[row] for row in audit.neighbours.ranked_outliers[:2 * ODD]]
@@ -94,6 +97,7 @@ def test_odd_images_are_the_top_outliers(faulty, audit):
     assert [o["path"] for o in lists["outliers"]] == [p for p in top if p in {o["path"] for o in lists["outliers"]}]
 
 
+@pytest.mark.e2e
 def test_outputs_report_and_exclusion_list(faulty):
     root, config, faults, lists = faulty
     counts = json.loads((config.metrics.dir / "audit.json").read_text())
@@ -112,6 +116,7 @@ def test_outputs_report_and_exclusion_list(faulty):
     assert not kept & excluded and len(kept) == counts["images"] - len(excluded)
 
 
+@pytest.mark.e2e
 def test_audit_is_logged_to_mlflow(faulty):
     from components.tracking import setup_mlflow
 
@@ -154,6 +159,7 @@ def test_a_missing_exclusion_list_is_named(tmp_path):
         plan_extraction(load_config(tmp_path / "params.yaml"))
 
 
+@pytest.mark.e2e
 def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(extracted_project):
     """ffx evaluate reads metrics/audit.json when `ffx audit` wrote one (here: one with two leaks). A search of its
     own: a copy of `tiny_run` would share that run's MLflow artifact folder (the experiment records its path)."""
@@ -169,6 +175,7 @@ def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(extracted_project
     assert "1 probable label issue(s), 2 near-duplicate pair(s) across splits" in card and "**Leak:**" in card
 
 
+@pytest.mark.e2e
 def test_drift_is_the_share_of_a_folders_images_outside_the_training_features(faulty, tmp_path):
     from conftest import COLOURS, make_image
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import resource
@@ -78,13 +79,14 @@ def small_fs(tmp_path):
         fs.close()
 
 
-def run_ffx_limited(project: Path, fs: list[SmallFilesystem], *args: str) -> subprocess.CompletedProcess:
+def run_ffx_limited(project: Path, fs: list[SmallFilesystem], *args: str,
+                    env: dict | None = None) -> subprocess.CompletedProcess:
     """`ffx ARGS` in its own process (a segmentation fault must show as such, not take pytest down)."""
     def preexec():
         for each in fs:
             each.preexec()
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     return subprocess.run([str(FFX), *args], cwd=project, env=env, capture_output=True, text=True, timeout=600,
                           preexec_fn=preexec)
 
@@ -130,6 +132,29 @@ def test_extraction_on_full_disks_says_so_in_one_line_and_resumes_once_there_is_
     assert (features_fs.folder / "train.h5").is_file()
 
 
+@pytest.mark.e2e
+def test_the_prefect_flow_on_a_full_disk_fails_at_once_in_one_line_and_resumes_once_there_is_space(
+        tmp_path, small_fs, prefect_api):
+    # The cache's 1.5 MB disk takes the first 1 MB chunk (56 of the 72 train rows at 96 px), then fills.
+    cache_fs = small_fs("cache", 1536 << 10)
+    project = tmp_path / "project"
+    make_dataset(project / "data", per_split={"train": 36, "valid": 2, "test": 2})
+    write_params(project, backbone={"input_size": 96}, features={"cache_dir": str(cache_fs.folder)},
+                 orchestration={"retries": 1})
+
+    first = run_ffx_limited(project, [cache_fs], "pipeline", env=prefect_api["env"])
+    (cache_file,) = cache_fs.folder.glob("*.h5")
+    assert_disk_full_line(first, cache_file, cache_fs)  # Prefect's own lines name the error without a traceback
+    assert "Retry" not in first.stderr, first.stderr  # a full disk fails the same way again: not retried
+    assert "DiskFullError" in first.stderr  # Prefect's task and flow lines still say what failed
+
+    cache_fs.grow()
+    second = run_ffx_limited(project, [cache_fs], "pipeline", "--json", "--quiet", env=prefect_api["env"])
+    assert second.returncode == 0, second.stderr
+    train = json.loads(second.stdout.splitlines()[-1])["extract"]["train"]
+    assert train["count"] == 72 and 0 < train["computed"] < 72, train  # the rows written before the disk filled stay
+
+
 def test_model_and_report_writes_on_a_full_disk_raise_one_disk_full_error_and_leave_nothing(tmp_path, small_fs):
     import keras
 
@@ -167,3 +192,20 @@ def test_an_out_of_space_error_from_any_writer_is_found_behind_the_exception_tha
     h5py_flush = RuntimeError("Unable to synchronously flush file (file write failed: errno = 28, error message = "
                               "'No space left on device')")
     assert find_disk_full(h5py_flush) is h5py_flush
+
+
+def test_user_errors_are_one_line_and_anything_else_is_a_bug_with_its_traceback(tmp_path):
+    from components.errors import ConfigError
+    from components.files import user_error
+
+    bad_key = ConfigError("params.yaml: 'tuner.max_trials' must be >= 1")
+    assert user_error(bad_key) is bad_key
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.json"))
+        except OSError as exc:
+            raise RuntimeError("a library's own wrapper") from exc
+    except RuntimeError as wrapped:
+        error = user_error(wrapped)
+    assert isinstance(error, DiskFullError) and str(error).startswith(f"{tmp_path / 'x.json'}: no space left"), error
+    assert user_error(KeyError("a bug")) is None

@@ -1,8 +1,10 @@
-"""KerasTuner's distributed mode (a chief and 2 workers on loopback) logging to a real `mlflow server`."""
+"""KerasTuner's distributed mode (a chief and 2 workers on loopback) logging to a real `mlflow server`; stopped by
+SIGTERM, it closes its runs KILLED and a re-run finishes the search."""
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,52 @@ def test_chief_and_two_workers_log_every_trial_once_to_a_tracking_server(tmp_pat
     for trial in trials:
         assert len(client.get_metric_history(trial.info.run_id, "val_accuracy")) == 2  # no trial ran twice
     assert (tmp_path / "models" / "head.keras").is_file()
+
+
+def test_sigterm_stops_the_workers_closes_every_run_killed_and_the_next_run_finishes_the_search(tmp_path,
+                                                                                                 mlflow_server):
+    make_dataset(tmp_path / "data")
+    write_params(tmp_path, tuner={"max_trials": 4, "algorithm": "random", "executions_per_trial": 1},
+                 train={"epochs": 200, "batch_size": 4, "early_stopping_patience": 0},  # trials long enough to stop
+                 mlflow={"tracking_uri": mlflow_server})
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="3")
+    extract = subprocess.run(["ffx", "extract", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=900)
+    assert extract.returncode == 0, extract.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    tune = subprocess.Popen(["ffx", "tune", "--workers", "2"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600  # a safety net against a hung search, not a timing assertion
+        while not _running_trials(client):
+            assert tune.poll() is None and time.time() < deadline, "no trial started"
+            time.sleep(1)
+        tune.send_signal(signal.SIGTERM)
+        _, stderr = tune.communicate(timeout=600)
+    finally:
+        if tune.poll() is None:
+            os.kill(tune.pid, signal.SIGKILL)
+    assert tune.returncode == 143, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.rstrip().splitlines()[-1] == "stopped by SIGTERM; run the same command again to resume", stderr
+    experiment = client.get_experiment_by_name("ffx").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.ffx_kind = 'search'")
+    assert parent.info.status == "KILLED"
+    stopped = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert "KILLED" in {r.info.status for r in stopped} and "RUNNING" not in {r.info.status for r in stopped}
+
+    resumed = subprocess.run(["ffx", "tune", "--workers", "2"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (after,) = client.search_runs([experiment], "tags.ffx_kind = 'search'")
+    assert after.info.run_id == parent.info.run_id and after.info.status == "FINISHED"
+    trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(t.data.tags["ffx_trial_id"] for t in trials) == ["0", "1", "2", "3"]  # none lost or doubled
+    assert {t.info.status for t in trials} == {"FINISHED"}
+
+
+def _running_trials(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("ffx")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], "tags.ffx_trial_id != '' and attributes.status = 'RUNNING'")

@@ -57,6 +57,7 @@ def _finetune_model(config):
     return model
 
 
+@pytest.mark.e2e
 def test_a_fine_tuning_epoch_lowers_the_training_loss_from_the_champions_start(finetuned_run):
     config = finetuned_run.config
     model = _finetune_model(config)
@@ -68,6 +69,7 @@ def test_a_fine_tuning_epoch_lowers_the_training_loss_from_the_champions_start(f
     assert after < before
 
 
+@pytest.mark.e2e
 def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_validation(finetuned_run):
     config, decision = finetuned_run.config, finetuned_run.decision
     assert decision["kept"] == "finetuned" and decision["objective"] == "val_loss"
@@ -86,6 +88,7 @@ def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_validat
     assert loss == pytest.approx(decision["finetuned_score"], abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
     result = run_ffx(root, "finetune", "--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1")
@@ -97,6 +100,7 @@ def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     assert not (finetuned_dir(config) / "head.keras").exists()  # evaluate scores and registers the head
 
 
+@pytest.mark.e2e
 def test_model_card_and_mlflow_state_both_scores_and_which_was_kept(finetuned_run):
     config, decision = finetuned_run.config, finetuned_run.decision
     card = (config.reports.dir / "model_card.md").read_text()
@@ -149,6 +153,7 @@ def test_finetuning_killed_mid_training_resumes_from_its_last_epoch(finetuned_ru
     assert not states[0].parent.exists()  # checkpoints removed once done
 
 
+@pytest.mark.e2e
 def test_boundary_batches_stream_rows_in_a_fresh_order_each_epoch(finetuned_run):
     path = boundary_path(finetuned_run.config, "train")
     stored = read_features(path)

@@ -11,12 +11,10 @@ import httpx
 import pytest
 from conftest import (
     COLOURS,
-    free_port,
     make_dataset,
     make_image,
     page_text,
     stop_process_group,
-    wait_for_http,
     write_params,
 )
 
@@ -24,24 +22,6 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 CRON, TIMEZONE = "30 3 * * *", "Europe/Paris"
 CRON_IN_THE_UI = "At 03:30 AM every day"  # how the Prefect UI words CRON
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """`prefect server start` with its UI on loopback and its own home; stopped at the end of the module."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="true")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_http(f"{url}/health", server)
-        yield {"url": url, "ui": f"http://127.0.0.1:{port}", "env": {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}}
-    finally:
-        stop_process_group(server)
-    assert server.returncode is not None  # the server is down
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,7 @@ def _probabilities(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
     return frame[[f"p_{n}" for n in names]].to_numpy(dtype=float)
 
 
+@pytest.mark.e2e
 def test_fine_tuned_champion_agrees_with_ffx_predict_and_its_stored_boundary_features(finetuned_run):
     import mlflow
 

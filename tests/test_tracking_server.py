@@ -153,3 +153,25 @@ def test_when_the_wait_for_the_server_runs_out_tune_stops_with_one_error_and_res
     resumed = ffx_process(project, "tune")
     assert resumed.returncode == 0, resumed.stderr
     assert_each_trial_once_and_finished(server, 4)
+
+
+def test_a_server_that_stops_answering_during_mlflows_fluent_calls_is_one_error_naming_the_command(tmp_path,
+                                                                                                   monkeypatch):
+    import mlflow
+
+    from components.tracking import ServerUnavailableError, server_stop_as_error
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every request is refused
+    write_params(tmp_path, mlflow={"tracking_uri": url})
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(url)
+    try:
+        with pytest.raises(ServerUnavailableError) as raised, server_stop_as_error(
+                load_config(tmp_path / "params.yaml"), "ffx evaluate"):
+            mlflow.log_metric("accuracy", 0.9, run_id="0" * 32)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert str(raised.value) == (f"mlflow.tracking_uri: {url} stopped answering; start it again and run "
+                                 "`ffx evaluate` again")
+    with pytest.raises(ValueError, match="a bug"), server_stop_as_error(load_config(tmp_path / "params.yaml"), "x"):
+        raise ValueError("a bug")  # anything else keeps its traceback

@@ -66,6 +66,7 @@ def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
     assert not np.allclose(got, plain[["p_blue", "p_red"]].to_numpy())
 
 
+@pytest.mark.e2e
 def test_evaluate_stage_scores_with_tta_and_writes_both_accuracies(extracted_project):
     import json
 

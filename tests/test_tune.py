@@ -127,6 +127,7 @@ def test_rerun_of_a_finished_search_reuses_its_parent_run(extracted_project):
     assert len(runs) == 2  # no trial ran twice
 
 
+@pytest.mark.e2e
 def test_hyperband_continues_a_trial_from_the_best_weights_of_the_one_it_extends(extracted_project, monkeypatch):
     from components.search.grouped_trials import GroupedTrials
 
@@ -156,6 +157,7 @@ def test_hyperband_continues_a_trial_from_the_best_weights_of_the_one_it_extends
     assert result.model.output_shape == (None, 1)
 
 
+@pytest.mark.e2e
 def test_multi_class_search_learns_three_separable_classes(tmp_path):
     """Three colour classes (tests/conftest.py make_dataset), separable even through a random-weights backbone:
     a search whose multi-class loss or labels were wrong would stay near chance (1/3) or predict one class."""

@@ -15,7 +15,7 @@ from components.config import Config, better
 from components.errors import FFXError, ModelNotFoundError
 from components.model.backbone_weights import share_backbone_weights
 from components.model.classifier import HEAD_ARTIFACT, SPEC_ARTIFACT, input_example, signature, spec_for
-from components.tracking import backbones_experiment, setup_mlflow
+from components.tracking import backbones_experiment, server_stop_as_error, setup_mlflow
 
 MODEL_NAME = "classifier"             # the logged model's name inside the run
 PACKAGE = Path(__file__).parents[1]  # components/
@@ -84,7 +84,9 @@ def register_classifier(config: Config, head_file: Path, metadata: dict, test_me
     weights = share_backbone_weights(config.root, client, backbones_experiment(config, client), metadata,
                                      earlier_experiment_ids=(experiment_id,))
     spec = spec_for(metadata, config.predict.tta, config.data.max_pixels, config.predict.batch_size, weights)
-    with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
+    client.get_run(run_id)  # through the patient client: a server that is down now is waited for
+    with (tempfile.TemporaryDirectory() as folder, server_stop_as_error(config, "ffx evaluate"),
+          mlflow.start_run(run_id=run_id, experiment_id=experiment_id)):
         spec_file = Path(folder) / "classifier.json"
         spec_file.write_text(json.dumps(spec, indent=2, sort_keys=True))
         mlflow.log_metrics(flat)

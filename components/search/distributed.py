@@ -54,10 +54,17 @@ def run_tuner_processes(config: Config, show_progress: bool) -> None:
         codes = [process.wait() for process in crew]
         chief_code = chief.wait(timeout=300) if not any(codes) else None
     finally:
-        for process in [chief, *crew]:
-            if process.poll() is None:
-                process.terminate()
+        # Stopped (SIGTERM, Ctrl-C) or failed: each process left gets SIGTERM at once, workers before the chief
+        # that hands them trials; a worker closes its trials' MLflow runs KILLED (components.search.worker).
+        left = [process for process in [*crew, chief] if process.poll() is None]
+        for process in left:
+            process.terminate()
+        for process in left:
+            try:
                 process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     if any(codes) or chief_code:
         raise FFXError(f"distributed tuning failed: worker exit codes {codes}, chief {chief_code} "
                        "(their errors are printed above)")

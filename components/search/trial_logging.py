@@ -89,6 +89,13 @@ class MlflowTrialLogging:
                 "elapsed": time.perf_counter() - self._search_started, "trial_seconds": seconds,
             })
 
+    def close_own_trial_runs(self, status: str) -> None:
+        """The runs of the trials this process has open (a distributed worker stopped): closed with `status`.
+        Other workers' trials under the same search are theirs to close."""
+        for run_id, _ in self._trial_runs.values():
+            self._client.set_terminated(run_id, status)
+        self._trial_runs.clear()
+
     def _close_trial_run(self, trial) -> float:
         run_id, started = self._trial_runs.pop(trial.trial_id)
         seconds = time.perf_counter() - started

@@ -158,6 +158,18 @@ def open_parent_run(config: Config, train: FeatureSet, valid: FeatureSet, joinin
     return ParentRun(client, experiment_id, run_id, project)
 
 
+def _stop_status(exc: BaseException) -> str:
+    """An error fails the search; Ctrl-C or SIGTERM kills it, and a re-run resumes it."""
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
+def _record_stop(parent: ParentRun, exc: BaseException) -> None:
+    """The search's run and every trial run still open under it closed as the stop's status."""
+    status = _stop_status(exc)
+    close_open_trials(parent.client, parent.experiment_id, parent.run_id, status)
+    parent.client.set_terminated(parent.run_id, status)
+
+
 def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: ParentRun,
                progress: TrialProgress | None, owner: bool):
     """KerasTuner's search loop in this process: every trial, a distributed worker's share of them, or the chief's
@@ -185,11 +197,12 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
             tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
                                  config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
     except BaseException as exc:
-        if not owner or isinstance(exc, ServerUnavailableError):  # no server to record the stop in
+        if isinstance(exc, ServerUnavailableError):  # no server to record the stop in
             raise
-        status = "FAILED" if isinstance(exc, Exception) else "KILLED"  # Ctrl-C: the search resumes on a re-run
-        close_open_trials(parent.client, parent.experiment_id, parent.run_id, status)
-        parent.client.set_terminated(parent.run_id, status)
+        if not owner:  # a distributed worker closes its own trials' runs; the search's run is its owner's
+            tuner.close_own_trial_runs(_stop_status(exc))
+            raise
+        _record_stop(parent, exc)
         if isinstance(exc, RuntimeError) and "consecutive failures" in str(exc):
             last = [line for line in str(exc).splitlines() if line.strip()][-1]
             raise FFXError(f"tuning stopped: {str(exc).splitlines()[0]} Last error: {last.strip()} "
@@ -211,7 +224,12 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
     if on_start:
         on_start(parent.experiment_id, parent.run_id)
     if config.tuner.workers:
-        run_tuner_processes(config, show_progress=progress is not None)  # the tuner below reloads their oracle
+        try:
+            run_tuner_processes(config, show_progress=progress is not None)  # the tuner below reloads their oracle
+        except BaseException as exc:  # SIGTERM or Ctrl-C stopped the workers (they closed their trials' runs)
+            if not isinstance(exc, ServerUnavailableError):
+                _record_stop(parent, exc)
+            raise
     tuner, statistics = run_trials(config, train, valid, parent, progress, owner=True)
     client, run_id = parent.client, parent.run_id
     trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,

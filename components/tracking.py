@@ -222,6 +222,12 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def stopped_status(exc: BaseException) -> str:
+    """The MLflow status of a run its process stopped on `exc`: an error fails it; Ctrl-C or SIGTERM kills it, and
+    a re-run resumes it."""
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
 @contextlib.contextmanager
 def server_stop_as_error(config: Config, command: str):
     """Around MLflow's fluent calls (mlflow.start_run, mlflow.pyfunc.log_model), which PatientClient cannot wrap:

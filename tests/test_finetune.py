@@ -119,27 +119,37 @@ def test_model_card_and_mlflow_state_both_scores_and_which_was_kept(finetuned_ru
 
 
 @pytest.mark.e2e
-def test_finetuning_killed_mid_training_resumes_from_its_last_epoch(finetuned_run, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_finetuning_stopped_mid_training_resumes_from_its_last_epoch(finetuned_run, tmp_path, stop):
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
     shutil.rmtree(root / "models" / "finetuned")
     write_params(root, **FINETUNE_PARAMS | {"finetune": FINETUNE_PARAMS["finetune"] | {
         "epochs": 4, "early_stopping_patience": 0}})
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen([str(FFX), "finetune", "--quiet"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + GIVE_UP_S
     try:
-        while True:  # killed once an epoch is checkpointed
+        while True:  # stopped once an epoch is checkpointed
             states = list((root / ".ffx" / "finetune").glob("*/state.json"))
             if states and json.loads(states[0].read_text())["epochs_done"] >= 1:
                 break
             assert process.poll() is None and time.time() < deadline, "ffx finetune ended before a checkpoint"
             time.sleep(0.2)
+        os.killpg(process.pid, stop)
+        _, stopped = process.communicate(timeout=GIVE_UP_S)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     done = json.loads(states[0].read_text())["epochs_done"]
     assert done < 4
+    client = MlflowClient(tracking_uri(load_config(root / "params.yaml")))
+    if stop == signal.SIGTERM:
+        assert process.returncode == 143 and "Traceback" not in stopped, stopped
+        assert stopped.rstrip().splitlines()[-1] == "stopped by SIGTERM; run the same command again to resume"
+        (run,) = client.search_runs([client.get_experiment_by_name(finetuned_run.config.mlflow.experiment)
+                                     .experiment_id], "tags.ffx_kind = 'finetune' and attributes.status = 'KILLED'")
     result = subprocess.run([str(FFX), "finetune"], cwd=root, env=env, capture_output=True, text=True,
                             timeout=GIVE_UP_S)
     assert result.returncode == 0, result.stderr
@@ -147,7 +157,9 @@ def test_finetuning_killed_mid_training_resumes_from_its_last_epoch(finetuned_ru
     assert "epoch 1/4" not in result.stderr  # no epoch before the checkpoint runs again
     decision = json.loads((root / "models" / "finetuned" / "finetune.json").read_text())
     assert decision["epochs_run"] == 4 and len(decision["epoch_seconds"]) == 4
-    client = MlflowClient(tracking_uri(load_config(root / "params.yaml")))
+    assert client.get_run(decision["run_id"]).info.status == "FINISHED"
+    if stop == signal.SIGTERM:
+        assert decision["run_id"] == run.info.run_id  # the stopped run, resumed
     steps = [m.step for m in client.get_metric_history(decision["run_id"], "val_loss")]
     assert sorted(set(steps)) == [1, 2, 3, 4]  # one run, every epoch logged to it
     assert not states[0].parent.exists()  # checkpoints removed once done

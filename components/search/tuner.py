@@ -28,7 +28,13 @@ from components.search.trial_logging import (
     close_open_trials,
     finish_completed_trials,
 )
-from components.tracking import ServerUnavailableError, feature_datasets, git_commit, setup_mlflow
+from components.tracking import (
+    ServerUnavailableError,
+    feature_datasets,
+    git_commit,
+    setup_mlflow,
+    stopped_status,
+)
 
 SearchStarted = Callable[[str, str], None]  # (experiment id, parent run id)
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
@@ -158,14 +164,9 @@ def open_parent_run(config: Config, train: FeatureSet, valid: FeatureSet, joinin
     return ParentRun(client, experiment_id, run_id, project)
 
 
-def _stop_status(exc: BaseException) -> str:
-    """An error fails the search; Ctrl-C or SIGTERM kills it, and a re-run resumes it."""
-    return "FAILED" if isinstance(exc, Exception) else "KILLED"
-
-
 def _record_stop(parent: ParentRun, exc: BaseException) -> None:
     """The search's run and every trial run still open under it closed as the stop's status."""
-    status = _stop_status(exc)
+    status = stopped_status(exc)
     close_open_trials(parent.client, parent.experiment_id, parent.run_id, status)
     parent.client.set_terminated(parent.run_id, status)
 
@@ -200,7 +201,7 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
         if isinstance(exc, ServerUnavailableError):  # no server to record the stop in
             raise
         if not owner:  # a distributed worker closes its own trials' runs; the search's run is its owner's
-            tuner.close_own_trial_runs(_stop_status(exc))
+            tuner.close_own_trial_runs(stopped_status(exc))
             raise
         _record_stop(parent, exc)
         if isinstance(exc, RuntimeError) and "consecutive failures" in str(exc):

@@ -30,7 +30,7 @@ from components.finetune.decision import (
     write_decision,
 )
 from components.model.head_file import HEAD_FILE, METADATA_FILE, head_paths, load_head
-from components.tracking import setup_mlflow
+from components.tracking import ServerUnavailableError, setup_mlflow, stopped_status
 
 Say = Callable[[str], None]
 
@@ -100,6 +100,10 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
 
     try:
         state = train(model, train_batches, valid_batches, settings, monitor, folder, state, log_epoch)
+    except BaseException as exc:  # the run says how it stopped; a re-run resumes from the last epoch, in it
+        if not isinstance(exc, ServerUnavailableError):
+            client.set_terminated(state.run_id, stopped_status(exc))
+        raise
     finally:
         train_batches.close()
         valid_batches.close()

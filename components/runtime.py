@@ -6,9 +6,12 @@ import functools
 import importlib.util
 import os
 import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from components.errors import Terminated
+from components.files import user_error
 
 TERMINATED_EXIT = 128 + signal.SIGTERM  # the shell's code for a process ended by SIGTERM
 NATIVE_BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo flags of x86 bfloat16 arithmetic
@@ -86,3 +89,21 @@ def stop_cleanly_on_sigterm() -> None:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, terminate)
+
+
+def run_entry(main: Callable[[], object], stopped: str, debug: Callable[[], bool] = lambda: False) -> None:
+    """A process's entry point (`ffx`, a search worker) around `main`: SIGTERM stops it cleanly (`stopped` printed,
+    exit 143); bad input or a full disk in any writer is one `error:` line, exit 2 (files.user_error); anything else
+    is a bug and keeps its traceback, as everything does when `debug()` says so."""
+    stop_cleanly_on_sigterm()
+    try:
+        main()
+    except Terminated:
+        print(stopped, file=sys.stderr)
+        sys.exit(TERMINATED_EXIT)
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None or debug():
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from components.config import Config
 from components.errors import FFXError
@@ -226,6 +227,19 @@ def stopped_status(exc: BaseException) -> str:
     """The MLflow status of a run its process stopped on `exc`: an error fails it; Ctrl-C or SIGTERM kills it, and
     a re-run resumes it."""
     return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
+@contextlib.contextmanager
+def closed_on_stop(close: Callable[[str], None]):
+    """`close(status)` (stopped_status) when the block stops on an error, Ctrl-C or SIGTERM, then the stop goes on:
+    the runs say how they ended, and a re-run resumes them. Not when the tracking server is gone: nothing could
+    record it."""
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, ServerUnavailableError):
+            close(stopped_status(exc))
+        raise
 
 
 @contextlib.contextmanager

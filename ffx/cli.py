@@ -307,11 +307,8 @@ def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
 
 
 def main() -> None:
-    from components.errors import Terminated
-    from components.files import user_error
-    from components.runtime import TERMINATED_EXIT, stop_cleanly_on_sigterm
+    from components.runtime import run_entry
 
-    stop_cleanly_on_sigterm()
     # MLflow prints "View run"/"View experiment" links for every run it ends on a tracking server: two lines per
     # trial. `ffx tune` prints one link to the search instead; MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false brings
     # MLflow's back. Set here, in the process's entry, so that the trial workers it starts inherit it.
@@ -320,21 +317,10 @@ def main() -> None:
     # silence (7 retries); one retry here, and the search's client says that it waits, and for how long
     # (tracking.PatientClient, mlflow.wait_for_server_s).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    try:
-        app()
-    except Terminated:
-        # The write in progress was dropped (temporary and .partial files are never under a final name) and the
-        # search's MLflow runs closed KILLED: a re-run resumes.
-        typer.echo("stopped by SIGTERM; run the same command again to resume", err=True)
-        sys.exit(TERMINATED_EXIT)
-    except Exception as exc:
-        # Bad input, or out of space in any writer (KerasTuner's checkpoints, MLflow's local artifacts, Prefect's
-        # results included): one line. Anything else is a bug and keeps its traceback.
-        error = user_error(exc)
-        if error is None or State.debug:
-            raise
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    # A SIGTERM drops the write in progress (temporary and .partial files are never under a final name) and closes
+    # the search's MLflow runs KILLED: a re-run resumes. Bad input, or out of space in any writer (KerasTuner's
+    # checkpoints, MLflow's local artifacts, Prefect's results included): one line.
+    run_entry(app, "stopped by SIGTERM; run the same command again to resume", debug=lambda: State.debug)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from components.finetune.batches import BoundaryBatches
 from components.finetune.boundary import boundary_path
 from components.finetune.decision import decision_path, finetuned_dir
 from components.finetune.model import build_finetune_model
-from components.finetune.train import compile_model
+from components.finetune.train import compile_model, learning_rate
 from components.model.head_file import head_paths, load_head
 from components.tracking import tracking_uri
 
@@ -49,11 +49,27 @@ def test_off_the_stage_writes_its_decision_and_evaluate_scores_the_head(project)
     assert (config.features.dir / "boundary" / "index.json").is_file()
 
 
+@pytest.mark.parametrize("schedule, at_end", [("cosine", 0.0), ("constant", 1e-4)])
+def test_the_rate_warms_up_from_zero_to_its_peak_then_follows_the_schedule(project, schedule, at_end):
+    settings = load_config(project / "params.yaml").finetune.model_copy(update={"epochs": 5, "warmup_epochs": 1, "learning_rate": 1e-4,
+                                                            "schedule": schedule})
+    rate = learning_rate(settings, steps_per_epoch=10)
+    at = {step: float(rate(step)) for step in (0, 5, 10, 30, 50)}
+    assert at[0] == 0 and at[5] == pytest.approx(5e-5) and at[10] == pytest.approx(1e-4)
+    assert at[50] == pytest.approx(at_end, rel=1e-6, abs=1e-12)  # float32 steps
+    assert at[30] == pytest.approx(5e-5 if schedule == "cosine" else 1e-4)  # half way down the cosine
+
+
+def test_no_warm_up_and_a_constant_schedule_is_a_plain_rate(project):
+    settings = load_config(project / "params.yaml").finetune.model_copy(update={"warmup_epochs": 0, "schedule": "constant"})
+    assert learning_rate(settings, steps_per_epoch=10) == settings.learning_rate
+
+
 def _finetune_model(config):
     head, metadata = load_head(head_paths(config)[0])
     backbone = backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root)
     model = build_finetune_model(backbone, "block4_pool", head)
-    compile_model(model, config.finetune, binary=True)
+    compile_model(model, config.finetune, binary=True, steps_per_epoch=1)
     return model
 
 
@@ -64,7 +80,8 @@ def test_a_fine_tuning_epoch_lowers_the_training_loss_from_the_champions_start(f
     # RMSprop moves every weight by about the learning rate a step, whatever its gradient: at the fixture's 1e-6
     # one epoch over these random-weight convolutions raised the loss for 3 of 6 dropout seeds; at 1e-7 it fell
     # for all 6 (0.079 -> 0.073-0.077), so this checks that the gradient reaches the model, not luck.
-    compile_model(model, config.finetune.model_copy(update={"learning_rate": 1e-7}), binary=True)
+    steady = config.finetune.model_copy(update={"learning_rate": 1e-7, "warmup_epochs": 0, "schedule": "constant"})
+    compile_model(model, steady, binary=True, steps_per_epoch=1)
     path = boundary_path(config, "train")
     in_order = BoundaryBatches(path, 8, binary=True)
     before = model.evaluate(in_order, verbose=0, return_dict=True)["loss"]
@@ -95,7 +112,8 @@ def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_validat
 @pytest.mark.e2e
 def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
-    result = run_ffx(root, "finetune", "--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1")
+    result = run_ffx(root, "finetune", "--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1",
+                     "--set", "finetune.warmup_epochs=0")
     assert result.returncode == 0, result.stderr
     config = load_config(root / "params.yaml")
     decision = json.loads(decision_path(config).read_text())
@@ -128,7 +146,7 @@ def test_finetuning_stopped_mid_training_resumes_from_its_last_epoch(finetuned_r
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
     shutil.rmtree(root / "models" / "finetuned")
     write_params(root, **FINETUNE_PARAMS | {"finetune": FINETUNE_PARAMS["finetune"] | {
-        "epochs": 4, "early_stopping_patience": 0}})
+        "epochs": 4, "early_stopping_patience": 0, "warmup_epochs": 1, "schedule": "cosine"}})
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen([str(FFX), "finetune", "--quiet"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -166,6 +184,12 @@ def test_finetuning_stopped_mid_training_resumes_from_its_last_epoch(finetuned_r
         assert decision["run_id"] == run.info.run_id  # the stopped run, resumed
     steps = [m.step for m in client.get_metric_history(decision["run_id"], "val_loss")]
     assert sorted(set(steps)) == [1, 2, 3, 4]  # one run, every epoch logged to it
+    # The rate goes on from the step the optimizer had reached: the warm-up is not run again after the stop.
+    config = load_config(root / "params.yaml")
+    per_epoch = len(BoundaryBatches(boundary_path(config, "train"), config.finetune.batch_size, binary=True))
+    schedule = learning_rate(config.finetune, per_epoch)
+    logged = {m.step: m.value for m in client.get_metric_history(decision["run_id"], "learning_rate")}
+    assert logged == pytest.approx({epoch: float(schedule(epoch * per_epoch)) for epoch in (1, 2, 3, 4)})
     assert not states[0].parent.exists()  # checkpoints removed once done
 
 

@@ -2,6 +2,7 @@
 and the best head as its result. With tuner.workers > 0 the trials run in processes (components.search.distributed)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -28,13 +29,7 @@ from components.search.trial_logging import (
     close_open_trials,
     finish_completed_trials,
 )
-from components.tracking import (
-    ServerUnavailableError,
-    feature_datasets,
-    git_commit,
-    setup_mlflow,
-    stopped_status,
-)
+from components.tracking import closed_on_stop, feature_datasets, git_commit, setup_mlflow
 
 SearchStarted = Callable[[str, str], None]  # (experiment id, parent run id)
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
@@ -164,9 +159,8 @@ def open_parent_run(config: Config, train: FeatureSet, valid: FeatureSet, joinin
     return ParentRun(client, experiment_id, run_id, project)
 
 
-def _record_stop(parent: ParentRun, exc: BaseException) -> None:
-    """The search's run and every trial run still open under it closed as the stop's status."""
-    status = stopped_status(exc)
+def _record_stop(parent: ParentRun, status: str) -> None:
+    """The search's run and every trial run still open under it closed as `status`."""
     close_open_trials(parent.client, parent.experiment_id, parent.run_id, status)
     parent.client.set_terminated(parent.run_id, status)
 
@@ -186,25 +180,22 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
                         feature_datasets(config.data.root, {"train": train, "valid": valid}))
     if owner:
         finish_completed_trials(parent.client, parent.experiment_id, parent.run_id, tuner.oracle)
+    # A distributed worker closes its own trials' runs on a stop; the search's run is its owner's to close.
+    close = functools.partial(_record_stop, parent) if owner else tuner.close_own_trial_runs
     try:
-        if distributed_role() == "chief":  # it only hands out trials: tuner.search starts its oracle server
-            tuner.search(verbose=0)
-        else:
-            space, standardised = config.space, [standardise(s.features, statistics) if statistics is not None
-                                                 else s.features for s in (train, valid)]
-            group = HeadGroup(config.tuner.parallel_heads, train.features.shape[1], train.num_classes,
-                              max(space.units), max(space.extra_units, default=0), config.train.learning_rate,
-                              config.train.batch_size)
-            tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
-                                 config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
-    except BaseException as exc:
-        if isinstance(exc, ServerUnavailableError):  # no server to record the stop in
-            raise
-        if not owner:  # a distributed worker closes its own trials' runs; the search's run is its owner's
-            tuner.close_own_trial_runs(stopped_status(exc))
-            raise
-        _record_stop(parent, exc)
-        if isinstance(exc, RuntimeError) and "consecutive failures" in str(exc):
+        with closed_on_stop(close):
+            if distributed_role() == "chief":  # it only hands out trials: tuner.search starts its oracle server
+                tuner.search(verbose=0)
+            else:
+                space, standardised = config.space, [standardise(s.features, statistics) if statistics is not None
+                                                     else s.features for s in (train, valid)]
+                group = HeadGroup(config.tuner.parallel_heads, train.features.shape[1], train.num_classes,
+                                  max(space.units), max(space.extra_units, default=0), config.train.learning_rate,
+                                  config.train.batch_size)
+                tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
+                                     config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
+    except RuntimeError as exc:
+        if owner and "consecutive failures" in str(exc):
             last = [line for line in str(exc).splitlines() if line.strip()][-1]
             raise FFXError(f"tuning stopped: {str(exc).splitlines()[0]} Last error: {last.strip()} "
                            "(each failed trial's error is in its MLflow run)") from None
@@ -225,12 +216,8 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
     if on_start:
         on_start(parent.experiment_id, parent.run_id)
     if config.tuner.workers:
-        try:
+        with closed_on_stop(functools.partial(_record_stop, parent)):  # the workers closed their trials' runs
             run_tuner_processes(config, show_progress=progress is not None)  # the tuner below reloads their oracle
-        except BaseException as exc:  # SIGTERM or Ctrl-C stopped the workers (they closed their trials' runs)
-            if not isinstance(exc, ServerUnavailableError):
-                _record_stop(parent, exc)
-            raise
     tuner, statistics = run_trials(config, train, valid, parent, progress, owner=True)
     client, run_id = parent.client, parent.run_id
     trials = [{"trial_id": t.trial_id, "status": str(t.status), "score": t.score,

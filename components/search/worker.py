@@ -7,8 +7,7 @@ import argparse
 import sys
 
 from components.config import load_config
-from components.errors import FFXError, Terminated
-from components.runtime import TERMINATED_EXIT, quiet_tensorflow, stop_cleanly_on_sigterm
+from components.runtime import quiet_tensorflow, run_entry
 from components.search.distributed import distributed_role, share_cores_among_workers
 
 
@@ -42,12 +41,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    stop_cleanly_on_sigterm()  # `ffx tune` stopped by SIGTERM stops its workers so: their trials' runs end KILLED
-    try:
-        main()
-    except FFXError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Terminated:
-        print("worker stopped by SIGTERM; `ffx tune` resumes the search", file=sys.stderr)
-        sys.exit(TERMINATED_EXIT)
+    # `ffx tune` stopped by SIGTERM stops its workers so: their trials' runs end KILLED
+    run_entry(main, "worker stopped by SIGTERM; `ffx tune` resumes the search")

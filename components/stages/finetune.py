@@ -30,7 +30,7 @@ from components.finetune.decision import (
     write_decision,
 )
 from components.model.head_file import HEAD_FILE, METADATA_FILE, head_paths, load_head
-from components.tracking import ServerUnavailableError, setup_mlflow, stopped_status
+from components.tracking import closed_on_stop, setup_mlflow
 
 Say = Callable[[str], None]
 
@@ -72,8 +72,8 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
                                  boundary, head)
     binary = len(metadata["class_names"]) == 2
     settings, monitor = config.finetune, validation_metric(config.tuner.objective)
-    compile_model(model, settings, binary)
     train_batches = BoundaryBatches(boundary_path(config, "train"), settings.batch_size, binary, config.tuner.seed)
+    compile_model(model, settings, binary, len(train_batches))
     valid_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary)
     head_score = score(model, valid_batches, monitor)  # before any step: the head alone, scored the same way
     say(f"head alone: {monitor} {head_score:.4f}")
@@ -98,12 +98,9 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
         client.log_batch(state.run_id, [Metric(k, v, now, epoch) for k, v in values.items()])
         say(f"epoch {epoch}/{settings.epochs}: {monitor} {logs[monitor]:.4f}, loss {logs['loss']:.4f} ({seconds:.1f}s)")
 
-    try:
-        state = train(model, train_batches, valid_batches, settings, monitor, folder, state, log_epoch)
-    except BaseException as exc:  # the run says how it stopped; a re-run resumes from the last epoch, in it
-        if not isinstance(exc, ServerUnavailableError):
-            client.set_terminated(state.run_id, stopped_status(exc))
-        raise
+    try:  # a stopped run says how it stopped; a re-run resumes from the last epoch, in it
+        with closed_on_stop(lambda status: client.set_terminated(state.run_id, status)):
+            state = train(model, train_batches, valid_batches, settings, monitor, folder, state, log_epoch)
     finally:
         train_batches.close()
         valid_batches.close()

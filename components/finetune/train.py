@@ -51,9 +51,8 @@ class TrainingState:
 
 
 def learning_rate(settings: FinetuneConfig, steps_per_epoch: int):
-    """RMSprop's rate by step: up from 0 over finetune.warmup_epochs (RMSprop's first full-size steps knock the
-    pretrained block off: valid fell 3-12 points in the first epoch at a constant 1e-4), then constant or down along
-    a cosine to 0 at the last epoch. The step count is the optimizer's, restored on resume."""
+    """RMSprop's rate by step: up from 0 over finetune.warmup_epochs, then constant or down along a cosine to 0 at
+    the last epoch (fastai's one-cycle shape). The step count is the optimizer's, restored on resume."""
     warmup = settings.warmup_epochs * steps_per_epoch
     if not warmup and settings.schedule == "constant":
         return settings.learning_rate

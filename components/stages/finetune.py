@@ -108,7 +108,8 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     kept = KEPT_FINETUNED if finetuned_score is not None and better(monitor, finetuned_score, head_score) else KEPT_HEAD
     decision = {"enabled": True, "kept": kept, "objective": monitor, "head_score": head_score,
                 "finetuned_score": finetuned_score, "boundary": boundary, "best_epoch": state.best_epoch,
-                "epochs_run": state.epochs_done, "stopped_early": state.stopped, "epoch_seconds": state.seconds,
+                "epochs_run": state.epochs_done, "epoch_seconds": state.seconds,
+                "stopped_early": state.stopped and state.epochs_done < settings.epochs,
                 "extract_seconds": extract_seconds, "run_id": state.run_id, "parent_run_id": parent_run_id}
     if kept == KEPT_FINETUNED:
         _save_finetuned(config, model, metadata, boundary, attrs["train"], decision)

@@ -71,9 +71,13 @@ def test_every_version_refers_to_one_shared_copy_of_the_backbone_weights(tmp_pat
         assert sum(f.stat().st_size for f in source.rglob("*") if f.is_file()) < 5_000_000
 
 
-def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_version_loads(tmp_path, tiny_run):
+def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_version_loads(tmp_path, tiny_run,
+                                                                                          monkeypatch):
     """Stores from before the backbones had an experiment of their own: their weights run sits among the searches,
-    and a new version still shares it (by its runs:/ URI) instead of logging a second copy."""
+    and a new version still shares it (by its runs:/ URI) instead of logging a second copy. Loading it leaves no
+    copy of the weights behind (one per load filled a disk)."""
+    import tempfile
+
     import numpy as np
     import pandas as pd
 
@@ -87,7 +91,11 @@ def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_vers
     name = config.mlflow.registered_model
     assert client.get_model_version(name, version).tags["backbone_weights"] == earlier["uri"]
     assert not client.search_runs([backbones_experiment(config, client)], f"tags.ffx_kind = '{WEIGHTS_KIND}'")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where MLflow and ffx put their temporary copies
     model = load_registered_classifier(config, f"models:/{name}/{version}")
+    assert not list(scratch.rglob("*.weights.h5"))
     image = tiny_run.config.data.root / read_features(tiny_run.config.features.path("test")).paths[0]
     (probability,) = model.predict(pd.DataFrame({"path": [str(image)]}))["probability"]
     assert 0.0 <= probability <= 1.0 and np.isfinite(probability)

@@ -6,6 +6,8 @@ versions of the same backbone share one copy, and any machine that reaches the t
 """
 from __future__ import annotations
 
+import contextlib
+
 import tempfile
 from pathlib import Path
 
@@ -52,17 +54,21 @@ def share_backbone_weights(root: Path, client, experiment_id: str, metadata: dic
     return weights
 
 
-def fetch_backbone_weights(weights: dict) -> Path:
-    """The shared weights file on this machine (a local store's own file; else downloaded), checked by SHA-256."""
+@contextlib.contextmanager
+def fetched_backbone_weights(weights: dict):
+    """The shared weights file on this machine, checked by SHA-256, for the block that loads it: MLflow copies an
+    artifact out of any store, local ones included, and a copy left behind per model load filled the disk (80 MB
+    for VGG19 each time), so it goes into a temporary folder removed when the block ends."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    try:
-        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=weights["uri"]))
-    except (MlflowException, OSError) as exc:
-        raise ModelNotFoundError(f"backbone weights {weights['uri']}: cannot be read from the tracking store "
-                                 f"({str(exc).splitlines()[0]}); was the run holding them deleted?") from None
-    if file_digest(path, "sha256") != weights["sha256"]:
-        raise ModelNotFoundError(f"backbone weights {weights['uri']}: SHA-256 differs from the one registered "
-                                 f"with the model ({weights['sha256'][:12]}…); the file was changed")
-    return path
+    with tempfile.TemporaryDirectory(prefix="ffx-backbone-weights-") as folder:
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=weights["uri"], dst_path=folder))
+        except (MlflowException, OSError) as exc:
+            raise ModelNotFoundError(f"backbone weights {weights['uri']}: cannot be read from the tracking store "
+                                     f"({str(exc).splitlines()[0]}); was the run holding them deleted?") from None
+        if file_digest(path, "sha256") != weights["sha256"]:
+            raise ModelNotFoundError(f"backbone weights {weights['uri']}: SHA-256 differs from the one registered "
+                                     f"with the model ({weights['sha256'][:12]}…); the file was changed")
+        yield path

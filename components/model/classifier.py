@@ -21,7 +21,7 @@ from components.data.augment import flip_images
 from components.data.images import ImageReadError, load_rgb
 from components.errors import FFXError
 from components.features.backbone import Backbone, backbone_of_head
-from components.model.backbone_weights import fetch_backbone_weights
+from components.model.backbone_weights import fetched_backbone_weights
 from components.model.head_file import load_keras_safely
 from components.model.metrics import average_views, class_probabilities
 
@@ -99,8 +99,9 @@ class ImageClassifier:
         head = load_keras_safely(head_file)
         if weights_file is None:
             backbone = backbone_of_head(spec["backbone"], spec["weights_id"], root)
-        else:  # checked by its SHA-256 when fetched
+        else:  # checked by its SHA-256 when fetched, and built now: the fetched file is removed after loading
             backbone = backbone_of_head(spec["backbone"], None, root, weights=str(weights_file))
+            _ = backbone.model
         return cls(head, backbone, spec)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -161,8 +162,8 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         spec = json.loads(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
-        self.classifier = ImageClassifier.load(Path(context.artifacts[HEAD_ARTIFACT]), spec,
-                                               fetch_backbone_weights(spec["weights"]))
+        with fetched_backbone_weights(spec["weights"]) as weights_file:  # read into the model, then removed
+            self.classifier = ImageClassifier.load(Path(context.artifacts[HEAD_ARTIFACT]), spec, weights_file)
         # Under `mlflow models serve` a `path` would make the server open any file its clients name. The scoring
         # server's process finds its model through this variable (tested: tests/test_serving.py).
         self.accepts_paths = SCORING_SERVER_VARIABLE not in os.environ

@@ -51,8 +51,8 @@ def test_off_the_stage_writes_its_decision_and_evaluate_scores_the_head(project)
 
 @pytest.mark.parametrize("schedule, at_end", [("cosine", 0.0), ("constant", 1e-4)])
 def test_the_rate_warms_up_from_zero_to_its_peak_then_follows_the_schedule(project, schedule, at_end):
-    settings = load_config(project / "params.yaml").finetune.model_copy(update={"epochs": 5, "warmup_epochs": 1, "learning_rate": 1e-4,
-                                                            "schedule": schedule})
+    settings = load_config(project / "params.yaml").finetune.model_copy(
+        update={"epochs": 5, "warmup_epochs": 1, "learning_rate": 1e-4, "schedule": schedule})
     rate = learning_rate(settings, steps_per_epoch=10)
     at = {step: float(rate(step)) for step in (0, 5, 10, 30, 50)}
     assert at[0] == 0 and at[5] == pytest.approx(5e-5) and at[10] == pytest.approx(1e-4)
@@ -61,7 +61,8 @@ def test_the_rate_warms_up_from_zero_to_its_peak_then_follows_the_schedule(proje
 
 
 def test_no_warm_up_and_a_constant_schedule_is_a_plain_rate(project):
-    settings = load_config(project / "params.yaml").finetune.model_copy(update={"warmup_epochs": 0, "schedule": "constant"})
+    settings = load_config(project / "params.yaml").finetune.model_copy(
+        update={"warmup_epochs": 0, "schedule": "constant"})
     assert learning_rate(settings, steps_per_epoch=10) == settings.learning_rate
 
 

@@ -7,7 +7,6 @@ versions of the same backbone share one copy, and any machine that reaches the t
 from __future__ import annotations
 
 import contextlib
-
 import tempfile
 from pathlib import Path
 

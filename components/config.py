@@ -178,6 +178,8 @@ class FinetuneConfig(Section):  # the finetune stage: the top of the backbone tr
     enabled: bool
     boundary: Text  # auto: per architecture (components.finetune.boundary.DEFAULT_BOUNDARIES), checked at the stage
     epochs: Positive
+    optimizer: Literal["rmsprop", "sgd"]
+    momentum: Annotated[float, Field(ge=0, lt=1)]  # sgd's
     learning_rate: Annotated[float, Field(gt=0)]  # the peak, reached at the end of the warm-up
     warmup_epochs: AtLeast0
     schedule: Literal["cosine", "constant"]  # after the warm-up

@@ -66,6 +66,17 @@ def test_no_warm_up_and_a_constant_schedule_is_a_plain_rate(project):
     assert learning_rate(settings, steps_per_epoch=10) == settings.learning_rate
 
 
+@pytest.mark.parametrize("optimizer, kind", [("rmsprop", keras.optimizers.RMSprop), ("sgd", keras.optimizers.SGD)])
+def test_the_optimizer_is_the_one_named_with_its_momentum(project, optimizer, kind):
+    settings = load_config(project / "params.yaml").finetune.model_copy(
+        update={"optimizer": optimizer, "momentum": 0.8, "learning_rate": 3e-4})
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    compile_model(model, settings, binary=True, steps_per_epoch=4)
+    assert type(model.optimizer) is kind and float(model.optimizer.learning_rate) == pytest.approx(3e-4)
+    if optimizer == "sgd":
+        assert model.optimizer.momentum == 0.8
+
+
 def _finetune_model(config):
     head, metadata = load_head(head_paths(config)[0])
     backbone = backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root)
@@ -113,14 +124,32 @@ def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_validat
 @pytest.mark.e2e
 def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
-    result = run_ffx(root, "finetune", "--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1",
-                     "--set", "finetune.warmup_epochs=0")
+    overrides = ("--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1",
+                 "--set", "finetune.warmup_epochs=0")
+    result = run_ffx(root, "finetune", *overrides)
     assert result.returncode == 0, result.stderr
     config = load_config(root / "params.yaml")
     decision = json.loads(decision_path(config).read_text())
     assert decision["kept"] == "head", decision
     assert not better("val_loss", decision["finetuned_score"], decision["head_score"])
-    assert not (finetuned_dir(config) / "head.keras").exists()  # evaluate scores and registers the head
+    assert (finetuned_dir(config) / "head.keras").is_file()  # not kept, still saved: scored on test for the record
+    result = run_ffx(root, "evaluate", *overrides)  # the same settings, or the decision is not current
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((config.metrics.dir / "test.json").read_text())
+    assert metrics["accuracy"] == metrics["head_accuracy"]  # evaluate scored and registered the head
+    assert metrics["head_accuracy"] == pytest.approx(_test_accuracy(head_paths(config)[0],
+                                                                    config.features.path("test")))
+    assert metrics["finetuned_accuracy"] == pytest.approx(_test_accuracy(finetuned_dir(config) / "head.keras",
+                                                                         boundary_path(config, "test")))
+    card = (config.reports.dir / "model_card.md").read_text()
+    assert "kept: **head**" in card and (f"head alone {metrics['head_accuracy']:.4f}, fine-tuned "
+                                         f"{metrics['finetuned_accuracy']:.4f}.") in card
+
+
+def _test_accuracy(model_file, features_file) -> float:
+    model, _ = load_head(model_file)
+    test = read_features(features_file)
+    return float(((model.predict(test.features, verbose=0).ravel() > 0.5) == test.labels).mean())
 
 
 @pytest.mark.e2e
@@ -129,11 +158,15 @@ def test_model_card_and_mlflow_state_both_scores_and_which_was_kept(finetuned_ru
     card = (config.reports.dir / "model_card.md").read_text()
     assert "## Fine-tuning" in card and "kept: **finetuned**" in card
     assert f"head alone {decision['head_score']:.4f}, fine-tuned {decision['finetuned_score']:.4f}" in card
+    metrics = finetuned_run.evaluation.metrics  # both scored on test, the kept one's are the metrics
+    assert metrics["finetuned_accuracy"] == metrics["accuracy"] and 0 <= metrics["head_accuracy"] <= 1
+    assert f"head alone {metrics['head_accuracy']:.4f}, fine-tuned {metrics['finetuned_accuracy']:.4f}." in card
     client = MlflowClient(tracking_uri(config))
     parent = client.get_run(decision["parent_run_id"]).data
     assert parent.tags["finetune_kept"] == "finetuned"
     assert parent.metrics["finetune_head_val_loss"] == pytest.approx(decision["head_score"])
     assert parent.metrics["finetune_finetuned_val_loss"] == pytest.approx(decision["finetuned_score"])
+    assert parent.metrics["test_head_accuracy"] == pytest.approx(metrics["head_accuracy"])
     run = client.get_run(decision["run_id"])
     assert run.data.tags["mlflow.parentRunId"] == decision["parent_run_id"] and run.info.status == "FINISHED"
     assert run.data.params["finetune.learning_rate"] == "1e-06"

@@ -1,6 +1,6 @@
 """The finetune stage's decision, models/finetuned/finetune.json: whether fine-tuning ran, both validation scores and
-which model was kept; with the fine-tuned model beside it (head.keras + head.json, as `ffx tune` saves a head) when
-that one was kept. Read by `ffx evaluate` (no TensorFlow here)."""
+which model was kept; with the fine-tuned model beside it (head.keras + head.json, as `ffx tune` saves a head),
+kept or not. Read by `ffx evaluate` (no TensorFlow here)."""
 from __future__ import annotations
 
 import json

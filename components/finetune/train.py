@@ -51,7 +51,7 @@ class TrainingState:
 
 
 def learning_rate(settings: FinetuneConfig, steps_per_epoch: int):
-    """RMSprop's rate by step: up from 0 over finetune.warmup_epochs, then constant or down along a cosine to 0 at
+    """The optimizer's rate by step: up from 0 over finetune.warmup_epochs, then constant or down along a cosine to 0 at
     the last epoch (fastai's one-cycle shape). The step count is the optimizer's, restored on resume."""
     warmup = settings.warmup_epochs * steps_per_epoch
     if not warmup and settings.schedule == "constant":
@@ -64,8 +64,10 @@ def learning_rate(settings: FinetuneConfig, steps_per_epoch: int):
 
 def compile_model(model: keras.Model, settings: FinetuneConfig, binary: bool, steps_per_epoch: int) -> None:
     loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate(settings, steps_per_epoch)), loss=loss,
-                  metrics=["accuracy"])
+    rate = learning_rate(settings, steps_per_epoch)
+    optimizer = keras.optimizers.SGD(rate, momentum=settings.momentum) if settings.optimizer == "sgd" \
+        else keras.optimizers.RMSprop(rate)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
 def score(model: keras.Model, batches, metric: str) -> float:

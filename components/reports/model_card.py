@@ -126,7 +126,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
               f"- MLflow parent run: `{search.get('parent_run_id')}` (trial table and plots under `search/`): "
               f"<{run_link(config, experiment_id, search.get('parent_run_id'))}>; every trial: "
               f"<{experiment_link(config, experiment_id)}>.",
-              *_finetune_lines(metadata.get("finetune")), "", "## Test metrics", "",
+              *_finetune_lines(metadata.get("finetune"), metrics), "", "## Test metrics", "",
               f"{metrics['count']} test images. Intervals are 95%: Wilson for proportions, bootstrap "
               f"({BOOTSTRAP_SAMPLES} resamples) for ROC AUC.", "",
               "| metric | value | 95% interval |", "|---|---:|---|",
@@ -160,7 +160,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
     return path
 
 
-def _finetune_lines(decision: dict | None) -> list[str]:
+def _finetune_lines(decision: dict | None, metrics: dict) -> list[str]:
     """The finetune stage's decision: both validation scores and which model these test metrics are of."""
     if not decision:
         return []
@@ -175,8 +175,16 @@ def _finetune_lines(decision: dict | None) -> list[str]:
         f"- Validation `{decision['objective']}`: head alone {decision['head_score']:.4f}, fine-tuned "
         + ("none" if finetuned is None else f"{finetuned:.4f}") + f"; kept: **{decision['kept']}** "
         "(the metrics below are of that model).",
+        *_paired_test_line(metrics),
         f"- MLflow run: `{decision.get('run_id')}` (per-epoch metrics).",
     ]
+
+
+def _paired_test_line(metrics: dict) -> list[str]:
+    if "head_accuracy" not in metrics or "finetuned_accuracy" not in metrics:
+        return []
+    return [f"- Test accuracy of both, for the record (the choice above is made on validation only): head alone "
+            f"{metrics['head_accuracy']:.4f}, fine-tuned {metrics['finetuned_accuracy']:.4f}."]
 
 
 def _limits(splits: dict, backbone: dict, metrics: dict) -> list[str]:

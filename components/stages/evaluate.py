@@ -11,6 +11,7 @@ from components.files import write_json_atomic
 from components.finetune.boundary import load_boundary_features
 from components.finetune.decision import (
     KEPT_FINETUNED,
+    KEPT_HEAD,
     decision_is_current,
     decision_path,
     finetuned_dir,
@@ -45,16 +46,9 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     """Score the saved head on the test split, write metrics, plots and the model card (quoting `command`, how this
     evaluation was started), register it in MLflow."""
     head_file, model, metadata, features = _kept_model(config)
-    test = features("test")
-    if test.class_names != metadata["class_names"]:
-        raise FFXError(f"test classes {test.class_names} differ from the model's {metadata['class_names']}")
-    flipped = None
-    if config.predict.tta:  # scored as prediction scores it: over each test image and its mirror image
-        flipped = features("test" + FLIPPED_SUFFIX)
-        if flipped.paths != test.paths:
-            raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
-                           f"{config.features.path('test')} row for row; run `ffx extract` again")
+    test, flipped = _test_sets(config, features, metadata["class_names"])
     metrics, probabilities = evaluate_head(model, test, flipped)
+    metrics |= _paired_test_accuracy(config, metadata.get("finetune"), metrics)
     predictions, roc = config.metrics.dir / PREDICTIONS_FILE, config.metrics.dir / ROC_FILE
     write_json_atomic(config.metrics.dir / METRICS_FILE, metrics)
     write_predictions_csv(predictions, test, probabilities)
@@ -68,6 +62,31 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     scored = {"test": test} | ({"test" + FLIPPED_SUFFIX: flipped} if flipped is not None else {})
     client.log_inputs(registration.run_id, datasets=feature_datasets(config.data.root, scored))
     return EvaluationResult(metrics, registration, read_audit_counts(config))
+
+
+def _test_sets(config: Config, features, class_names: list[str]):
+    """(test, its mirror image or None): the mirror when predict.tta scores as prediction does, over both."""
+    test = features("test")
+    if test.class_names != class_names:
+        raise FFXError(f"test classes {test.class_names} differ from the model's {class_names}")
+    if not config.predict.tta:
+        return test, None
+    flipped = features("test" + FLIPPED_SUFFIX)
+    if flipped.paths != test.paths:
+        raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
+                       f"{config.features.path('test')} row for row; run `ffx extract` again")
+    return test, flipped
+
+
+def _paired_test_accuracy(config: Config, decision: dict | None, kept_metrics: dict) -> dict:
+    """head_accuracy and finetuned_accuracy on test when the finetune stage trained a model: what the choice on
+    validation gained or cost, on the same images. Reported only: the choice stays the validation one."""
+    if not decision or not decision.get("enabled") or not (finetuned_dir(config) / HEAD_FILE).is_file():
+        return {}
+    other = KEPT_HEAD if decision["kept"] == KEPT_FINETUNED else KEPT_FINETUNED
+    _, model, metadata, features = _candidate(config, decision, other)
+    other_metrics, _ = evaluate_head(model, *_test_sets(config, features, metadata["class_names"]))
+    return {f"{decision['kept']}_accuracy": kept_metrics["accuracy"], f"{other}_accuracy": other_metrics["accuracy"]}
 
 
 def _kept_model(config: Config):
@@ -84,11 +103,16 @@ def _kept_model(config: Config):
     if decision is None:  # the finetune stage never ran here
         model, metadata = load_head(head_file)
         return head_file, model, metadata, lambda split: load_split_features(config, split)
-    if decision["kept"] == KEPT_FINETUNED:
-        head_file = finetuned_dir(config) / HEAD_FILE
-        model, metadata = load_head(head_file)
-        features = lambda split: load_boundary_features(config, decision["boundary"], split)  # noqa: E731
-    else:
-        model, metadata = load_head(head_file)
-        features = lambda split: load_split_features(config, split)  # noqa: E731
-    return head_file, model, dict(metadata, finetune=decision), features
+    model_file, model, metadata, features = _candidate(config, decision, decision["kept"])
+    return model_file, model, dict(metadata, finetune=decision), features
+
+
+def _candidate(config: Config, decision: dict, which: str):
+    """(model file, model, metadata, features by split name) of the head or the fine-tuned model."""
+    if which == KEPT_FINETUNED:
+        model_file = finetuned_dir(config) / HEAD_FILE
+        model, metadata = load_head(model_file)
+        return model_file, model, metadata, lambda split: load_boundary_features(config, decision["boundary"], split)
+    model_file = head_paths(config)[0]
+    model, metadata = load_head(model_file)
+    return model_file, model, metadata, lambda split: load_split_features(config, split)

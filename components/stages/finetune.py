@@ -1,7 +1,7 @@
 """The finetune stage, between tune and evaluate: the backbone's top layers trained with the champion head from
 features cached at the boundary, and whichever of fine-tuned and head-only scores better on validation kept for
-`ffx evaluate` (models/finetuned/finetune.json says which). Off (finetune.enabled: false), it only writes that
-decision, without TensorFlow."""
+`ffx evaluate` (models/finetuned/finetune.json says which; the fine-tuned model is saved beside it either way).
+Off (finetune.enabled: false), it only writes that decision, without TensorFlow."""
 from __future__ import annotations
 
 import shutil
@@ -111,10 +111,10 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
                 "epochs_run": state.epochs_done, "epoch_seconds": state.seconds,
                 "stopped_early": state.stopped and state.epochs_done < settings.epochs,
                 "extract_seconds": extract_seconds, "run_id": state.run_id, "parent_run_id": parent_run_id}
-    if kept == KEPT_FINETUNED:
-        _save_finetuned(config, model, metadata, boundary, attrs["train"], decision)
-    else:
+    if finetuned_score is None:
         _remove_finetuned_model(config)
+    else:  # kept or not: `ffx evaluate` also scores the one not kept on test, for the record
+        _save_finetuned(config, model, metadata, boundary, attrs["train"], decision)
     _finish_runs(client, state.run_id, parent_run_id, decision)
     say(f"kept {kept}: {monitor} head alone {head_score:.4f}, fine-tuned "
         f"{'none' if finetuned_score is None else f'{finetuned_score:.4f}'} (best epoch {state.best_epoch})")
@@ -158,8 +158,8 @@ def _finish_runs(client, run_id: str, parent_run_id: str, decision: dict) -> Non
 
 
 def _save_finetuned(config: Config, model, metadata: dict, boundary: str, train_attrs: dict, decision: dict) -> None:
-    """models/finetuned/head.keras + head.json, as `ffx tune` saves a head: a model of the boundary backbone's
-    features, so evaluation, prediction and registration use it as they use a head."""
+    """models/finetuned/head.keras + head.json (its best epoch), as `ffx tune` saves a head: a model of the boundary
+    backbone's features, so evaluation, prediction and registration use it as they use a head."""
     folder = finetuned_dir(config)
     trained = BackboneConfig(**{k: v for k, v in metadata["backbone"].items() if k != "precision"})
     spec = boundary_config(trained, boundary)

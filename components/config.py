@@ -183,6 +183,7 @@ class FinetuneConfig(Section):  # the finetune stage: the top of the backbone tr
     learning_rate: Annotated[float, Field(gt=0)]  # the peak, reached at the end of the warm-up
     warmup_epochs: AtLeast0
     schedule: Literal["cosine", "constant"]  # after the warm-up
+    ema_momentum: Annotated[float, Field(ge=0, lt=1)]  # 0: off
     batch_size: Positive
     early_stopping_patience: AtLeast0
     directory: ProjectPath  # per-epoch checkpoints: a killed run resumes from its last epoch

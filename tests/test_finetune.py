@@ -20,7 +20,7 @@ from components.finetune.batches import BoundaryBatches
 from components.finetune.boundary import boundary_path
 from components.finetune.decision import decision_path, finetuned_dir
 from components.finetune.model import build_finetune_model
-from components.finetune.train import compile_model, learning_rate
+from components.finetune.train import TrainingState, compile_model, learning_rate, train
 from components.model.head_file import head_paths, load_head
 from components.tracking import tracking_uri
 
@@ -75,6 +75,39 @@ def test_the_optimizer_is_the_one_named_with_its_momentum(project, optimizer, ki
     assert type(model.optimizer) is kind and float(model.optimizer.learning_rate) == pytest.approx(3e-4)
     if optimizer == "sgd":
         assert model.optimizer.momentum == 0.8
+
+
+class _InMemoryBatches(keras.utils.PyDataset):
+    def __init__(self, features, labels, batch_size=8):
+        super().__init__()
+        self.features, self.labels, self.batch_size = features, labels, batch_size
+
+    def __len__(self):
+        return len(self.labels) // self.batch_size
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.features[rows], self.labels[rows]
+
+    def start_at(self, epoch):
+        pass
+
+
+def test_with_a_moving_average_the_kept_weights_are_the_ones_validation_scored(project, tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(32, 4)).astype("float32")
+    batches = _InMemoryBatches(features, (features[:, :1] > 0).astype("float32"))
+    settings = load_config(project / "params.yaml").finetune.model_copy(update={
+        "epochs": 3, "learning_rate": 0.05, "ema_momentum": 0.9, "early_stopping_patience": 0, "warmup_epochs": 0,
+        "schedule": "constant"})
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    compile_model(model, settings, binary=True, steps_per_epoch=len(batches))
+    state = train(model, batches, batches, settings, "val_loss", tmp_path, TrainingState("key"), lambda *_: None)
+    # The model ends with what validation scored at the best epoch: the average, not the last step's weights.
+    assert model.evaluate(batches, verbose=0, return_dict=True)["loss"] == pytest.approx(state.best_score, rel=1e-5)
+    model.load_weights(tmp_path / f"{state.latest}.weights.h5")  # the last step's, kept to resume from
+    last_step = model.evaluate(batches, verbose=0, return_dict=True)["loss"]
+    assert abs(last_step - state.history[-1]["val_loss"]) > 1e-3  # validation did score the average
 
 
 def _finetune_model(config):
@@ -180,7 +213,7 @@ def test_finetuning_stopped_mid_training_resumes_from_its_last_epoch(finetuned_r
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
     shutil.rmtree(root / "models" / "finetuned")
     write_params(root, **FINETUNE_PARAMS | {"finetune": FINETUNE_PARAMS["finetune"] | {
-        "epochs": 4, "early_stopping_patience": 0, "warmup_epochs": 1, "schedule": "cosine"}})
+        "epochs": 4, "early_stopping_patience": 0, "warmup_epochs": 1, "schedule": "cosine", "ema_momentum": 0.9}})
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen([str(FFX), "finetune", "--quiet"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -1,5 +1,6 @@
 """Training the fine-tuning model with Keras `fit`: early stopping on the validation objective, the best epoch kept,
-and a checkpoint after every epoch (weights, optimizer state, history) from which a killed run resumes."""
+and a checkpoint after every epoch (weights, optimizer state incl. a moving average, history) from which a killed run
+resumes."""
 from __future__ import annotations
 
 import json
@@ -65,8 +66,9 @@ def learning_rate(settings: FinetuneConfig, steps_per_epoch: int):
 def compile_model(model: keras.Model, settings: FinetuneConfig, binary: bool, steps_per_epoch: int) -> None:
     loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
     rate = learning_rate(settings, steps_per_epoch)
-    optimizer = keras.optimizers.SGD(rate, momentum=settings.momentum) if settings.optimizer == "sgd" \
-        else keras.optimizers.RMSprop(rate)
+    averaged = {"use_ema": True, "ema_momentum": settings.ema_momentum} if settings.ema_momentum else {}
+    optimizer = keras.optimizers.SGD(rate, momentum=settings.momentum, **averaged) if settings.optimizer == "sgd" \
+        else keras.optimizers.RMSprop(rate, **averaged)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
@@ -95,7 +97,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if better(self.monitor, logs[self.monitor], state.best_score):
             state.best, state.best_epoch, state.best_score, state.wait = f"epoch{number:04d}.best.weights.h5", \
                 number, logs[self.monitor], 0
-            _save_weights(self.model, self.folder / state.best)
+            _save_scored_weights(self.model, self.folder / state.best)
         else:
             state.wait += 1
         state.latest = f"epoch{number:04d}"
@@ -120,6 +122,21 @@ def _save_weights(model: keras.Model, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _save_scored_weights(model: keras.Model, path: Path) -> None:
+    """The weights validation scored: with finetune.ema_momentum, the optimizer's moving average (Keras'
+    SwapEMAWeights scores it), put in the model for the save and taken out again, so training goes on unchanged."""
+    optimizer, variables = model.optimizer, model.trainable_variables
+    if not optimizer.use_ema:
+        return _save_weights(model, path)
+    current = [keras.ops.convert_to_numpy(v) for v in variables]
+    optimizer.finalize_variable_values(variables)
+    try:
+        _save_weights(model, path)
+    finally:
+        for variable, value in zip(variables, current):
+            variable.assign(value)
+
+
 def restore(model: keras.Model, folder: Path, state: TrainingState) -> None:
     """The last epoch's weights and optimizer state into a compiled `model`."""
     model.load_weights(folder / f"{state.latest}.weights.h5")
@@ -133,7 +150,7 @@ def restore(model: keras.Model, folder: Path, state: TrainingState) -> None:
 def train(model: keras.Model, train_batches, valid_batches, settings: FinetuneConfig, monitor: str, folder: Path,
           state: TrainingState, log: EpochLog) -> TrainingState:
     """Fit from where `state` left off (a new state: from the start) to finetune.epochs or early stopping; the model
-    ends with the best epoch's weights."""
+    ends with the best epoch's weights (their moving average with finetune.ema_momentum: what validation scored)."""
     folder.mkdir(parents=True, exist_ok=True)
     if state.epochs_done:
         restore(model, folder, state)
@@ -141,7 +158,8 @@ def train(model: keras.Model, train_batches, valid_batches, settings: FinetuneCo
         train_batches.start_at(state.epochs_done)
         model.fit(train_batches, validation_data=valid_batches, epochs=settings.epochs,
                   initial_epoch=state.epochs_done, verbose=0,
-                  callbacks=[EpochCheckpoint(folder, state, monitor, settings.early_stopping_patience, log)])
+                  callbacks=[EpochCheckpoint(folder, state, monitor, settings.early_stopping_patience, log),
+                             *([keras.callbacks.SwapEMAWeights()] if model.optimizer.use_ema else [])])
     if state.best:
         model.load_weights(folder / state.best)
     return state

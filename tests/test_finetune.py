@@ -110,6 +110,11 @@ def test_with_a_moving_average_the_kept_weights_are_the_ones_validation_scored(p
     assert abs(last_step - state.history[-1]["val_loss"]) > 1e-3  # validation did score the average
 
 
+@pytest.mark.parametrize("stopped, done, early", [(True, 5, True), (True, 8, False), (False, 8, False)])
+def test_stopped_early_only_with_epochs_left(stopped, done, early):
+    assert TrainingState("key", epochs_done=done, stopped=stopped).stopped_early(epochs=8) is early
+
+
 def _finetune_model(config):
     head, metadata = load_head(head_paths(config)[0])
     backbone = backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root)

@@ -44,6 +44,10 @@ class TrainingState:
             return cls(key)
         return state if state.key == key else cls(key)
 
+    def stopped_early(self, epochs: int) -> bool:
+        """Early stopping ended it with epochs left (patience running out at the last epoch changes nothing)."""
+        return self.stopped and self.epochs_done < epochs
+
     def save(self, folder: Path) -> None:
         write_json_atomic(folder / STATE_FILE, asdict(self))
         for path in folder.glob("epoch*"):  # files of earlier epochs, now unreferenced

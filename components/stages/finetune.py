@@ -109,7 +109,7 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     decision = {"enabled": True, "kept": kept, "objective": monitor, "head_score": head_score,
                 "finetuned_score": finetuned_score, "boundary": boundary, "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done, "epoch_seconds": state.seconds,
-                "stopped_early": state.stopped and state.epochs_done < settings.epochs,
+                "stopped_early": state.stopped_early(settings.epochs),
                 "extract_seconds": extract_seconds, "run_id": state.run_id, "parent_run_id": parent_run_id}
     if finetuned_score is None:
         _remove_finetuned_model(config)

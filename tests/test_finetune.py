@@ -1,5 +1,5 @@
 """The finetune stage: the backbone's top block trained with the champion head from features cached at the boundary,
-kept only when it scores better on validation, resumed after a kill; bad params are one line each."""
+kept unless the head alone scores better on validation, resumed after a kill; bad params are one line each."""
 import json
 import os
 import shutil
@@ -18,7 +18,7 @@ from components.features.backbone import backbone_of_head
 from components.features.store import read_features
 from components.finetune.batches import BoundaryBatches
 from components.finetune.boundary import boundary_path
-from components.finetune.decision import decision_path, finetuned_dir
+from components.finetune.decision import decision_path, finetuned_dir, kept_model
 from components.finetune.model import build_finetune_model
 from components.finetune.train import TrainingState, compile_model, learning_rate, train
 from components.model.head_file import head_paths, load_head
@@ -110,6 +110,18 @@ def test_with_a_moving_average_the_kept_weights_are_the_ones_validation_scored(p
     assert abs(last_step - state.history[-1]["val_loss"]) > 1e-3  # validation did score the average
 
 
+@pytest.mark.parametrize("monitor, head, finetuned, kept", [
+    ("val_accuracy", 0.9306, 0.9306, "finetuned"),  # a tie: the head's score is the optimistic one
+    ("val_accuracy", 0.9306, 0.9335, "finetuned"),
+    ("val_accuracy", 0.9306, 0.9277, "head"),
+    ("val_loss", 0.20, 0.19, "finetuned"),
+    ("val_loss", 0.20, 0.21, "head"),
+    ("val_loss", 0.20, None, "head"),  # no epoch trained
+])
+def test_the_fine_tuned_model_is_kept_unless_the_head_scores_better(monitor, head, finetuned, kept):
+    assert kept_model(monitor, head, finetuned) == kept
+
+
 @pytest.mark.parametrize("stopped, done, early", [(True, 5, True), (True, 8, False), (False, 8, False)])
 def test_stopped_early_only_with_epochs_left(stopped, done, early):
     assert TrainingState("key", epochs_done=done, stopped=stopped).stopped_early(epochs=8) is early
@@ -144,7 +156,7 @@ def test_a_fine_tuning_epoch_lowers_the_training_loss_from_the_champions_start(f
 def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_validation(finetuned_run):
     config, decision = finetuned_run.config, finetuned_run.decision
     assert decision["kept"] == "finetuned" and decision["objective"] == "val_loss"
-    assert better("val_loss", decision["finetuned_score"], decision["head_score"])
+    assert not better("val_loss", decision["head_score"], decision["finetuned_score"])  # never worse than the head
     # The start scored on the boundary features is the head scored on its own features.
     head, _ = load_head(head_paths(config)[0])
     valid = read_features(config.features.path("valid"))
@@ -169,7 +181,7 @@ def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     config = load_config(root / "params.yaml")
     decision = json.loads(decision_path(config).read_text())
     assert decision["kept"] == "head", decision
-    assert not better("val_loss", decision["finetuned_score"], decision["head_score"])
+    assert better("val_loss", decision["head_score"], decision["finetuned_score"])
     assert (finetuned_dir(config) / "head.keras").is_file()  # not kept, still saved: scored on test for the record
     result = run_ffx(root, "evaluate", *overrides)  # the same settings, or the decision is not current
     assert result.returncode == 0, result.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.config import Config
+from components.config import Config, better
 from components.errors import FFXError
 from components.files import content_key, file_digest, write_json_atomic
 
@@ -21,6 +21,15 @@ def finetuned_dir(config: Config) -> Path:
 
 def decision_path(config: Config) -> Path:
     return finetuned_dir(config) / DECISION_FILE
+
+
+def kept_model(monitor: str, head_score: float, finetuned_score: float | None) -> str:
+    """The fine-tuned model unless the head alone scores strictly better on validation: a tie goes to the fine-tuned
+    one. The head's score is optimistic, the best of the search's trials and epochs on this same split, while the
+    fine-tuned model's is the best of a few epochs; on the faces, every tie scored test (docs/finetune.md)."""
+    if finetuned_score is None or better(monitor, head_score, finetuned_score):
+        return KEPT_HEAD
+    return KEPT_FINETUNED
 
 
 def validation_metric(objective: str) -> str:

@@ -1,5 +1,5 @@
 """The finetune stage, between tune and evaluate: the backbone's top layers trained with the champion head from
-features cached at the boundary, and whichever of fine-tuned and head-only scores better on validation kept for
+features cached at the boundary, and the fine-tuned model kept unless the head alone scores better on validation, for
 `ffx evaluate` (models/finetuned/finetune.json says which; the fine-tuned model is saved beside it either way).
 Off (finetune.enabled: false), it only writes that decision, without TensorFlow."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import shutil
 import time
 from typing import Callable
 
-from components.config import BackboneConfig, Config, better
+from components.config import BackboneConfig, Config
 from components.errors import FFXError
 from components.features.backbone import backbone_of_head
 from components.files import atomic_path, content_key, file_digest, write_json_atomic
@@ -22,9 +22,9 @@ from components.finetune.boundary import (
     write_boundary_index,
 )
 from components.finetune.decision import (
-    KEPT_FINETUNED,
     KEPT_HEAD,
     finetuned_dir,
+    kept_model,
     settings_key,
     validation_metric,
     write_decision,
@@ -105,7 +105,7 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
         train_batches.close()
         valid_batches.close()
     finetuned_score = state.best_score
-    kept = KEPT_FINETUNED if finetuned_score is not None and better(monitor, finetuned_score, head_score) else KEPT_HEAD
+    kept = kept_model(monitor, head_score, finetuned_score)
     decision = {"enabled": True, "kept": kept, "objective": monitor, "head_score": head_score,
                 "finetuned_score": finetuned_score, "boundary": boundary, "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done, "epoch_seconds": state.seconds,

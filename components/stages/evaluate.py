@@ -101,14 +101,14 @@ def _kept_model(config: Config):
                            "settings; run `ffx finetune` again")
         decision = None  # the head alone, as without the stage
     if decision is None:  # the finetune stage never ran here
-        model, metadata = load_head(head_file)
-        return head_file, model, metadata, lambda split: load_split_features(config, split)
+        return _candidate(config, None, KEPT_HEAD)
     model_file, model, metadata, features = _candidate(config, decision, decision["kept"])
     return model_file, model, dict(metadata, finetune=decision), features
 
 
-def _candidate(config: Config, decision: dict, which: str):
-    """(model file, model, metadata, features by split name) of the head or the fine-tuned model."""
+def _candidate(config: Config, decision: dict | None, which: str):
+    """(model file, model, metadata, features by split name) of the head or the fine-tuned model (the decision
+    names its boundary)."""
     if which == KEPT_FINETUNED:
         model_file = finetuned_dir(config) / HEAD_FILE
         model, metadata = load_head(model_file)

@@ -4,7 +4,8 @@ learning guide: every image through the frozen blocks at every epoch), side by s
     python -m bench.finetune --data ../shared/datasets/faces [--images 256] [--rounds 2] [--precision float32]
 
 Both train the same top block (the backbone's layers after the boundary) and the same head (Dense 64 on the
-flattened maps, behind its fixed standardisation), with RMSprop, one epoch of the same images in batches of 32.
+flattened maps, behind its fixed standardisation), compiled as the finetune stage compiles them (finetune.*'s
+defaults: RMSprop with the weights' moving average), one epoch of the same images in batches of 32.
 The guide's way is given every advantage that does not change its arithmetic: its images are decoded, resized
 and preprocessed once, in memory; the cached way reads its rows from the HDF5 boundary file at every batch.
 The FLOP limit is (frozen forward + top forward and backward) / (top forward and backward), counting convolutions
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     from components.finetune.batches import BoundaryBatches
     from components.finetune.boundary import boundary_backbone, boundary_path, extract_boundary
     from components.finetune.model import build_finetune_model
+    from components.finetune.train import compile_model
     from components.search.space import build_head, with_standardisation
 
     work = Path(tempfile.mkdtemp(prefix="ffx-bench-finetune-"))
@@ -84,14 +86,15 @@ def main(argv: list[str] | None = None) -> dict:
                                                                      np.ones(dim, np.float32)))
         return build_finetune_model(backbone, args.boundary, head)
 
+    batches = BoundaryBatches(path, args.batch_size, binary=True, seed=0)
+
     def compiled(model):
-        model.compile(optimizer=keras.optimizers.RMSprop(1e-4), loss="binary_crossentropy", metrics=["accuracy"])
+        compile_model(model, config.finetune, binary=True, steps_per_epoch=len(batches))
         return model
 
     # The cached way: rows of the boundary file in, the top block and head trained.
     cached_backbone = build_backbone(config.backbone, config.root, args.precision)
     cached = compiled(model_of(cached_backbone))
-    batches = BoundaryBatches(path, args.batch_size, binary=True, seed=0)
 
     # The guide's way: images in, the frozen blocks (not trainable) run every step, then the same top and head.
     guide_backbone = build_backbone(config.backbone, config.root, args.precision)
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "machine": _machine(), "images": len(labels), "precision": args.precision, "boundary": args.boundary,
         "batch_size": args.batch_size, "boundary_extract_s": extract_s,
+        "optimizer": {"class": type(cached.optimizer).__name__, **{
+            k: v for k, v in cached.optimizer.get_config().items() if k in ("learning_rate", "use_ema", "ema_momentum")}},
         "boundary_file_mib": path.stat().st_size / 2**20,
         "cached_epoch_s": times["cached"], "guide_epoch_s": times["guide"],
         "cached_images_per_s": len(labels) / cached_s, "guide_images_per_s": len(labels) / guide_s,

@@ -24,4 +24,6 @@ def test_finetune_bench_times_the_cached_and_the_guides_epoch_side_by_side(tmp_p
     top, frozen = figures["gflop_top_forward"], figures["gflop_frozen_forward"]
     assert 0 < top < frozen
     assert figures["flop_limit"] == pytest.approx((frozen + 3 * top) / (3 * top))
+    # compiled as the finetune stage compiles (finetune.* defaults), its moving average included
+    assert figures["optimizer"]["class"] == "RMSprop" and figures["optimizer"]["use_ema"]
     assert figures["float16_storage"]["rows"] == 8 and figures["float16_storage"]["float16_max"] == 65504.0

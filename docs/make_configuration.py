@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = REPO / "components" / "defaults.yaml"
 PAGE = REPO / "docs" / "configuration.md"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]+):(?P<rest>.*)$")
+COMMENT_LINE = re.compile(r"^ +#(?P<text>.*)$")  # an indented comment alone on its line: the key above it, continued
 
 HEADER = """# Configuration reference
 
@@ -43,9 +44,14 @@ def comment_of(rest: str) -> str:
 
 
 def documented_keys(text: str) -> list[tuple[tuple[str, ...], str]]:
-    """(dotted key path, comment) for every key line, in file order."""
+    """(dotted key path, comment) for every key line, in file order; indented comment lines under a key continue
+    its comment."""
     keys, path = [], []
     for line in text.splitlines():
+        continued = COMMENT_LINE.match(line)
+        if continued and keys:
+            keys[-1] = (keys[-1][0], f"{keys[-1][1]}<br>{continued['text'].strip()}")  # its lines kept
+            continue
         match = KEY_LINE.match(line)
         if not match:
             continue

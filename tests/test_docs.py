@@ -38,6 +38,10 @@ def test_configuration_reference_lists_every_key_with_its_default_and_comment():
     page = _generator().page("tuner:\n  max_trials: 7   # how many | at most\n  space:\n    units: [4, 8]\n")
     assert "| `tuner.max_trials` | `7` | how many \\| at most |" in page
     assert "| `tuner.space.units` | `[4, 8]` |" in page
+    continued = _generator().page("finetune:\n  boundary: auto   # the last frozen layer:\n"
+                                  "                   #   vgg16: block4_pool\n  epochs: 12\n")
+    assert "| `finetune.boundary` | `auto` | the last frozen layer:<br>vgg16: block4_pool |" in continued
+    assert "| `finetune.epochs` | `12` |  |" in continued
     reference = (REPO / "docs" / "configuration.md").read_text()
     for key in _dotted(default_params()):
         assert f"| `{key}` |" in reference, key

@@ -235,9 +235,9 @@ def page_text(chromium: str, url: str, profile: Path, expected: list[str], tries
 
 
 FINETUNE_PARAMS = {  # tiny data, random weights: at a constant 1e-6 the top block improves validation loss: kept
-    "tuner": {"objective": "val_loss"},  # no moving average: over a few steps an epoch it would barely leave the start
+    "tuner": {"objective": "val_loss"},
     "finetune": {"enabled": True, "epochs": 2, "learning_rate": 0.000001, "warmup_epochs": 0, "schedule": "constant",
-                 "ema_momentum": 0, "batch_size": 8},
+                 "ema_momentum": 0, "batch_size": 8},  # no moving average: a few steps an epoch barely leave the start
 }
 
 

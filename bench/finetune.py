@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": _machine(), "images": len(labels), "precision": args.precision, "boundary": args.boundary,
         "batch_size": args.batch_size, "boundary_extract_s": extract_s,
         "optimizer": {"class": type(cached.optimizer).__name__, **{
-            k: v for k, v in cached.optimizer.get_config().items() if k in ("learning_rate", "use_ema", "ema_momentum")}},
+            k: v for k, v in cached.optimizer.get_config().items()
+            if k in ("learning_rate", "use_ema", "ema_momentum")}},
         "boundary_file_mib": path.stat().st_size / 2**20,
         "cached_epoch_s": times["cached"], "guide_epoch_s": times["guide"],
         "cached_images_per_s": len(labels) / cached_s, "guide_images_per_s": len(labels) / guide_s,

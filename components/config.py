@@ -163,6 +163,7 @@ class TunerConfig(Section):
     executions_per_trial: Positive
     objective: Objective
     seed: int
+    decision_fraction: Annotated[float, Field(gt=0, lt=1)]
     directory: ProjectPath
 
 

@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.config import load_config
-from components.features.identity import load_split_features
+from components.features.identity import load_split_features, valid_parts
 from components.search.tuner import run_search
 from components.stages.extract import extract_stage
 from components.tracking import tracking_uri
@@ -51,6 +51,7 @@ def test_the_search_its_trials_and_its_evaluation_log_the_feature_files_they_saw
     config = tiny_run.config
     client, trials = _children(config, tiny_run.search.parent_run_id)
     features = {split: load_split_features(config, split) for split in ("train", "valid", "test")}
+    features["valid"] = valid_parts(config, features["valid"])[0]  # the search never sees the held-out part
 
     def datasets(run_id: str) -> dict:
         return {d.dataset.name: d for d in client.get_run(run_id).inputs.dataset_inputs}
@@ -180,7 +181,7 @@ def test_train_and_valid_features_of_other_backbone_settings_are_refused_naming_
     import dataclasses
 
     from components.errors import FFXError
-    from components.features.identity import load_split_features
+    from components.features.identity import load_split_features, valid_parts
     from components.search.tuner import check_compatible
 
     train, valid = load_split_features(extracted.config, "train"), load_split_features(extracted.config, "valid")

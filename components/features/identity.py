@@ -3,6 +3,7 @@ components.features.backbone.check_same_identity, on identities made here."""
 from __future__ import annotations
 
 from components.config import FLIPPED_SUFFIX, Config
+from components.data.holdout import decision_mask
 from components.features.backbone import backbone_identity, check_same_identity, resolve_weights
 from components.features.store import FeatureSet, read_features
 
@@ -32,3 +33,10 @@ def load_split_features(config: Config, split: str) -> FeatureSet:
                         dict(configured_identity(config), views=split_views(config, split)),
                         "run `ffx extract` again")
     return features
+
+
+def valid_parts(config: Config, valid: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
+    """(search, decision): the valid images the search and early stopping use, and those held out for the
+    keep-or-not decisions (tuner.decision_fraction, components.data.holdout)."""
+    held = decision_mask(valid.sha1, valid.labels, config.tuner.decision_fraction)
+    return valid.rows(~held, "search"), valid.rows(held, "decision")

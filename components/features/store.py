@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from components.errors import FFXError
-from components.files import write_json_atomic
+from components.files import content_key, write_json_atomic
 
 
 @dataclass
@@ -22,10 +22,21 @@ class FeatureSet:
     class_names: list[str]
     attrs: dict = field(default_factory=dict)
     source: np.ndarray | None = None  # with augmented views: row -> index of its image (rows 0..N-1 are the images)
+    sha1: np.ndarray | None = None    # each row's image content hash (bytes)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def rows(self, mask: np.ndarray, part: str) -> FeatureSet:
+        """The rows where `mask` is true, a set of plain images (no views); `part` names them in attrs."""
+        if self.source is not None:
+            raise ValueError("rows() takes a file of plain images; this one holds augmented views")
+        index = np.flatnonzero(mask)
+        key = content_key({"file": self.attrs.get("key"), "part": part, "rows": index.tolist()})
+        return FeatureSet(self.features[index], self.labels[index], [self.paths[i] for i in index],
+                          self.class_names, dict(self.attrs, part=part, key=key),
+                          sha1=None if self.sha1 is None else self.sha1[index])
 
 
 # HDF5 files opened for writing keep no raw-data chunk cache: a chunk it holds that cannot be written (disk full)
@@ -149,6 +160,7 @@ def read_features(path: Path) -> FeatureSet:
                 class_names=list(attrs["class_names"]),
                 attrs=attrs,
                 source=handle["source"][()] if "source" in handle else None,
+                sha1=handle["sha1"][()] if "sha1" in handle else None,
             )
     except OSError as exc:
         raise FFXError(f"{path}: not a readable HDF5 feature file ({exc})") from None

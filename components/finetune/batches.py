@@ -11,14 +11,17 @@ import numpy as np
 
 
 class BoundaryBatches(keras.utils.PyDataset):
-    """(features, labels) batches of `path`. With `seed`, rows are shuffled anew each epoch, by (seed, epoch):
-    a resumed run sees the order it would have seen."""
+    """(features, labels) batches of `path`, or of its `rows` (file row numbers) only. With `seed`, rows are shuffled
+    anew each epoch, by (seed, epoch): a resumed run sees the order it would have seen."""
 
-    def __init__(self, path: Path, batch_size: int, binary: bool, seed: int | None = None, epoch: int = 0):
+    def __init__(self, path: Path, batch_size: int, binary: bool, seed: int | None = None, epoch: int = 0,
+                 rows: np.ndarray | None = None):
         super().__init__()
         self.path, self.batch_size, self.seed, self.epoch = Path(path), batch_size, seed, epoch
         with h5py.File(self.path, "r") as handle:
             labels = handle["labels"][()]
+        self.rows = np.arange(len(labels)) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
+        labels = labels[self.rows]
         self.labels = labels.astype(np.float32).reshape(-1, 1) if binary else labels
         self._file: h5py.File | None = None
         self._order = self._permutation()
@@ -34,8 +37,8 @@ class BoundaryBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         if self._file is None:
             self._file = h5py.File(self.path, "r")
-        rows = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])
-        return self._file["features"][rows], self.labels[rows]
+        batch = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])
+        return self._file["features"][self.rows[batch]], self.labels[batch]
 
     def start_at(self, epoch: int) -> None:
         """Batches in the order of `epoch` (from 0): where a resumed run continues."""

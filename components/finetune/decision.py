@@ -24,10 +24,9 @@ def decision_path(config: Config) -> Path:
 
 
 def kept_model(monitor: str, head_score: float, finetuned_score: float | None) -> str:
-    """The fine-tuned model unless the head alone scores strictly better on validation: a tie goes to the fine-tuned
-    one. The head's score is optimistic, the best of the search's trials and epochs on this same split, while the
-    fine-tuned model's is the best of a few epochs (on the faces, a tie scored 3.8 points above the head on test:
-    docs/finetune.md)."""
+    """The fine-tuned model unless the head alone scores strictly better. Both scores are on the valid images held
+    out for decisions (tuner.decision_fraction), which neither the search nor early stopping saw, so neither is
+    optimistic; a tie goes to the fine-tuned model, the one the user enabled the stage for."""
     if finetuned_score is None or better(monitor, head_score, finetuned_score):
         return KEPT_HEAD
     return KEPT_FINETUNED
@@ -44,7 +43,8 @@ def settings_key(config: Config) -> str:
     finetune = {k: v for k, v in config.section("finetune").items() if k != "directory"}
     return content_key({"finetune": finetune, "backbone": config.section("backbone"),
                         "precision": config.extract.precision, "augment": config.section("extract")["augment"],
-                        "tta": config.predict.tta, "objective": config.tuner.objective})
+                        "tta": config.predict.tta, "objective": config.tuner.objective,
+                        "decision_fraction": config.tuner.decision_fraction})
 
 
 def write_decision(config: Config, head_file: Path, decision: dict) -> dict:

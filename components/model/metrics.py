@@ -45,6 +45,7 @@ def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) ->
         "count": int(len(labels)),
         "loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)),
         "accuracy": float((predicted == labels).mean()),
+        "accuracy_ci95": accuracy_interval(predicted == labels),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(test.class_names)},
         "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
@@ -53,6 +54,30 @@ def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) ->
     if len(set(labels.tolist())) == test.num_classes:
         metrics["roc_auc"] = roc_auc(labels, probabilities)
     return metrics, probabilities
+
+
+def accuracy_interval(correct: np.ndarray, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval of an accuracy: `correct` is one bool per image."""
+    from scipy.stats import binomtest
+
+    if len(correct) == 0:
+        return [0.0, 1.0]
+    interval = binomtest(int(np.sum(correct)), len(correct)).proportion_ci(confidence, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def paired_test(first: np.ndarray, second: np.ndarray, names: tuple[str, str] = ("first", "second")) -> dict:
+    """McNemar's exact test of two models scored on the same images (`first`, `second`: one bool per image, right
+    or wrong): only the images on which they disagree count, and under "equally accurate" each disagreement goes
+    either way with probability 1/2 (a two-sided binomial test). p-value 1.0 when they never disagree."""
+    from scipy.stats import binomtest
+
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    only_first, only_second = int(np.sum(first & ~second)), int(np.sum(second & ~first))
+    disagreements = only_first + only_second
+    p_value = binomtest(only_first, disagreements).pvalue if disagreements else 1.0
+    return {"test": "mcnemar_exact", "images": int(len(first)), f"only_{names[0]}_right": only_first,
+            f"only_{names[1]}_right": only_second, "p_value": float(p_value)}
 
 
 def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from components.config import FLIPPED_SUFFIX, Config
 from components.errors import FFXError
 from components.features.identity import load_split_features
@@ -18,7 +20,13 @@ from components.finetune.decision import (
     read_decision,
 )
 from components.model.head_file import HEAD_FILE, head_paths, load_head
-from components.model.metrics import evaluate_head, write_predictions_csv, write_roc_csv
+from components.model.metrics import (
+    accuracy_interval,
+    evaluate_head,
+    paired_test,
+    write_predictions_csv,
+    write_roc_csv,
+)
 from components.model.registry import Registration, register_classifier
 from components.reports.evaluation_plots import write_evaluation_plots
 from components.reports.model_card import read_audit_counts, write_model_card
@@ -48,7 +56,7 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     head_file, model, metadata, features = _kept_model(config)
     test, flipped = _test_sets(config, features, metadata["class_names"])
     metrics, probabilities = evaluate_head(model, test, flipped)
-    metrics |= _paired_test_accuracy(config, metadata.get("finetune"), metrics)
+    metrics |= _paired_test_scores(config, metadata.get("finetune"), probabilities.argmax(axis=1) == test.labels)
     predictions, roc = config.metrics.dir / PREDICTIONS_FILE, config.metrics.dir / ROC_FILE
     write_json_atomic(config.metrics.dir / METRICS_FILE, metrics)
     write_predictions_csv(predictions, test, probabilities)
@@ -78,15 +86,36 @@ def _test_sets(config: Config, features, class_names: list[str]):
     return test, flipped
 
 
-def _paired_test_accuracy(config: Config, decision: dict | None, kept_metrics: dict) -> dict:
-    """head_accuracy and finetuned_accuracy on test when the finetune stage trained a model: what the choice on
-    validation gained or cost, on the same images. Reported only: the choice stays the validation one."""
-    if not decision or not decision.get("enabled") or not (finetuned_dir(config) / HEAD_FILE).is_file():
+def _paired_test_scores(config: Config, decision: dict | None, kept_correct: np.ndarray) -> dict:
+    """When the finetune stage trained a model: both models' test accuracy with its interval, and McNemar's exact
+    test on the same images (what the choice on validation gained or cost). Reported only: the choice stays the
+    validation one, and each model reads test once."""
+    if not _both_trained(config, decision):
         return {}
     other = KEPT_HEAD if decision["kept"] == KEPT_FINETUNED else KEPT_FINETUNED
-    _, model, metadata, features = _candidate(config, decision, other)
-    other_metrics, _ = evaluate_head(model, *_test_sets(config, features, metadata["class_names"]))
-    return {f"{decision['kept']}_accuracy": kept_metrics["accuracy"], f"{other}_accuracy": other_metrics["accuracy"]}
+    correct = {decision["kept"]: kept_correct, other: _test_correct(config, decision, other)}
+    return {**{f"{name}_accuracy": float(correct[name].mean()) for name in (KEPT_HEAD, KEPT_FINETUNED)},
+            **{f"{name}_accuracy_ci95": accuracy_interval(correct[name]) for name in (KEPT_HEAD, KEPT_FINETUNED)},
+            "paired_test": paired_test(correct[KEPT_HEAD], correct[KEPT_FINETUNED], (KEPT_HEAD, KEPT_FINETUNED))}
+
+
+def candidate_test_scores(config: Config, decision: dict | None) -> dict[str, np.ndarray]:
+    """Right or wrong on each test image, for the head and the fine-tuned model the finetune stage trained."""
+    if not _both_trained(config, decision):
+        raise FFXError(f"{decision_path(config)}: no fine-tuned model to compare; run `ffx finetune` with "
+                       "finetune.enabled: true")
+    return {name: _test_correct(config, decision, name) for name in (KEPT_HEAD, KEPT_FINETUNED)}
+
+
+def _both_trained(config: Config, decision: dict | None) -> bool:
+    return bool(decision and decision.get("enabled") and (finetuned_dir(config) / HEAD_FILE).is_file())
+
+
+def _test_correct(config: Config, decision: dict, which: str) -> np.ndarray:
+    _, model, metadata, features = _candidate(config, decision, which)
+    test, flipped = _test_sets(config, features, metadata["class_names"])
+    _, probabilities = evaluate_head(model, test, flipped)
+    return probabilities.argmax(axis=1) == test.labels
 
 
 def _kept_model(config: Config):

@@ -8,7 +8,11 @@ import shutil
 import time
 from typing import Callable
 
+import h5py
+import numpy as np
+
 from components.config import BackboneConfig, Config
+from components.data.holdout import decision_mask
 from components.errors import FFXError
 from components.features.backbone import backbone_of_head
 from components.files import atomic_path, content_key, file_digest, write_json_atomic
@@ -46,6 +50,12 @@ def finetune_stage(config: Config, say: Say | None = None) -> dict:
     return _finetune(config, head_file, resolve_boundary(config), say)
 
 
+def _held_out_rows(config: Config, valid_file) -> np.ndarray:
+    """The boundary valid file's rows held out for the decision: the images the search never saw either."""
+    with h5py.File(valid_file, "r") as handle:
+        return decision_mask(handle["sha1"][()], handle["labels"][()], config.tuner.decision_fraction)
+
+
 def _remove_finetuned_model(config: Config) -> None:
     for name in (HEAD_FILE, METADATA_FILE):
         (finetuned_dir(config) / name).unlink(missing_ok=True)
@@ -74,9 +84,12 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     settings, monitor = config.finetune, validation_metric(config.tuner.objective)
     train_batches = BoundaryBatches(boundary_path(config, "train"), settings.batch_size, binary, config.tuner.seed)
     compile_model(model, settings, binary, len(train_batches))
-    valid_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary)
-    head_score = score(model, valid_batches, monitor)  # before any step: the head alone, scored the same way
-    say(f"head alone: {monitor} {head_score:.4f}")
+    held = _held_out_rows(config, boundary_path(config, "valid"))
+    valid_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary, rows=~held)
+    decision_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary, rows=held)
+    head_score = score(model, decision_batches, monitor)  # before any step: the head alone, scored the same way
+    say(f"head alone: {monitor} {head_score:.4f} on the {len(decision_batches.labels)} valid images held out "
+        "for the decision")
 
     key = content_key({"head": file_digest(head_file), "train": attrs["train"]["key"],
                        "valid": attrs["valid"]["key"], "settings": settings_key(config)})
@@ -101,13 +114,15 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     try:  # a stopped run says how it stopped; a re-run resumes from the last epoch, in it
         with closed_on_stop(lambda status: client.set_terminated(state.run_id, status)):
             state = train(model, train_batches, valid_batches, settings, monitor, folder, state, log_epoch)
+            # The best epoch's weights (chosen on the other valid images), scored on the held-out ones
+            finetuned_score = None if state.best_score is None else score(model, decision_batches, monitor)
     finally:
-        train_batches.close()
-        valid_batches.close()
-    finetuned_score = state.best_score
+        for batches in (train_batches, valid_batches, decision_batches):
+            batches.close()
     kept = kept_model(monitor, head_score, finetuned_score)
     decision = {"enabled": True, "kept": kept, "objective": monitor, "head_score": head_score,
-                "finetuned_score": finetuned_score, "boundary": boundary, "best_epoch": state.best_epoch,
+                "finetuned_score": finetuned_score, "decision_images": int(held.sum()),
+                "finetuned_early_stopping_score": state.best_score, "boundary": boundary, "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done, "epoch_seconds": state.seconds,
                 "stopped_early": state.stopped_early(settings.epochs),
                 "extract_seconds": extract_seconds, "run_id": state.run_id, "parent_run_id": parent_run_id}

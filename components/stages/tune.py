@@ -3,7 +3,7 @@ models/ with what prediction needs, and the trial comparison under reports/searc
 from __future__ import annotations
 
 from components.config import Config
-from components.features.identity import load_split_features
+from components.features.identity import load_split_features, valid_parts
 from components.model.head_file import save_head
 from components.reports.search_report import write_search_report
 from components.search.tuner import SearchResult, run_search
@@ -11,9 +11,11 @@ from components.tracking import setup_mlflow
 
 
 def tune_stage(config: Config, progress=None, on_start=None) -> SearchResult:
-    """Search on train/valid features, save the best head with the metadata prediction needs. `progress(info)`
-    after each trial, `on_start(experiment_id, parent_run_id)` once the search's MLflow run is open."""
-    train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
+    """Search on train and the valid images not held out for decisions, save the best head with the metadata
+    prediction needs. `progress(info)` after each trial, `on_start(experiment_id, parent_run_id)` once the search's
+    MLflow run is open."""
+    train = load_split_features(config, "train")
+    valid, _ = valid_parts(config, load_split_features(config, "valid"))
     result = run_search(config, train, valid, progress, on_start)
     metadata = {
         "class_names": train.class_names,

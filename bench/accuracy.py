@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from bench.common import FACES, REPO, subset_project  # noqa: E402
+from bench.common import FACES, REPO, about, subset_project  # noqa: E402
 
 README_START, README_END = "<!-- accuracy-grid:start -->", "<!-- accuracy-grid:end -->"
 WEIGHTS_LABEL = {"hed-vgg16": "hed-vgg16 (pretrained)", "none": "random", "imagenet": "ImageNet"}
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                              "needs the download or the file in ~/.keras/models)")
     parser.add_argument("--per-class", type=int, help="images per class and split (default: the grid's)")
     args = parser.parse_args(argv)
+    provenance = about("bench.accuracy", argv)
     grid = QUICK if args.quick else FULL
     if args.weights:
         grid = dataclasses.replace(grid, weights=tuple(args.weights))
@@ -202,20 +203,21 @@ def main(argv: list[str] | None = None) -> int:
                         handle.write(json.dumps(cell) + "\n")
                     log(f"{weights} {pooling} copies={copies} seed={seed}: test {cell['accuracy']:.4f}, "
                         f"with TTA {cell['accuracy_tta']:.4f} ({cell['tuning_seconds']:.0f}s tuning)")
-                    _write_outputs(work, cells, timings, grid)
-    text = _write_outputs(work, cells, timings, grid)
+                    _write_outputs(work, cells, timings, grid, provenance)
+    text = _write_outputs(work, cells, timings, grid, provenance)
     print(text)
     if args.docs:
         write_readme(text)
     return 0
 
 
-def _write_outputs(work: Path, cells: list[dict], timings: dict, grid: Grid) -> str:
+def _write_outputs(work: Path, cells: list[dict], timings: dict, grid: Grid, provenance: dict) -> str:
     from components.files import write_json_atomic, write_text_atomic
 
     text = table(cells, timings, grid)
     write_text_atomic(work / "accuracy.md", text + "\n")
-    write_json_atomic(work / "accuracy.json", {"grid": dataclasses.asdict(grid), "timings": timings, "cells": cells})
+    write_json_atomic(work / "accuracy.json", {"about": provenance, "grid": dataclasses.asdict(grid),
+                                               "timings": timings, "cells": cells})
     return text
 
 

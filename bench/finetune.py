@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import FACES, REPO, log, subset_project
+from bench.common import FACES, REPO, about, cpu_model, log, subset_project
 
 
 def conv_flops(model, first: int, last: int) -> float:
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "finetune.json")
     args = parser.parse_args(argv)
+    provenance = about("bench.finetune", argv)
 
     import keras
 
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     boundary_index = [layer.name for layer in base.layers].index(args.boundary) + 1
     frozen_flops, top_flops = conv_flops(base, 1, boundary_index), conv_flops(base, boundary_index, None)
     figures = {
-        "machine": _machine(), "images": len(labels), "precision": args.precision, "boundary": args.boundary,
-        "batch_size": args.batch_size, "boundary_extract_s": extract_s,
+        "about": provenance, "machine": _machine(), "images": len(labels), "precision": args.precision,
+        "boundary": args.boundary, "batch_size": args.batch_size, "boundary_extract_s": extract_s,
         "optimizer": {"class": type(cached.optimizer).__name__, **{
             k: v for k, v in cached.optimizer.get_config().items()
             if k in ("learning_rate", "use_ema", "ema_momentum")}},
@@ -180,11 +181,8 @@ def float16_storage(path: Path, model, rows: int = 64) -> dict:
 
 def _machine() -> str:
     import os
-    import platform
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return f"{model}, {os.cpu_count()} CPU(s) visible, load average {os.getloadavg()[0]:.1f} at the end"
+    return f"{cpu_model()}, {os.cpu_count()} CPU(s) visible, load average {os.getloadavg()[0]:.1f} at the end"
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from bench.common import FACES, REPO, log, subset_project  # noqa: E402
+from bench.common import FACES, REPO, about, cpu_model, log, subset_project  # noqa: E402
 from bench.limits import (  # noqa: E402
     backbone_forward_flops,
     head_epoch_flops,
@@ -411,17 +410,6 @@ def print_table(figures: dict) -> None:
         log(f"{verdict} {name:<22} {check['value']:.3f} (target {check['target']}{note})")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what the platform module knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def measured_peak() -> dict:
     peak = matmul_peaks()
     log("  " + ", ".join(f"{dtype} {value / 1e9:.1f} GFLOP/s" for dtype, value in peak.items()))
@@ -440,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-bfloat16", action="store_true", help="skip the extract.precision: auto path")
     parser.add_argument("--sizes", type=json.loads, default=None, help=argparse.SUPPRESS)  # tests: tiny sizes
     args = parser.parse_args(argv)
+    provenance = about("bench.run", argv)
     sizes = Sizes(**{**asdict(QUICK if args.quick else FULL), **(args.sizes or {})})
     from components.config import BackboneConfig, default_params
     from components.features.backbone import build_backbone
@@ -461,9 +450,10 @@ def main(argv: list[str] | None = None) -> dict:
         backbones = {name: build_backbone(BackboneConfig(**backbone), REPO, p) for name, p in precisions.items()}
         log("matmul peak:")
         peaks = [measured_peak()]
-        figures: dict = {"data": source_name, "backbone": backbone, "batch_size": args.batch_size,
-                         "sizes": asdict(sizes), "machine": {"cpus": os.cpu_count(), "processor": cpu_model(),
-                                                             "bfloat16_native": bool(NATIVE_BFLOAT16_FLAGS & cpu_flags())}}
+        machine = {"cpus": os.cpu_count(), "processor": cpu_model(),
+                   "bfloat16_native": bool(NATIVE_BFLOAT16_FLAGS & cpu_flags())}
+        figures: dict = {"about": provenance, "data": source_name, "backbone": backbone,
+                         "batch_size": args.batch_size, "sizes": asdict(sizes), "machine": machine}
         marks.append(time.perf_counter())
         log(f"extraction ({sizes.extract_images} images, {sizes.rounds} interleaved rounds):")
         figures["extraction"] = bench_extraction(train_records(source, sizes.extract_images), backbones,

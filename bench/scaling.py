@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-from bench.common import FACES, REPO, subset_project  # noqa: E402
+from bench.common import FACES, REPO, about, subset_project  # noqa: E402
 
 
 def dataset(work: Path, per_class: int) -> Path:
@@ -117,18 +117,19 @@ def tuning_throughput(work: Path, workers: int, trials: int, epochs: int) -> dic
     return {"workers": workers, "trials": trials, "seconds": seconds, "trials_per_hour": trials * 3600 / seconds}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images and trials")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scaling.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    provenance = about("bench.scaling", argv)
     per_class, shard_size, trials, epochs = (64, 32, 8, 30) if args.quick else (200, 50, 16, 50)
     with tempfile.TemporaryDirectory(prefix="ffx-scaling-") as tmp:
         work = Path(tmp)
         dataset(work, per_class)
         extraction = [extraction_throughput(work, n, shard_size) for n in (1, 2)]
         tuning = [tuning_throughput(work, n, trials, epochs) for n in (1, 2)]
-    result = {"extraction": extraction, "tuning": tuning, "cpu_count": os.cpu_count(),
+    result = {"about": provenance, "extraction": extraction, "tuning": tuning, "cpu_count": os.cpu_count(),
               "extraction_speedup_2w": extraction[1]["images_per_s"] / extraction[0]["images_per_s"],
               "tuning_speedup_2w": tuning[1]["trials_per_hour"] / tuning[0]["trials_per_hour"]}
     print(f"{'sharded extraction (VGG19 150px)':<36}{'1 worker':>12}{'2 workers':>12}{'ratio':>8}")

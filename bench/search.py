@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import FACES, REPO, log
+from bench.common import FACES, REPO, about, log
 from bench.limits import logged_trials, matmul_peak, search_flops
 
 HEADS = (1, 2, 4, 8)
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "search.json")
     args = parser.parse_args(argv)
+    provenance = about("bench.search", argv)
     from components.runtime import quiet_tensorflow
 
     quiet_tensorflow()
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         extract_stage(first)
         for config in configs.values():  # the other projects assemble the same features from the cache
             extract_stage(config)
-        figures = {"data": str(args.data), "trials": args.trials, "seeds": args.seeds,
+        figures = {"about": provenance, "data": str(args.data), "trials": args.trials, "seeds": args.seeds,
                    "default_parallel_heads": default_heads, "precision": first.extract.precision,
                    "cpu_bfloat16": bool({"amx_bf16", "avx512_bf16"} & cpu_flags())}
         log("heads per compiled graph:")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.common import FACES, REPO, log, subset_project
+from bench.common import FACES, REPO, about, log, subset_project
 
 BIN = Path(sys.executable).parent
 RSS_IMAGES = (100, 400)
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
     args = parser.parse_args(argv)
+    provenance = about("bench.serving", argv)
     with tempfile.TemporaryDirectory(prefix="ffx-bench-serving-") as folder:
         work = Path(folder)
         source = args.data
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         project = make_project(source, work / "project")
         images = image_files(source)
         precision = load_config(project / "params.yaml").extract.precision  # auto, resolved on this machine
-        figures = {"data": str(source), "cpu": _cpu_model(), "precision": precision,
+        figures = {"about": provenance, "data": str(source), "precision": precision,
                    "predict_rss": [predict_rss(project, images, n) for n in RSS_IMAGES]}
         for row in figures["predict_rss"]:
             log(f"  ffx predict {row['images']} images: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds']:.1f}s")
@@ -186,13 +187,6 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print_table(figures)
     return figures
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def print_table(figures: dict) -> None:

@@ -83,7 +83,9 @@ def epoch_scores(config, decision: dict) -> list[float]:
 def run_cell(data: Path, work: Path, seed: int, trials: int, ema: float) -> dict:
     folder = project(work, seed)
     values = overrides(data, work, seed, trials, ema)
-    seconds = {command: ffx(folder, command, values) for command in ("extract", "tune", "finetune")}
+    # One head per seed: a later ema variant fine-tunes the same head (a search resumed would train it anew)
+    commands = ("finetune",) if (folder / "models" / "head.keras").is_file() else ("extract", "tune", "finetune")
+    seconds = {command: ffx(folder, command, values) for command in commands}
     return {"seed": seed, "ema_momentum": ema, "trials": trials, "seconds": seconds, **scored(folder, values)}
 
 
@@ -109,7 +111,9 @@ def summary(cells: list[dict]) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from bench.common import about
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
@@ -117,7 +121,8 @@ def main() -> None:
     parser.add_argument("--ema", type=float, nargs="+", default=[0.99])
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "decisions")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    header = about("bench.decisions", argv)  # the code the cells run now (a resumed run's cells say their own)
     args.work.mkdir(parents=True, exist_ok=True)
     cells_file = args.work / "cells.jsonl"
     cells = [json.loads(line) for line in cells_file.read_text().splitlines()] if cells_file.is_file() else []
@@ -126,17 +131,16 @@ def main() -> None:
             if any(c["seed"] == seed and c["ema_momentum"] == ema and c["trials"] == args.trials for c in cells):
                 continue
             log(f"== seed {seed}, finetune.ema_momentum {ema}")
-            cell = run_cell(args.data.resolve(), args.work.resolve(), seed, args.trials, ema)
+            cell = {"commit": header["commit"],
+                    **run_cell(args.data.resolve(), args.work.resolve(), seed, args.trials, ema)}
             log(json.dumps(cell))
             with cells_file.open("a") as handle:
                 handle.write(json.dumps(cell) + "\n")
             cells.append(cell)
-    from bench.common import about
-
     chosen = [c for c in cells if c["seed"] in args.seeds and c["ema_momentum"] in args.ema
               and c["trials"] == args.trials]
     out = args.out or REPO / "bench" / "figures" / f"decisions-{time.strftime('%Y-%m-%d')}.json"
-    figures = {"about": about(), "data": str(args.data), "settings": list(SETTINGS), "trials": args.trials,
+    figures = {"about": header, "data": str(args.data), "settings": list(SETTINGS), "trials": args.trials,
                "cells": chosen, "summary": summary(chosen)}
     out.write_text(json.dumps(figures, indent=2) + "\n")
     log(f"wrote {out}")

@@ -236,7 +236,6 @@ class RegistryConfig(Section):
     alias: Text
     promote: Literal["always", "if_better"]
     compare_split: Literal["test", "valid"]
-    compare_metric: Literal["accuracy", "roc_auc", "loss"]
 
 
 class PredictConfig(Section):

@@ -127,7 +127,8 @@ def tune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, qui
 @app.command()
 def finetune(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, quiet: QuietOption = False):
     """Fine-tune the backbone's top layers with the best head from features cached at the boundary (finetune.*);
-    keep whichever of fine-tuned and head-only is better on validation, for `ffx evaluate`."""
+    keep whichever of fine-tuned and head-only is better on the valid images held out for decisions, for
+    `ffx evaluate`."""
     config = _config(params, set_)
     if config.finetune.enabled:  # off, the stage only writes its decision: no TensorFlow to load
         from components.runtime import quiet_tensorflow
@@ -152,13 +153,14 @@ def evaluate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     reg = result.registration
     auc = f", ROC AUC {result.metrics['roc_auc']:.4f}" if "roc_auc" in result.metrics else ""
     _say(quiet, f"test accuracy {result.metrics['accuracy']:.4f}, loss {result.metrics['loss']:.4f}{auc}")
-    _say(quiet, f"registered {reg.name} version {reg.version}; alias '{reg.alias}' "
-                f"{'moved to it' if reg.promoted else 'kept on the previous champion'}")
+    _say(quiet, f"registered {reg.name} version {reg.version}; {reg.decision}")
     from components.ui_links import model_version_link
 
     _say(quiet, f"MLflow UI, the model version: {model_version_link(config, reg.name, reg.version)}")
     if result.leak_warning:  # audit: a leak makes the test score optimistic
         typer.echo(result.leak_warning, err=True)
+    for line in result.stale:
+        typer.echo(f"note: {line}", err=True)
 
 
 # --- audit -------------------------------------------------------------------------------------------------

@@ -48,12 +48,14 @@ def finetune_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[st
     return f"finetune-{key}", decision_is_current(config, model_path)
 
 
-def evaluate_cache_key(config: Config, test_key: str) -> tuple[str, bool]:
+def evaluate_cache_key(config: Config, test_key: str, valid_key: str) -> tuple[str, bool]:
+    """`valid_key`: the champion and challenger are compared on valid images held out for decisions."""
     model_path, _ = head_paths(config)
     head = file_digest(model_path) if model_path.is_file() else "missing"
     audit = config.metrics.dir / AUDIT_FILE  # the model card quotes its counts
     decision = decision_path(config)
-    key = content_key({"head": head, "test": test_key,
+    key = content_key({"head": head, "test": test_key, "valid": valid_key,
+                       "decision_fraction": config.tuner.decision_fraction,
                        "finetune": file_digest(decision) if decision.is_file() else "none",
                        "mlflow": config.section("mlflow"), "registry": config.section("registry"),
                        "metrics": config.section("metrics"), "audit": file_digest(audit) if audit.is_file() else None})

@@ -108,6 +108,8 @@ def evaluate_task(config: Config) -> dict:
     logger = get_run_logger()
     if result.leak_warning:
         logger.warning(result.leak_warning)
+    for line in result.stale:
+        logger.warning(line)
     logger.info("test accuracy %.4f; %s version %s: %s", result.metrics["accuracy"], reg.name, reg.version,
                 reg.decision)
     logger.info("MLflow UI, the model version: %s", model_version_link(config, reg.name, reg.version))
@@ -199,7 +201,8 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys)), config)  # before evaluate reads it
     summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config)
     summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys)), config)
-    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys["test"])), config)
+    evaluate_key = evaluate_cache_key(config, keys["test"], keys["valid"])
+    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_key), config)
     return summary
 
 

@@ -11,6 +11,7 @@ from conftest import make_dataset, run_ffx, write_params
 
 from components.config import load_config
 from components.errors import ConfigError
+from components.features.identity import features_content_key
 
 FLIPS, LEAKS, ODD = 4, 5, 3  # 4 = 5% of the 80 train images
 
@@ -101,6 +102,7 @@ def test_odd_images_are_the_top_outliers(faulty, audit):
 def test_outputs_report_and_exclusion_list(faulty):
     root, config, faults, lists = faulty
     counts = json.loads((config.metrics.dir / "audit.json").read_text())
+    assert counts.pop("features") == features_content_key(config)  # which feature files it was written for
     assert counts == lists["counts"] and counts["leaks"] >= LEAKS and counts["images"] == 80 + 20 + 20 + LEAKS + ODD
     page = (config.reports.dir / "audit.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 2 * LEAKS and faults["odd"][0] in page
@@ -160,12 +162,16 @@ def test_a_missing_exclusion_list_is_named(tmp_path):
 
 
 @pytest.mark.e2e
-def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(extracted_project):
-    """ffx evaluate reads metrics/audit.json when `ffx audit` wrote one (here: one with two leaks). A search of its
-    own: a copy of `tiny_run` would share that run's MLflow artifact folder (the experiment records its path)."""
+def test_evaluate_quotes_an_audit_of_these_features_and_leaves_out_a_stale_one(extracted_project):
+    """ffx evaluate reads metrics/audit.json when `ffx audit` wrote it for these feature files (here: one with two
+    leaks): the card quotes it and a line warns. One written for other data (another feature key) is not quoted
+    and warns of nothing: one note says it is stale. A search of its own: a copy of `tiny_run` would share that
+    run's MLflow artifact folder (the experiment records its path)."""
     root = extracted_project
     assert run_ffx(root, "tune", "--set", "tuner.max_trials=1").returncode == 0
-    counts = {"images": 48, "label_issues": 1, "leaks": 2, "near_duplicates": 0, "outliers": 3}
+    config = load_config(root / "params.yaml")
+    counts = {"images": 48, "label_issues": 1, "leaks": 2, "near_duplicates": 0, "outliers": 3,
+              "features": features_content_key(config)}
     (root / "metrics").mkdir(exist_ok=True)
     (root / "metrics" / "audit.json").write_text(json.dumps(counts))
     result = run_ffx(root, "evaluate")
@@ -173,6 +179,14 @@ def test_evaluate_warns_of_leaks_and_the_card_quotes_the_audit(extracted_project
     assert "warning: the audit found 2 near-duplicate pair(s) across splits" in result.stderr
     card = (root / "reports" / "model_card.md").read_text()
     assert "1 probable label issue(s), 2 near-duplicate pair(s) across splits" in card and "**Leak:**" in card
+
+    (root / "metrics" / "audit.json").write_text(json.dumps(dict(counts, features="made-from-other-images")))
+    result = run_ffx(root, "evaluate")
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr and "near-duplicate" not in result.stderr
+    assert "audit.json: written for other feature files" in result.stderr and "(stale); not quoted" in result.stderr
+    card = (root / "reports" / "model_card.md").read_text()
+    assert "**Leak:**" not in card and "near-duplicate pair(s)" not in card and "Data audit: none yet" in card
 
 
 @pytest.mark.e2e

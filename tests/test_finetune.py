@@ -294,3 +294,23 @@ def test_boundary_batches_stream_rows_in_a_fresh_order_each_epoch(finetuned_run)
     assert not np.array_equal(np.concatenate([batches[i][0] for i in range(len(batches))]), first)
     batches.start_at(0)
     np.testing.assert_array_equal(np.concatenate([batches[i][0] for i in range(len(batches))]), first)
+
+
+def test_boundary_batches_of_some_rows_give_exactly_those_rows(tmp_path):
+    """The search part and the held-out part of valid: each row of `rows` once, with its own label, in any order;
+    a boolean mask is refused (it would read rows 0 and 1)."""
+    import h5py
+
+    path = tmp_path / "valid.h5"
+    with h5py.File(path, "w") as handle:
+        handle["features"] = np.arange(20, dtype=np.float32).reshape(10, 2)
+        handle["labels"] = np.arange(10) % 3
+    rows = np.array([7, 2, 5])
+    batches = BoundaryBatches(path, 2, binary=False, seed=1, rows=rows)
+    seen = [batches[i] for i in range(len(batches))]
+    features = np.concatenate([f for f, _ in seen])
+    labels = np.concatenate([y for _, y in seen])
+    assert sorted(features[:, 0].tolist()) == [4.0, 10.0, 14.0] and len(batches.labels) == 3
+    assert {int(f // 2): int(y) for f, y in zip(features[:, 0], labels)} == {2: 2, 5: 2, 7: 1}
+    with pytest.raises(TypeError, match="not a mask"):
+        BoundaryBatches(path, 2, binary=False, rows=np.arange(10) < 3)

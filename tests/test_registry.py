@@ -1,13 +1,18 @@
 """Registration of the end-to-end classifier: champion/challenger aliases, one shared copy of the backbone weights."""
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import write_params
 from mlflow.tracking import MlflowClient
 
 from components.config import load_config
+from components.errors import FFXError
+from components.features.identity import load_split_features, valid_parts
 from components.features.store import read_features
 from components.model.backbone_weights import WEIGHTS_KIND, share_backbone_weights
+from components.model.comparison import ComparisonImages
 from components.model.head_file import head_paths, load_head
 from components.model.registry import register_classifier
 from components.tracking import backbones_experiment, setup_mlflow, tracking_uri
@@ -18,46 +23,127 @@ def _store(tmp_path, tiny_run, *overrides):
     return load_config(write_params(tmp_path, data={"root": str(tiny_run.config.data.root)}), list(overrides))
 
 
-def _register(config, tiny_run, accuracy: float, search_score: float = 0.9):
-    """Register the tiny run's head as a new version under a new parent run, with the given scores."""
+def _held_out(tiny_run) -> ComparisonImages:
+    """The tiny run's valid images held out for decisions: what registry.compare_split valid compares on."""
+    config = tiny_run.config
+    _, held = valid_parts(config, load_split_features(config, "valid"))
+    return ComparisonImages.of(config.data.root, held, "valid_held_out")
+
+
+def _register(config, tiny_run, images: ComparisonImages | None = None, head_file: Path | None = None):
+    """Register a head (the tiny run's by default) as a new version under a new parent run, compared on `images`."""
     client, experiment_id = setup_mlflow(config)
     run_id = client.create_run(experiment_id).info.run_id
     client.set_terminated(run_id)
-    head_file = head_paths(tiny_run.config)[0]
+    head_file = head_file or head_paths(tiny_run.config)[0]
     _, metadata = load_head(head_file)
-    metadata["search"].update(parent_run_id=run_id, objective="val_accuracy", score=search_score)
+    metadata["search"].update(parent_run_id=run_id)
     test = read_features(tiny_run.config.features.path("test"))
-    return register_classifier(config, head_file, metadata, {"accuracy": accuracy, "loss": 0.5},
-                               tiny_run.config.data.root / test.paths[0])
+    return register_classifier(config, head_file, metadata, {"accuracy": 0.5, "loss": 0.5},
+                               tiny_run.config.data.root / test.paths[0], images or _held_out(tiny_run))
 
 
-def test_alias_moves_only_to_a_better_challenger(tmp_path, tiny_run):
+def _constant_head(tiny_run, folder: Path) -> Path:
+    """The tiny run's head made to answer the second class for every image: a model worse than the search's."""
+    import shutil
+
+    import numpy as np
+
+    source = head_paths(tiny_run.config)[0]
+    model, _ = load_head(source)
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.zeros_like(kernel), np.full_like(bias, 20.0)])
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / source.name)
+    shutil.copy2(source.with_name("head.json"), folder / "head.json")
+    return folder / source.name
+
+
+def _accuracy_now(config, version: str, images: ComparisonImages) -> float:
+    """A registered version's accuracy on `images`, by its own MLflow model, outside the code under test."""
+    import mlflow
+    import numpy as np
+
+    setup_mlflow(config)
+    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/{version}")
+    predicted = model.predict(pd.DataFrame({"path": [str(p) for p in images.paths]}))["class"]
+    return float(np.mean([images.class_names[label] == guess for label, guess in zip(images.labels, predicted)]))
+
+
+def test_a_challenger_that_only_ties_the_champion_leaves_the_alias(tmp_path, tiny_run):
     config = _store(tmp_path, tiny_run)
-    first = _register(config, tiny_run, 0.80)
+    first = _register(config, tiny_run)
     assert first.promoted and first.champion_score is None
-    worse = _register(config, tiny_run, 0.75)
-    assert not worse.promoted and worse.champion_score == pytest.approx(0.80)
+    same = _register(config, tiny_run)  # the same head: the same score on the same images
+    assert not same.promoted and same.champion_score == pytest.approx(same.score)
     client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     name = config.mlflow.registered_model
     assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
-    assert "kept champion" in client.get_run(worse.run_id).data.tags["promotion"]
-    assert client.get_run(worse.run_id).data.metrics["champion_score"] == pytest.approx(0.80)
-    better = _register(config, tiny_run, 0.85)
-    assert better.promoted
-    assert str(client.get_model_version_by_alias(name, "champion").version) == better.version
-
-
-def test_comparison_can_use_the_validation_score_or_always_promote(tmp_path, tiny_run):
-    config = _store(tmp_path, tiny_run, "registry.compare_split=valid")
-    _register(config, tiny_run, 0.9, search_score=0.95)
-    assert not _register(config, tiny_run, 0.99, search_score=0.90).promoted  # better test, worse validation
+    run = client.get_run(same.run_id).data
+    assert "kept champion" in run.tags["promotion"] and run.tags["comparison_split"] == "valid_held_out"
+    assert run.tags["comparison_split_hash"] == _held_out(tiny_run).content_hash
+    assert run.metrics["champion_score"] == pytest.approx(run.metrics["challenger_score"])
     always = load_config(tmp_path / "params.yaml", ["registry.promote=always"])
-    assert _register(always, tiny_run, 0.1).promoted
+    assert _register(always, tiny_run).promoted
+
+
+def test_the_champion_is_scored_now_on_the_images_of_today(tmp_path, tiny_run):
+    """A champion registered on other images is scored again on the comparison images of today, by its own model:
+    its stored score from the day it was registered plays no part, and the decision follows from today's scores."""
+    import shutil
+
+    config = _store(tmp_path, tiny_run, "registry.promote=always")
+    bad = _register(config, tiny_run, head_file=_constant_head(tiny_run, tmp_path / "constant"))
+    assert bad.promoted  # the champion: a constant answer, registered on the held-out images of its day
+    # Today's images: the held-out ones plus a copy of each first-class one filed under the second class
+    before = _held_out(tiny_run)
+    paths, labels = list(before.paths), list(before.labels)
+    for path, label in zip(before.paths, before.labels):
+        if label != 0:
+            continue
+        copy = tmp_path / "today" / before.class_names[1] / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, copy)
+        paths.append(copy)
+        labels.append(1)
+    today = ComparisonImages("valid_held_out", paths, np.array(labels), before.class_names, "today")
+    config = load_config(tmp_path / "params.yaml", ["registry.promote=if_better"])
+    challenger = _register(config, tiny_run, images=today)
+    client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
+    logged = client.get_run(challenger.run_id).data.metrics
+    assert logged["champion_score"] == pytest.approx(_accuracy_now(config, bad.version, today))
+    assert logged["champion_score"] != pytest.approx(bad.score)  # not the score of the day it was registered
+    assert logged["challenger_score"] == pytest.approx(_accuracy_now(config, challenger.version, today))
+    assert challenger.promoted == (logged["challenger_score"] > logged["champion_score"])
+    name = config.mlflow.registered_model
+    expected = challenger.version if challenger.promoted else bad.version
+    assert str(client.get_model_version_by_alias(name, "champion").version) == expected
+
+
+def test_a_registry_error_other_than_a_missing_alias_promotes_nothing(tmp_path, tiny_run):
+    """Only a missing alias means "no champion": a registry that fails to answer is one error line, and neither a
+    version nor the alias moves."""
+    import sqlite3
+
+    config = _store(tmp_path, tiny_run)
+    first = _register(config, tiny_run)
+    database = tmp_path / "mlruns" / "mlflow.db"
+    with sqlite3.connect(database) as connection:  # the registry's alias table unreadable: a store fault
+        connection.execute("ALTER TABLE registered_model_aliases RENAME TO aliases_moved")
+    with pytest.raises(FFXError, match="nothing was promoted") as raised:
+        _register(config, tiny_run)
+    assert "\n" not in str(raised.value)
+    with sqlite3.connect(database) as connection:
+        connection.execute("ALTER TABLE aliases_moved RENAME TO registered_model_aliases")
+    client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
+    name = config.mlflow.registered_model
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [first.version]
 
 
 def test_every_version_refers_to_one_shared_copy_of_the_backbone_weights(tmp_path, tiny_run):
     config = _store(tmp_path, tiny_run)
-    versions = [_register(config, tiny_run, accuracy).version for accuracy in (0.8, 0.9)]
+    versions = [_register(config, tiny_run).version for _ in range(2)]
     client, experiment_id = setup_mlflow(config)
     assert not client.search_runs([experiment_id], f"tags.ffx_kind = '{WEIGHTS_KIND}'")  # not among the searches
     weights_runs = client.search_runs([backbones_experiment(config, client)], f"tags.ffx_kind = '{WEIGHTS_KIND}'")
@@ -87,7 +173,7 @@ def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_vers
     client, experiment_id = setup_mlflow(config)
     _, metadata = load_head(head_paths(tiny_run.config)[0])
     earlier = share_backbone_weights(config.root, client, experiment_id, metadata)  # where they used to be logged
-    version = _register(config, tiny_run, 0.8).version
+    version = _register(config, tiny_run).version
     name = config.mlflow.registered_model
     assert client.get_model_version(name, version).tags["backbone_weights"] == earlier["uri"]
     assert not client.search_runs([backbones_experiment(config, client)], f"tags.ffx_kind = '{WEIGHTS_KIND}'")

@@ -123,7 +123,11 @@ def test_predict_refuses_a_model_that_needs_unsafe_deserialisation(project):
 
 
 def test_registered_model_is_loaded_in_safe_mode(project):
-    """A registry version whose head file was swapped for one that runs code is refused when loaded."""
+    """A registry version whose head file was swapped for one that runs code is refused when loaded: already when
+    registration scores it against the champion, and by prediction."""
+    import numpy as np
+
+    from components.model.comparison import ComparisonImages
     from components.model.predict import load_classifier
     from components.model.registry import register_classifier
     from components.tracking import setup_mlflow
@@ -135,7 +139,9 @@ def test_registered_model_is_loaded_in_safe_mode(project):
     metadata["backbone"].update(pooling="flatten", layer="last", precision="float32")
     metadata["search"] = {"parent_run_id": client.create_run(experiment_id).info.run_id}
     image = next((project / "data" / "test" / "blue").glob("*.jpg"))
-    register_classifier(config, head_file, metadata, {"accuracy": 0.5}, image)
+    images = ComparisonImages("test", [image], np.array([0]), metadata["class_names"], "one image")
+    with pytest.raises(UnsafeModelError, match="head.keras: refused"):
+        register_classifier(config, head_file, metadata, {"accuracy": 0.5}, image, images)
     with pytest.raises(UnsafeModelError, match="head.keras: refused"):
         load_classifier(config, f"models:/{config.mlflow.registered_model}/1")
 

@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from components.reports.model_card import bootstrap_auc_interval, wilson_interval
+from components.model.metrics import wilson_interval
+from components.reports.model_card import bootstrap_auc_interval
 from components.tracking import tracking_uri
 
 BIN = Path(sys.executable).parent

@@ -5,7 +5,9 @@ from __future__ import annotations
 from components.config import FLIPPED_SUFFIX, Config
 from components.data.holdout import decision_mask
 from components.features.backbone import backbone_identity, check_same_identity, resolve_weights
-from components.features.store import FeatureSet, read_features
+from components.data.dataset import SPLITS
+from components.features.store import FeatureSet, read_attrs, read_features
+from components.files import content_key
 
 
 def split_views(config: Config, name: str) -> dict | None:
@@ -40,3 +42,12 @@ def valid_parts(config: Config, valid: FeatureSet) -> tuple[FeatureSet, FeatureS
     keep-or-not decisions (tuner.decision_fraction, components.data.holdout)."""
     held = decision_mask(valid.sha1, valid.labels, config.tuner.decision_fraction)
     return valid.rows(~held, "search"), valid.rows(held, "decision")
+
+
+def features_content_key(config: Config) -> str | None:
+    """The train, valid and test feature files' keys as one (None when one is missing): what an artefact made from
+    them (the audit's counts) records, so that a reader can tell it belongs to these files."""
+    paths = {split: config.features.path(split) for split in SPLITS}
+    if not all(path.is_file() for path in paths.values()):
+        return None
+    return content_key({split: read_attrs(path).get("key") for split, path in paths.items()})

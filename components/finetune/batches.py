@@ -20,6 +20,8 @@ class BoundaryBatches(keras.utils.PyDataset):
         self.path, self.batch_size, self.seed, self.epoch = Path(path), batch_size, seed, epoch
         with h5py.File(self.path, "r") as handle:
             labels = handle["labels"][()]
+        if rows is not None and np.asarray(rows).dtype == bool:
+            raise TypeError("rows: file row numbers, not a mask")
         self.rows = np.arange(len(labels)) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
         labels = labels[self.rows]
         self.labels = labels.astype(np.float32).reshape(-1, 1) if binary else labels

@@ -56,14 +56,19 @@ def evaluate_head(model, test: FeatureSet, flipped: FeatureSet | None = None) ->
     return metrics, probabilities
 
 
-def accuracy_interval(correct: np.ndarray, confidence: float = 0.95) -> list[float]:
-    """Wilson score interval of an accuracy: `correct` is one bool per image."""
+def wilson_interval(successes: int, total: int) -> tuple[float, float]:
+    """95% confidence interval of a proportion; sound for small test sets and accuracies near 0 or 1."""
     from scipy.stats import binomtest
 
-    if len(correct) == 0:
-        return [0.0, 1.0]
-    interval = binomtest(int(np.sum(correct)), len(correct)).proportion_ci(confidence, method="wilson")
-    return [float(interval.low), float(interval.high)]
+    if total == 0:
+        return 0.0, 1.0
+    interval = binomtest(successes, total).proportion_ci(method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def accuracy_interval(correct: np.ndarray) -> list[float]:
+    """The Wilson 95% interval of an accuracy; `correct`: one bool per image."""
+    return list(wilson_interval(int(np.sum(correct)), len(correct)))
 
 
 def paired_test(first: np.ndarray, second: np.ndarray, names: tuple[str, str] = ("first", "second")) -> dict:

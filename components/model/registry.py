@@ -11,9 +11,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import Config, better
+from components.config import Config
 from components.errors import FFXError, ModelNotFoundError
 from components.model.backbone_weights import share_backbone_weights
+from components.model.comparison import (
+    METRIC,
+    ComparisonImages,
+    challenger_passes,
+    champion_version,
+    score_version,
+)
 from components.model.classifier import HEAD_ARTIFACT, SPEC_ARTIFACT, input_example, signature, spec_for
 from components.tracking import backbones_experiment, server_stop_as_error, setup_mlflow
 
@@ -37,8 +44,8 @@ class Registration:
     version: str
     alias: str
     promoted: bool
-    score: float
-    champion_score: float | None   # the previous champion's score, if there was one
+    score: float                   # the new version's, on the comparison images (registry.compare_split)
+    champion_score: float | None   # the champion's, scored now on the same images; None: there was none
     run_id: str
     decision: str                  # why the alias moved or stayed, with both scores
 
@@ -57,29 +64,16 @@ def _copy_code(folder: Path) -> Path:
     return target
 
 
-def comparison_score(config: Config, metadata: dict, test_metrics: dict) -> tuple[str, float, str]:
-    """(tag name, score, the metric it is a value of) used to decide champion vs challenger."""
-    if config.registry.compare_split == "valid":
-        objective = metadata["search"]["objective"]
-        return f"valid_{objective}", float(metadata["search"]["score"]), objective
-    metric = config.registry.compare_metric
-    if metric not in test_metrics:
-        raise FFXError(f"params: 'registry.compare_metric' {metric} is not among the test metrics "
-                       f"({', '.join(k for k, v in test_metrics.items() if isinstance(v, float))})")
-    return f"test_{metric}", float(test_metrics[metric]), metric
-
-
 def register_classifier(config: Config, head_file: Path, metadata: dict, test_metrics: dict, example_image: Path,
-                        artifacts: list[Path] = ()) -> Registration:
-    """Log the end-to-end classifier to the search's parent run, register a new version, and move the alias
-    per registry.promote."""
+                        images: ComparisonImages, artifacts: list[Path] = ()) -> Registration:
+    """Log the end-to-end classifier to the search's parent run, register a new version, score it and the current
+    champion now on `images` (registry.compare_split), and move the alias per registry.promote."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     client, experiment_id = setup_mlflow(config)
     name, alias = config.mlflow.registered_model, config.registry.alias
     run_id = metadata["search"]["parent_run_id"]
-    score_tag, score, metric = comparison_score(config, metadata, test_metrics)
+    champion = champion_version(client, name, alias)  # read first: a registry that fails promotes nothing
     flat = {f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, (int, float))}
     weights = share_backbone_weights(config.root, client, backbones_experiment(config, client), metadata,
                                      earlier_experiment_ids=(experiment_id,))
@@ -99,27 +93,48 @@ def register_classifier(config: Config, head_file: Path, metadata: dict, test_me
             signature=signature(spec["class_names"]), input_example=input_example(example_image),
             # Explicit requirements: MLflow's inference would load the model in a subprocess (slow).
             pip_requirements=_requirements(), registered_model_name=name, metadata={**metadata, "spec": spec})
-    version = str(info.registered_model_version)
-    for key, value in {**flat, "backbone_weights": weights["uri"]}.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    client.set_model_version_tag(name, version, score_tag, str(score))
-    try:
-        champion = client.get_model_version_by_alias(name, alias)
-        champion_score = float(champion.tags[score_tag]) if score_tag in champion.tags else None
-    except MlflowException:
-        champion, champion_score = None, None
-    promoted = config.registry.promote == "always" or better(metric, score, champion_score)
-    decision = (f"{'promoted' if promoted else 'kept champion'}: version {version} {score_tag} {score:.4f} vs "
-                f"champion {'none' if champion_score is None else f'v{champion.version} {champion_score:.4f}'} "
-                f"(promote: {config.registry.promote})")
-    client.set_model_version_tag(name, version, "promotion", decision)
-    client.set_tag(run_id, "promotion", decision)
-    client.log_metric(run_id, "challenger_score", score)
-    if champion_score is not None:
-        client.log_metric(run_id, "champion_score", champion_score)
+        version = str(info.registered_model_version)
+        for key, value in {**flat, "backbone_weights": weights["uri"]}.items():
+            client.set_model_version_tag(name, version, key, str(value))
+        scores = _compare(config, version, champion, images)
+    promoted = config.registry.promote == "always" or scores.challenger_passes
+    decision = (f"{'promoted' if promoted else 'kept champion'}: version {version} {METRIC} {scores.challenger:.4f} "
+                f"vs champion {'none' if champion is None else f'v{champion.version} {scores.champion:.4f}'} on "
+                f"the same {len(images.paths)} {images.split} images (promote: {config.registry.promote})")
+    for key, value in {"promotion": decision, "comparison_split": images.split,
+                       "comparison_split_hash": images.content_hash}.items():
+        client.set_model_version_tag(name, version, key, value)
+        client.set_tag(run_id, key, value)
+    client.log_metric(run_id, "challenger_score", scores.challenger)
+    if scores.champion is not None:
+        client.log_metric(run_id, "champion_score", scores.champion)
     if promoted:
         client.set_registered_model_alias(name, alias, version)
-    return Registration(name, version, alias, promoted, score, champion_score, run_id, decision)
+    return Registration(name, version, alias, promoted, scores.challenger, scores.champion, run_id, decision)
+
+
+@dataclass
+class _Scores:
+    challenger: float
+    champion: float | None
+    challenger_passes: bool
+
+
+def _compare(config: Config, version: str, champion, images: ComparisonImages) -> _Scores:
+    """Both registered models scored now on `images` (nested runs of the active run), and MLflow's gate. A champion
+    that cannot be loaded here cannot be scored: one line, and nothing is promoted."""
+    name = config.mlflow.registered_model
+    challenger = score_version(load_registered_classifier(config, f"models:/{name}/{version}"), images,
+                               f"challenger v{version}")
+    if champion is None:
+        return _Scores(challenger.metrics[METRIC], None, True)
+    try:
+        model = load_registered_classifier(config, f"models:/{name}/{champion.version}")
+    except ModelNotFoundError as exc:
+        raise FFXError(f"the champion, version {champion.version}, cannot be scored on today's images ({exc}); "
+                       "nothing was promoted") from None
+    held = score_version(model, images, f"champion v{champion.version}")
+    return _Scores(challenger.metrics[METRIC], held.metrics[METRIC], challenger_passes(challenger, held, images))
 
 
 def load_registered_classifier(config: Config, reference: str):

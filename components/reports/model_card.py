@@ -10,24 +10,15 @@ import numpy as np
 import yaml
 
 from components.config import AUDIT_FILE, Config
+from components.features.identity import features_content_key
 from components.features.store import FeatureSet, split_summary
-from components.files import write_text_atomic
-from components.model.metrics import roc_auc
+from components.files import file_digest, write_text_atomic
+from components.model.metrics import roc_auc, wilson_interval
 from components.tracking import git_commit, setup_mlflow
 from components.ui_links import experiment_link, run_link
 
 MODEL_CARD_FILE = "model_card.md"
 BOOTSTRAP_SAMPLES = 1000
-
-
-def wilson_interval(successes: int, total: int) -> tuple[float, float]:
-    """95% confidence interval of a proportion; sound for small test sets and accuracies near 0 or 1."""
-    from scipy.stats import binomtest
-
-    if total == 0:
-        return 0.0, 1.0
-    interval = binomtest(successes, total).proportion_ci(method="wilson")
-    return float(interval.low), float(interval.high)
 
 
 def bootstrap_auc_interval(labels: np.ndarray, probabilities: np.ndarray, seed: int = 0,
@@ -45,13 +36,30 @@ def bootstrap_auc_interval(labels: np.ndarray, probabilities: np.ndarray, seed: 
 
 
 def read_audit_counts(config: Config) -> dict | None:
-    """metrics/audit.json, the counts `ffx audit` wrote, when there is one (read, not declared: the evaluate stage
-    does not wait for the audit)."""
-    path = config.metrics.dir / AUDIT_FILE
+    """metrics/audit.json, the counts `ffx audit` wrote, when there is one and it was written for these feature
+    files (read, not declared: the evaluate stage does not wait for the audit); see stale_artifacts."""
+    counts = _audit_file(config)
+    return counts if counts is not None and counts.get("features") == features_content_key(config) else None
+
+
+def _audit_file(config: Config) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads((config.metrics.dir / AUDIT_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def stale_artifacts(config: Config) -> list[str]:
+    """One line for each artefact the model card would quote that was made from other data than this run's, found
+    by content key: it is left out of the card."""
+    lines = []
+    if _audit_file(config) is not None and read_audit_counts(config) is None:
+        lines.append(f"{config.metrics.dir / AUDIT_FILE}: written for other feature files than "
+                     f"{config.features.dir}/ holds (stale); not quoted. Run `ffx audit` for these.")
+    if _lock_outputs_differ(config):
+        lines.append(f"{config.root / 'dvc.lock'}: records other feature files than {config.features.dir}/ "
+                     "holds (stale: these were not made by `dvc repro`); its hashes are not quoted.")
+    return lines
 
 
 def _audit_lines(counts: dict | None) -> list[str]:
@@ -67,11 +75,28 @@ def _audit_lines(counts: dict | None) -> list[str]:
     return lines
 
 
-def _dvc_lock_lines(root: Path) -> list[str]:
+def _lock_stages(root: Path) -> dict | None:
     lock = root / "dvc.lock"
-    if not lock.is_file():
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else None
+
+
+def _lock_outputs_differ(config: Config) -> bool:
+    """dvc.lock's extract stage records feature files other than those in features.dir (by md5, as DVC hashes a
+    file): the lock describes another run's data."""
+    stages = _lock_stages(config.root) or {}
+    for out in (stages.get("extract") or {}).get("outs", []) or []:
+        path = config.root / str(out.get("path", ""))
+        if path.suffix == ".h5" and (not path.is_file() or file_digest(path, "md5") != out.get("md5")):
+            return True
+    return False
+
+
+def _dvc_lock_lines(config: Config) -> list[str]:
+    stages = _lock_stages(config.root)
+    if stages is None:
         return ["  - no `dvc.lock`: the stages were not run through `dvc repro`"]
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    if _lock_outputs_differ(config):
+        return ["  - `dvc.lock` records other data than this run's (stale): not quoted"]
     lines = []
     for stage, entry in stages.items():
         for dep in entry.get("deps", []) or []:
@@ -145,6 +170,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
     lines += ["", "Plots: `evaluation/confusion_matrix.png`, `roc.png`, `precision_recall.png`, `calibration.png`, "
               "`confident_errors.png`.", "", "## Known limits", ""]
     lines += _limits(splits, backbone, metrics)
+    lines += _selection_lines(config)
     lines += _audit_lines(read_audit_counts(config))
     commit = git_commit(config.root)
     checkout = [f"git checkout {commit.removesuffix('-dirty')}"] if commit != "unknown" else []
@@ -152,7 +178,7 @@ def write_model_card(config: Config, metadata: dict, metrics: dict, test: Featur
               f"- Code: git commit `{commit}`" + (" (uncommitted changes)." if commit.endswith("-dirty") else "."),
               f"- Parameters: `{_relative(config.source, config.root)}`.",
               f"- Command that wrote this card: `{command}`.",
-              "- Data and outputs (`dvc.lock`):", *_dvc_lock_lines(config.root), "",
+              "- Data and outputs (`dvc.lock`):", *_dvc_lock_lines(config), "",
               "```bash", *checkout, "dvc repro  # or: ffx extract && ffx tune && ffx finetune && ffx evaluate",
               "```", ""]
     path = config.reports.dir / MODEL_CARD_FILE
@@ -172,8 +198,9 @@ def _finetune_lines(decision: dict | None, metrics: dict) -> list[str]:
         f"- Backbone layers after `{decision['boundary']}` trained with the head, from features cached at that "
         f"boundary: {decision['epochs_run']} epoch(s), best epoch {decision['best_epoch']}"
         + (", stopped early." if decision.get("stopped_early") else "."),
-        f"- Validation `{decision['objective']}`: head alone {decision['head_score']:.4f}, fine-tuned "
-        + ("none" if finetuned is None else f"{finetuned:.4f}") + f"; kept: **{decision['kept']}** "
+        f"- Validation `{decision['objective']}` on the {decision.get('decision_images', '?')} valid images held "
+        f"out for decisions (seen by neither the search nor early stopping): head alone {decision['head_score']:.4f}, "
+        "fine-tuned " + ("none" if finetuned is None else f"{finetuned:.4f}") + f"; kept: **{decision['kept']}** "
         "(the metrics below are of that model).",
         *_paired_test_line(metrics),
         f"- MLflow run: `{decision.get('run_id')}` (per-epoch metrics).",
@@ -183,8 +210,29 @@ def _finetune_lines(decision: dict | None, metrics: dict) -> list[str]:
 def _paired_test_line(metrics: dict) -> list[str]:
     if "head_accuracy" not in metrics or "finetuned_accuracy" not in metrics:
         return []
+    paired = metrics.get("paired_test", {})
+    intervals = {name: metrics.get(f"{name}_accuracy_ci95", [float("nan")] * 2) for name in ("head", "finetuned")}
     return [f"- Test accuracy of both, for the record (the choice above is made on validation only): head alone "
-            f"{metrics['head_accuracy']:.4f}, fine-tuned {metrics['finetuned_accuracy']:.4f}."]
+            f"{metrics['head_accuracy']:.4f} ({_interval(intervals['head'])}), fine-tuned "
+            f"{metrics['finetuned_accuracy']:.4f} ({_interval(intervals['finetuned'])}); McNemar's exact test on "
+            f"the same {paired.get('images')} images: {paired.get('only_head_right')} right by the head alone, "
+            f"{paired.get('only_finetuned_right')} by the fine-tuned model alone, "
+            f"p = {paired.get('p_value', 1.0):.3g}."]
+
+
+def _interval(bounds: list[float]) -> str:
+    return f"95% interval {bounds[0]:.4f} – {bounds[1]:.4f}"
+
+
+def _selection_lines(config: Config) -> list[str]:
+    """How the registered champion is chosen, and what that does to its test score."""
+    if config.registry.compare_split == "test":
+        return ["- **Champion chosen on test** (`registry.compare_split: test`): a version takes the alias when it "
+                "scores better on these test images, so over many runs the champion's test score is the best of "
+                "many tries on them and biased upward. `valid` (the default) keeps test for the record."]
+    return [f"- The champion is chosen on the valid images held out for decisions (`tuner.decision_fraction` "
+            f"{config.tuner.decision_fraction}), champion and challenger scored on the same images when this "
+            "version was registered; test is read once, for these metrics."]
 
 
 def _limits(splits: dict, backbone: dict, metrics: dict) -> list[str]:

@@ -12,7 +12,7 @@ from components.audit.html import write_audit_html
 from components.config import AUDIT_FILE, Config
 from components.data.dataset import SPLITS
 from components.features.extraction import folder_features
-from components.features.identity import load_split_features
+from components.features.identity import features_content_key, load_split_features
 from components.files import write_json_atomic, write_text_atomic
 from components.tracking import git_commit, setup_mlflow
 
@@ -43,7 +43,7 @@ def audit_stage(config: Config, drift_folder: Path | None = None) -> AuditResult
     audit = audit_features(splits, config.audit, new)
     lists = audit.lists(config.audit.listed, config.audit.neighbours_shown)
     metrics_path, lists_path, report_path = audit_outputs(config)
-    write_json_atomic(metrics_path, audit.counts())
+    write_json_atomic(metrics_path, {**audit.counts(), "features": features_content_key(config)})
     write_json_atomic(lists_path, lists)
     write_audit_html(report_path, lists, config.data.root)
     files = [metrics_path, lists_path, report_path]

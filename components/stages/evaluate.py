@@ -2,13 +2,13 @@
 written; the end-to-end classifier registered in MLflow."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from components.config import FLIPPED_SUFFIX, Config
 from components.errors import FFXError
-from components.features.identity import load_split_features
+from components.features.identity import load_split_features, valid_parts
 from components.files import write_json_atomic
 from components.finetune.boundary import load_boundary_features
 from components.finetune.decision import (
@@ -27,21 +27,24 @@ from components.model.metrics import (
     write_predictions_csv,
     write_roc_csv,
 )
+from components.model.comparison import ComparisonImages
 from components.model.registry import Registration, register_classifier
 from components.reports.evaluation_plots import write_evaluation_plots
-from components.reports.model_card import read_audit_counts, write_model_card
+from components.reports.model_card import read_audit_counts, stale_artifacts, write_model_card
 from components.tracking import feature_datasets, setup_mlflow
 
 PREDICTIONS_FILE = "test_predictions.csv"
 ROC_FILE = "roc.csv"
 METRICS_FILE = "test.json"
+VALID_HELD_OUT = "valid_held_out"  # the comparison images' name with registry.compare_split: valid
 
 
 @dataclass
 class EvaluationResult:
     metrics: dict
     registration: Registration
-    audit: dict | None = None  # metrics/audit.json's counts when `ffx audit` wrote one
+    audit: dict | None = None  # metrics/audit.json's counts when `ffx audit` wrote them for these features
+    stale: list[str] = field(default_factory=list)  # artefacts of other data, left out of the card: a line each
 
     @property
     def leak_warning(self) -> str | None:
@@ -65,11 +68,20 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     card = write_model_card(config, metadata, metrics, test, probabilities, command)
     registration = register_classifier(config, head_file, metadata, metrics,
                                        example_image=config.data.root / test.paths[0],
+                                       images=_comparison_images(config, test),
                                        artifacts=[predictions, roc, *figures, card])
     client, _ = setup_mlflow(config)  # the evaluation's run (the search's): the test features it was scored on
     scored = {"test": test} | ({"test" + FLIPPED_SUFFIX: flipped} if flipped is not None else {})
     client.log_inputs(registration.run_id, datasets=feature_datasets(config.data.root, scored))
-    return EvaluationResult(metrics, registration, read_audit_counts(config))
+    return EvaluationResult(metrics, registration, read_audit_counts(config), stale_artifacts(config))
+
+
+def _comparison_images(config: Config, test) -> ComparisonImages:
+    """The images champion and challenger are both scored on (registry.compare_split)."""
+    if config.registry.compare_split == "test":
+        return ComparisonImages.of(config.data.root, test, "test")
+    _, held = valid_parts(config, load_split_features(config, "valid"))
+    return ComparisonImages.of(config.data.root, held, VALID_HELD_OUT)
 
 
 def _test_sets(config: Config, features, class_names: list[str]):

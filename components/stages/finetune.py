@@ -1,7 +1,7 @@
 """The finetune stage, between tune and evaluate: the backbone's top layers trained with the champion head from
-features cached at the boundary, and the fine-tuned model kept unless the head alone scores better on validation, for
-`ffx evaluate` (models/finetuned/finetune.json says which; the fine-tuned model is saved beside it either way).
-Off (finetune.enabled: false), it only writes that decision, without TensorFlow."""
+features cached at the boundary, and the fine-tuned model kept unless the head alone scores better on the valid images
+held out for decisions, for `ffx evaluate` (models/finetuned/finetune.json says which; the fine-tuned model is saved
+beside it either way). Off (finetune.enabled: false), it only writes that decision, without TensorFlow."""
 from __future__ import annotations
 
 import shutil
@@ -85,8 +85,10 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     train_batches = BoundaryBatches(boundary_path(config, "train"), settings.batch_size, binary, config.tuner.seed)
     compile_model(model, settings, binary, len(train_batches))
     held = _held_out_rows(config, boundary_path(config, "valid"))
-    valid_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary, rows=~held)
-    decision_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary, rows=held)
+    valid_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary,
+                                    rows=np.flatnonzero(~held))
+    decision_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary,
+                                       rows=np.flatnonzero(held))
     head_score = score(model, decision_batches, monitor)  # before any step: the head alone, scored the same way
     say(f"head alone: {monitor} {head_score:.4f} on the {len(decision_batches.labels)} valid images held out "
         "for the decision")
@@ -122,7 +124,8 @@ def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
     kept = kept_model(monitor, head_score, finetuned_score)
     decision = {"enabled": True, "kept": kept, "objective": monitor, "head_score": head_score,
                 "finetuned_score": finetuned_score, "decision_images": int(held.sum()),
-                "finetuned_early_stopping_score": state.best_score, "boundary": boundary, "best_epoch": state.best_epoch,
+                "finetuned_early_stopping_score": state.best_score, "boundary": boundary,
+                "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done, "epoch_seconds": state.seconds,
                 "stopped_early": state.stopped_early(settings.epochs),
                 "extract_seconds": extract_seconds, "run_id": state.run_id, "parent_run_id": parent_run_id}

@@ -165,7 +165,7 @@ def test_a_missing_exclusion_list_is_named(tmp_path):
 def test_evaluate_quotes_an_audit_of_these_features_and_leaves_out_a_stale_one(extracted_project):
     """ffx evaluate reads metrics/audit.json when `ffx audit` wrote it for these feature files (here: one with two
     leaks): the card quotes it and a line warns. One written for other data (another feature key) is not quoted
-    and warns of nothing: one note says it is stale. A search of its own: a copy of `tiny_run` would share that
+    and warns of nothing: one note says it is stale; so does a fine-tuning decision made for another head. A search of its own: a copy of `tiny_run` would share that
     run's MLflow artifact folder (the experiment records its path)."""
     root = extracted_project
     assert run_ffx(root, "tune", "--set", "tuner.max_trials=1").returncode == 0
@@ -181,10 +181,14 @@ def test_evaluate_quotes_an_audit_of_these_features_and_leaves_out_a_stale_one(e
     assert "1 probable label issue(s), 2 near-duplicate pair(s) across splits" in card and "**Leak:**" in card
 
     (root / "metrics" / "audit.json").write_text(json.dumps(dict(counts, features="made-from-other-images")))
+    decision = root / "models" / "finetuned" / "finetune.json"  # a decision made for another head
+    decision.parent.mkdir(parents=True, exist_ok=True)
+    decision.write_text(json.dumps({"enabled": False, "kept": "head", "head_sha1": "0" * 40, "settings": "other"}))
     result = run_ffx(root, "evaluate")
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr and "near-duplicate" not in result.stderr
     assert "audit.json: written for other feature files" in result.stderr and "(stale); not quoted" in result.stderr
+    assert "finetune.json: made for another head or other finetune settings (stale)" in result.stderr
     card = (root / "reports" / "model_card.md").read_text()
     assert "**Leak:**" not in card and "near-duplicate pair(s)" not in card and "Data audit: none yet" in card
 

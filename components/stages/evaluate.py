@@ -73,7 +73,8 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     client, _ = setup_mlflow(config)  # the evaluation's run (the search's): the test features it was scored on
     scored = {"test": test} | ({"test" + FLIPPED_SUFFIX: flipped} if flipped is not None else {})
     client.log_inputs(registration.run_id, datasets=feature_datasets(config.data.root, scored))
-    return EvaluationResult(metrics, registration, read_audit_counts(config), stale_artifacts(config))
+    stale = stale_artifacts(config) + _stale_decision(config, head_file)
+    return EvaluationResult(metrics, registration, read_audit_counts(config), stale)
 
 
 def _comparison_images(config: Config, test) -> ComparisonImages:
@@ -128,6 +129,16 @@ def _test_correct(config: Config, decision: dict, which: str) -> np.ndarray:
     test, flipped = _test_sets(config, features, metadata["class_names"])
     _, probabilities = evaluate_head(model, test, flipped)
     return probabilities.argmax(axis=1) == test.labels
+
+
+def _stale_decision(config: Config, model_file) -> list[str]:
+    """A line when the finetune stage's decision was made for another head or other settings: the head alone was
+    scored, and the decision is not quoted."""
+    decision = read_decision(config)
+    if decision is None or model_file != head_paths(config)[0] or decision_is_current(config, model_file):
+        return []
+    return [f"{decision_path(config)}: made for another head or other finetune settings (stale); not quoted, the "
+            "head alone was scored. Run `ffx finetune` for this head."]
 
 
 def _kept_model(config: Config):

@@ -288,7 +288,9 @@ def serve(params: ParamsOption = Path("params.yaml"), set_: SetOption = None):
 @app.command("demo-data")
 def demo_data(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
               force: Annotated[bool, typer.Option(help="rewrite an existing folder")] = False):
-    """Generate the bundled demo dataset (offline, from scikit-learn's sample photos) at data.root."""
+    """Generate the demo dataset at data.root, offline: pagoda, dahlia, face and flag crops of shipped sample photos.
+
+    45/18/18 images per class in train/valid/test; no source pixel is in two splits (components/data/sampledata.py)."""
     import shutil
 
     from components.data.sampledata import make_demo_dataset

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.e2e
 BIN = os.path.dirname(sys.executable)
 BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)
 # The demo's paths and port -> the tiny project's (make_dataset: data/test/blue/blue_02.jpg).
-DEMO = {"data/demo/test/china_left/test_china_left_001.jpg": "data/test/blue/blue_02.jpg",
-        "data/demo/test/china_left/": "data/test/blue/"}
+DEMO = {"data/demo/test/pagoda/test_pagoda_001.jpg": "data/test/blue/blue_02.jpg",
+        "data/demo/test/pagoda/": "data/test/blue/"}
 
 
 def readme_blocks() -> list[tuple[str, str]]:

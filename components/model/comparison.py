@@ -36,7 +36,9 @@ class ComparisonImages:
     def frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"path": [str(p) for p in self.paths], "label": self.labels.astype(np.int64)})
+        # Class names as the labels: MLflow's evaluator takes text labels for categories
+        return pd.DataFrame({"path": [str(p) for p in self.paths],
+                             "label": [self.class_names[i] for i in self.labels]})
 
 
 def champion_version(client, name: str, alias: str):
@@ -58,17 +60,16 @@ def score_version(model, images: ComparisonImages, run_name: str):
     run named `run_name`: MLflow's EvaluationResult (metrics: accuracy_score among them)."""
     import mlflow
 
-    index = {name: i for i, name in enumerate(images.class_names)}
-
     def predict(frame):
-        return model.predict(frame[["path"]])["class"].map(index).to_numpy(dtype=np.int64)
+        return model.predict(frame[["path"]])["class"]
 
     dataset = mlflow.data.from_pandas(images.frame(), targets="label", name=images.split,
                                       digest=images.content_hash[:8])
     with mlflow.start_run(run_name=run_name, nested=True):
         mlflow.set_tag("comparison_split_hash", images.content_hash)
         return mlflow.models.evaluate(predict, dataset, model_type="classifier",
-                                      evaluator_config={"log_model_explainability": False})
+                                      evaluator_config={"log_model_explainability": False,
+                                                        "pos_label": images.class_names[-1]})
 
 
 def challenger_passes(challenger, champion, images: ComparisonImages) -> bool:

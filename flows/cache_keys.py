@@ -8,7 +8,7 @@ import json
 from components.config import AUDIT_FILE, Config
 from components.data.dataset import Split, folder_records
 from components.features.extraction import extraction_key, output_is_current
-from components.features.identity import configured_identity, split_views
+from components.features.identity import SEARCH_PART, configured_identity, split_views, valid_part_key
 from components.features.shards import shard_key, shard_path
 from components.files import content_key, file_digest
 from components.finetune.decision import decision_is_current, decision_path, settings_key
@@ -32,7 +32,8 @@ def shard_cache_key(config: Config, rows: list, index: int, name: str) -> tuple[
 
 
 def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str, bool]:
-    project = project_name(config, train_key, valid_key)
+    """`valid_key`: the whole valid file's; the search reads its part not held out for decisions."""
+    project = project_name(config, train_key, valid_part_key(config, valid_key, SEARCH_PART))
     model_path, metadata_path = head_paths(config)
     current = (model_path.is_file() and metadata_path.is_file()
                and json.loads(metadata_path.read_text()).get("search", {}).get("project") == project)

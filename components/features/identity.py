@@ -37,11 +37,21 @@ def load_split_features(config: Config, split: str) -> FeatureSet:
     return features
 
 
+SEARCH_PART, DECISION_PART = "search", "decision"
+
+
 def valid_parts(config: Config, valid: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
     """(search, decision): the valid images the search and early stopping use, and those held out for the
     keep-or-not decisions (tuner.decision_fraction, components.data.holdout)."""
     held = decision_mask(valid.sha1, valid.labels, config.tuner.decision_fraction)
-    return valid.rows(~held, "search"), valid.rows(held, "decision")
+    key = valid.attrs.get("key")
+    return (valid.rows(~held, SEARCH_PART, valid_part_key(config, key, SEARCH_PART)),
+            valid.rows(held, DECISION_PART, valid_part_key(config, key, DECISION_PART)))
+
+
+def valid_part_key(config: Config, valid_key: str, part: str) -> str:
+    """A part's content key: the whole file's (its images) and the fraction decide which rows it holds."""
+    return content_key({"file": valid_key, "part": part, "decision_fraction": config.tuner.decision_fraction})
 
 
 def features_content_key(config: Config) -> str | None:

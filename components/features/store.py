@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from components.errors import FFXError
-from components.files import content_key, write_json_atomic
+from components.files import write_json_atomic
 
 
 @dataclass
@@ -28,12 +28,12 @@ class FeatureSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def rows(self, mask: np.ndarray, part: str) -> FeatureSet:
-        """The rows where `mask` is true, a set of plain images (no views); `part` names them in attrs."""
+    def rows(self, mask: np.ndarray, part: str, key: str) -> FeatureSet:
+        """The rows where `mask` is true, a set of plain images (no views): `part` of this file, whose content
+        `key` the caller derives."""
         if self.source is not None:
             raise ValueError("rows() takes a file of plain images; this one holds augmented views")
         index = np.flatnonzero(mask)
-        key = content_key({"file": self.attrs.get("key"), "part": part, "rows": index.tolist()})
         return FeatureSet(self.features[index], self.labels[index], [self.paths[i] for i in index],
                           self.class_names, dict(self.attrs, part=part, key=key),
                           sha1=None if self.sha1 is None else self.sha1[index])

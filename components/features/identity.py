@@ -49,6 +49,14 @@ def valid_parts(config: Config, valid: FeatureSet) -> tuple[FeatureSet, FeatureS
             valid.rows(held, DECISION_PART, valid_part_key(config, key, DECISION_PART)))
 
 
+def search_splits(config: Config) -> tuple[FeatureSet, FeatureSet]:
+    """(train, valid): what the head search trains and scores on, in the chief and in every worker alike; the valid
+    images held out for decisions are not among them."""
+    train = load_split_features(config, "train")
+    valid, _ = valid_parts(config, load_split_features(config, "valid"))
+    return train, valid
+
+
 def valid_part_key(config: Config, valid_key: str, part: str) -> str:
     """A part's content key: the whole file's (its images) and the fraction decide which rows it holds."""
     return content_key({"file": valid_key, "part": part, "decision_fraction": config.tuner.decision_fraction})

@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     if role == "worker":
         share_cores_among_workers(config.tuner.workers)
     # Imported once TensorFlow is imported quietly: they import it.
-    from components.features.identity import load_split_features
+    from components.features.identity import search_splits
     from components.search.trial_logging import progress_line
     from components.search.tuner import check_compatible, open_parent_run, run_trials
 
-    train, valid = load_split_features(config, "train"), load_split_features(config, "valid")
+    train, valid = search_splits(config)
     check_compatible(train, valid)
     parent = open_parent_run(config, train, valid, joining=True)
     progress = (lambda info: print(progress_line(info), file=sys.stderr, flush=True)) if args.progress else None

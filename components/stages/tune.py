@@ -3,7 +3,7 @@ models/ with what prediction needs, and the trial comparison under reports/searc
 from __future__ import annotations
 
 from components.config import Config
-from components.features.identity import load_split_features, valid_parts
+from components.features.identity import search_splits
 from components.model.head_file import save_head
 from components.reports.search_report import write_search_report
 from components.search.tuner import SearchResult, run_search
@@ -14,8 +14,7 @@ def tune_stage(config: Config, progress=None, on_start=None) -> SearchResult:
     """Search on train and the valid images not held out for decisions, save the best head with the metadata
     prediction needs. `progress(info)` after each trial, `on_start(experiment_id, parent_run_id)` once the search's
     MLflow run is open."""
-    train = load_split_features(config, "train")
-    valid, _ = valid_parts(config, load_split_features(config, "valid"))
+    train, valid = search_splits(config)
     result = run_search(config, train, valid, progress, on_start)
     metadata = {
         "class_names": train.class_names,

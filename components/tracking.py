@@ -133,14 +133,15 @@ class ServerUnavailableError(FFXError):
 
 
 def server_unreachable(exc: BaseException) -> bool:
-    """The request found no server (refused, reset, timed out), as MLflow reports it after its own retries: the
-    requests error it wraps, or the HTTP 502-504 of a proxy in front of a stopped server."""
+    """The request found no server (refused, reset, timed out, or cut off mid-answer by a server that stopped), as
+    MLflow reports it after its own retries: the requests error it wraps, or the HTTP 502-504 of a proxy in front of
+    a stopped server."""
     import requests
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                            requests.exceptions.RetryError)):
+                            requests.exceptions.RetryError, requests.exceptions.ChunkedEncodingError)):
             return True
         if any(code in str(exc) for code in ("Max retries exceeded", "status code 502", "status code 503",
                                              "status code 504")):

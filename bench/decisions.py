@@ -67,7 +67,7 @@ def scored(folder: Path, values: list[str]) -> dict:
                                                    "best_epoch", "epochs_run", "stopped_early")},
             "test": {name: {"accuracy": float(hits.mean()), "ci95": accuracy_interval(hits), "count": int(len(hits))}
                      for name, hits in correct.items()},
-            "paired": paired_test(correct["head"], correct["finetuned"]),
+            "paired": paired_test(correct["head"], correct["finetuned"], ("head", "finetuned")),
             "epochs": epoch_scores(config, decision)}
 
 

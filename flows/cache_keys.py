@@ -1,17 +1,21 @@
-"""Prefect's cache keys of the pipeline's tasks: (key, current). The key names a stage's inputs by content; `current`
-says whether the stage's output exists and was made from those inputs, so that a deleted or stale output re-runs
-instead of being a cache hit (Prefect's own policies hash a Path argument's string, not the files)."""
+"""Prefect's cache keys of the pipeline's tasks: (key, current). A key is made of what the stage declares it reads
+(components/contract.py, where dvc.yaml's params and deps come from too): the values of its params, the digests of
+its input files, and the contents of the code it runs. `current` says whether the stage's output exists and was made
+from those inputs, so that a deleted or stale output re-runs instead of being a cache hit (Prefect's own policies
+hash a Path argument's string, not the files)."""
 from __future__ import annotations
 
 import json
 
-from components.config import AUDIT_FILE, Config
+from components.codebase import code_key
+from components.config import Config
+from components.contract import input_digests, param_values, stage_module
 from components.data.dataset import Split, folder_records
 from components.features.extraction import extraction_key, output_is_current
 from components.features.identity import SEARCH_PART, configured_identity, split_views, valid_part_key
 from components.features.shards import shard_key, shard_path
-from components.files import content_key, file_digest
-from components.finetune.decision import decision_is_current, decision_path, settings_key
+from components.files import content_key
+from components.finetune.decision import decision_is_current
 from components.model.head_file import head_paths
 from components.reports.model_card import MODEL_CARD_FILE
 from components.search.tuner import project_name
@@ -19,59 +23,55 @@ from components.stages.audit import audit_outputs
 from components.stages.evaluate import METRICS_FILE
 
 
+def _declared(config: Config, stage: str) -> dict:
+    """The stage's params and code: in every key of its tasks."""
+    return {"params": param_values(config, stage), "code": code_key([stage_module(stage)])}
+
+
+def stage_key(config: Config, stage: str, feature_keys: dict[str, str]) -> str:
+    """`feature_keys`: the extraction's content key of each feature file it wrote (train, valid, test, test_flip),
+    which stands for that file's digest."""
+    known = {f"${{features.dir}}/{name}.h5": key for name, key in feature_keys.items()}
+    inputs = input_digests(config, stage, known)
+    return f"{stage}-{content_key({**_declared(config, stage), 'inputs': inputs})}"
+
+
 def extraction_cache_key(config: Config, split: Split, name: str) -> tuple[str, bool]:
-    """`name`: the feature file, made from `split` (test_flip from test)."""
+    """`name`: the feature file, made from `split` (test_flip from test); its images stand for the data folder."""
     key = extraction_key(split, configured_identity(config), split_views(config, name))
-    return f"extract-{key}", output_is_current(config.features.path(name), key)
+    return f"extract-{content_key({**_declared(config, 'extract'), 'file': key})}", output_is_current(
+        config.features.path(name), key)
 
 
 def shard_cache_key(config: Config, rows: list, index: int, name: str) -> tuple[str, bool]:
     """`rows`: shard `index` of feature file `name` (components.features.shards.shard_rows)."""
     key = shard_key(rows, index, configured_identity(config))
-    return f"shard-{key}", output_is_current(shard_path(config, name, index), key)
+    return f"shard-{content_key({**_declared(config, 'extract'), 'shard': key})}", output_is_current(
+        shard_path(config, name, index), key)
 
 
-def tune_cache_key(config: Config, train_key: str, valid_key: str) -> tuple[str, bool]:
-    """`valid_key`: the whole valid file's; the search reads its part not held out for decisions."""
-    project = project_name(config, train_key, valid_part_key(config, valid_key, SEARCH_PART))
-    model_path, metadata_path = head_paths(config)
-    current = (model_path.is_file() and metadata_path.is_file()
+def tune_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
+    """Current when the saved head came from this search (the valid images it used: those not held out)."""
+    project = project_name(config, feature_keys["train"], valid_part_key(config, feature_keys["valid"], SEARCH_PART))
+    _, metadata_path = head_paths(config)
+    current = (metadata_path.is_file()
                and json.loads(metadata_path.read_text()).get("search", {}).get("project") == project)
-    return f"tune-{content_key({'project': project, 'model': config.section('model')})}", current
+    return stage_key(config, "tune", feature_keys), current and head_paths(config)[0].is_file()
 
 
 def finetune_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
-    """`feature_keys`: the extract stage's keys by feature file (the images and views the boundary features are
-    made from too)."""
-    model_path, _ = head_paths(config)
-    head = file_digest(model_path) if model_path.is_file() else "missing"
-    key = content_key({"head": head, "features": feature_keys, "settings": settings_key(config)})
-    return f"finetune-{key}", decision_is_current(config, model_path)
+    return stage_key(config, "finetune", feature_keys), decision_is_current(config, head_paths(config)[0])
 
 
-def evaluate_cache_key(config: Config, test_key: str, valid_key: str) -> tuple[str, bool]:
-    """`valid_key`: the champion and challenger are compared on valid images held out for decisions."""
-    model_path, _ = head_paths(config)
-    head = file_digest(model_path) if model_path.is_file() else "missing"
-    audit = config.metrics.dir / AUDIT_FILE  # the model card quotes its counts
-    decision = decision_path(config)
-    key = content_key({"head": head, "test": test_key, "valid": valid_key,
-                       "decision_fraction": config.tuner.decision_fraction,
-                       "finetune": file_digest(decision) if decision.is_file() else "none",
-                       "mlflow": config.section("mlflow"), "registry": config.section("registry"),
-                       "metrics": config.section("metrics"), "audit": file_digest(audit) if audit.is_file() else None})
+def evaluate_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
     outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
-    return f"evaluate-{key}", all(path.is_file() for path in outputs)
+    return stage_key(config, "evaluate", feature_keys), all(path.is_file() for path in outputs)
 
 
-# --- audit ---
 def audit_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
-    """`feature_keys`: the train, valid and test feature files' keys (their images' contents and backbone); with
-    audit.drift_folder, its images' contents too (a scheduled run checks the images added since)."""
+    """With audit.drift_folder, its images' contents too: a scheduled run audits the images added since. (DVC
+    cannot declare a folder that may be unset, so dvc.yaml names the param only.)"""
     folder = config.audit.drift_folder
     drift = [(r.relpath, r.sha1) for r in folder_records(folder)] if folder and folder.is_dir() else None
-    key = content_key({"features": {name: feature_keys[name] for name in ("train", "valid", "test")}, "drift": drift,
-                       "audit": config.section("audit"), "metrics": config.section("metrics"),
-                       "reports": config.section("reports"), "mlflow": config.section("mlflow")})
-    return f"audit-{key}", all(path.is_file() for path in audit_outputs(config))
-# --- end audit ---
+    key = stage_key(config, "audit", feature_keys)
+    return key if drift is None else f"{key}-{content_key(drift)}", all(p.is_file() for p in audit_outputs(config))

@@ -117,13 +117,11 @@ def evaluate_task(config: Config) -> dict:
             "decision": reg.decision}
 
 
-# --- audit ---
 @task(name="audit", persist_result=True)
 def audit_task(config: Config) -> dict:
     result = audit_stage(config)
     get_run_logger().info("audit: %s (MLflow run %s)", result.lists["counts"], result.run_id)
     return dict(result.lists["counts"], run_id=result.run_id)
-# --- end audit ---
 
 
 def _with_storage(config: Config, *tasks):
@@ -199,10 +197,9 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     keys = {name: result["key"] for name, result in summary["extract"].items()}
     write_extraction_reports(config, plan)
     summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys)), config)  # before evaluate reads it
-    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys["train"], keys["valid"])), config)
+    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys)), config)
     summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys)), config)
-    evaluate_key = evaluate_cache_key(config, keys["test"], keys["valid"])
-    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_key), config)
+    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys)), config)
     return summary
 
 

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from components.config import Config, better
+from components.contract import params_key
 from components.errors import FFXError
-from components.files import content_key, file_digest, write_json_atomic
+from components.files import file_digest, write_json_atomic
 
 FINETUNED_DIR = "finetuned"
 DECISION_FILE = "finetune.json"
@@ -39,12 +40,8 @@ def validation_metric(objective: str) -> str:
 
 
 def settings_key(config: Config) -> str:
-    """What, besides the head and the images, decides the stage's output."""
-    finetune = {k: v for k, v in config.section("finetune").items() if k != "directory"}
-    return content_key({"finetune": finetune, "backbone": config.section("backbone"),
-                        "precision": config.extract.precision, "augment": config.section("extract")["augment"],
-                        "tta": config.predict.tta, "objective": config.tuner.objective,
-                        "decision_fraction": config.tuner.decision_fraction})
+    """What, besides the head and the images, decides the stage's output: the params it declares."""
+    return params_key(config, "finetune")
 
 
 def write_decision(config: Config, head_file: Path, decision: dict) -> dict:

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.codebase import ROOT, closure_files, module_file
 from components.config import Config
 from components.errors import FFXError, ModelNotFoundError
 from components.model.backbone_weights import share_backbone_weights
@@ -25,15 +26,8 @@ from components.model.classifier import HEAD_ARTIFACT, SPEC_ARTIFACT, input_exam
 from components.tracking import backbones_experiment, server_stop_as_error, setup_mlflow
 
 MODEL_NAME = "classifier"             # the logged model's name inside the run
-PACKAGE = Path(__file__).parents[1]  # components/
-MODEL_CODE = PACKAGE / "model" / "pyfunc_entry.py"  # MLflow "models from code" entry
-# The package files a registered model carries, so that it runs where only its requirements are installed: the
-# import closure of pyfunc_entry.py (tests/test_architecture.py checks it), not the whole package.
-MODEL_FILES = ("__init__.py", "config.py", "defaults.yaml", "errors.py", "files.py", "runtime.py",
-               "data/__init__.py", "data/augment.py", "data/images.py",
-               "features/__init__.py", "features/backbone.py", "features/store.py",
-               "model/__init__.py", "model/backbone_weights.py", "model/classifier.py", "model/head_file.py",
-               "model/metrics.py", "model/pyfunc_entry.py")
+MODEL_ENTRY = "components.model.pyfunc_entry"  # MLflow "models from code" entry
+MODEL_CODE = module_file(MODEL_ENTRY)
 # What the served model imports, pinned to the versions that trained it.
 SERVING_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "pillow", "h5py", "pyyaml", "pydantic")
 
@@ -56,12 +50,13 @@ def _requirements() -> list[str]:
     return [f"{package}=={importlib.metadata.version(package)}" for package in SERVING_PACKAGES]
 
 
-def _copy_code(folder: Path) -> Path:
-    target = folder / "components"
-    for name in MODEL_FILES:
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PACKAGE / name, target / name)
-    return target
+def copy_model_code(folder: Path) -> Path:
+    """The package files a registered model carries, so that it runs where only its requirements are installed: the
+    import closure of its entry, not the whole package."""
+    for name in closure_files([MODEL_ENTRY]):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, folder / name)
+    return folder / "components"
 
 
 def register_classifier(config: Config, head_file: Path, metadata: dict, test_metrics: dict, example_image: Path,
@@ -88,7 +83,7 @@ def register_classifier(config: Config, head_file: Path, metadata: dict, test_me
         for path in artifacts:
             mlflow.log_artifact(str(path), "evaluation")
         info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=str(MODEL_CODE), code_paths=[str(_copy_code(Path(folder)))],
+            name=MODEL_NAME, python_model=str(MODEL_CODE), code_paths=[str(copy_model_code(Path(folder)))],
             artifacts={HEAD_ARTIFACT: str(head_file), SPEC_ARTIFACT: str(spec_file)},
             signature=signature(spec["class_names"]), input_example=input_example(example_image),
             # Explicit requirements: MLflow's inference would load the model in a subprocess (slow).

@@ -49,22 +49,25 @@ def imports_of(module: str, root: Path = ROOT) -> set[str]:
     return imports_in(parse(module, root), module, root) - {module}
 
 
+def _sibling_files(path: Path, module_tree: ast.Module) -> set[Path]:
+    names = {n.value for n in ast.walk(module_tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return {path.parent / name for name in names if _SIBLING_FILE.fullmatch(name) and (path.parent / name).is_file()}
+
+
 def closure_files(modules: list[str] | tuple[str, ...], root: Path = ROOT) -> list[str]:
     """Every file `modules` read as code, relative to `root`, sorted: their import closure (each package's
     __init__.py included) and the files its modules name beside themselves."""
-    todo, seen = list(modules), set()
+    todo, seen, files = list(modules), set(), set()
     while todo:
         module = todo.pop()
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        if module not in seen:
-            seen.add(module)
-            todo += imports_of(module, root)
-    files = {module_file(m, root) for m in seen}
-    for path in list(files):
-        names = {n.value for n in ast.walk(ast.parse(path.read_text()))
-                 if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-        files |= {path.parent / name for name in names if _SIBLING_FILE.fullmatch(name) and (path.parent / name).is_file()}
+        if module in seen:
+            continue
+        seen.add(module)
+        path, module_tree = module_file(module, root), parse(module, root)
+        files |= {path} | _sibling_files(path, module_tree)
+        todo += imports_in(module_tree, module, root) - {module}
     return sorted(p.relative_to(root).as_posix() for p in files)
 
 

@@ -86,7 +86,7 @@ STAGES = (
         Item("finetune.enabled"), Item("finetune.boundary"), Item("finetune.epochs"), Item("finetune.optimizer"),
         Item("finetune.momentum"), Item("finetune.learning_rate"), Item("finetune.warmup_epochs"),
         Item("finetune.schedule"), Item("finetune.ema_momentum"), Item("finetune.batch_size"),
-        Item("finetune.early_stopping_patience"), Item("model.dir"),
+        Item("finetune.early_stopping_patience"), Item("model.dir"), Item("mlflow", "each epoch is logged"),
     ), deps=(
         Item("${data.root}", "the boundary features are extracted from the images"),
         *(Item(path) for path in HEAD),

@@ -9,7 +9,7 @@ import json
 
 from components.codebase import code_key
 from components.config import Config
-from components.contract import input_digests, param_values, stage_module
+from components.contract import STAGES, input_digests, param_values, stage_module
 from components.data.dataset import Split, folder_records
 from components.features.extraction import extraction_key, output_is_current
 from components.features.identity import SEARCH_PART, configured_identity, split_views, valid_part_key
@@ -23,55 +23,60 @@ from components.stages.audit import audit_outputs
 from components.stages.evaluate import METRICS_FILE
 
 
-def _declared(config: Config, stage: str) -> dict:
-    """The stage's params and code: in every key of its tasks."""
-    return {"params": param_values(config, stage), "code": code_key([stage_module(stage)])}
+def code_keys() -> dict[str, str]:
+    """Each stage's code as a key, read once per run: every shard task's key needs its stage's."""
+    return {declared.name: code_key([stage_module(declared.name)]) for declared in STAGES}
 
 
-def stage_key(config: Config, stage: str, feature_keys: dict[str, str]) -> str:
+def _declared(config: Config, stage: str, code: dict[str, str]) -> dict:
+    """The stage's params and code (`code`: code_keys()): in every key of its tasks."""
+    return {"params": param_values(config, stage), "code": code[stage]}
+
+
+def stage_key(config: Config, stage: str, feature_keys: dict[str, str], code: dict[str, str]) -> str:
     """`feature_keys`: the extraction's content key of each feature file it wrote (train, valid, test, test_flip),
     which stands for that file's digest."""
     known = {f"${{features.dir}}/{name}.h5": key for name, key in feature_keys.items()}
     inputs = input_digests(config, stage, known)
-    return f"{stage}-{content_key({**_declared(config, stage), 'inputs': inputs})}"
+    return f"{stage}-{content_key({**_declared(config, stage, code), 'inputs': inputs})}"
 
 
-def extraction_cache_key(config: Config, split: Split, name: str) -> tuple[str, bool]:
+def extraction_cache_key(config: Config, split: Split, name: str, code: dict[str, str]) -> tuple[str, bool]:
     """`name`: the feature file, made from `split` (test_flip from test); its images stand for the data folder."""
     key = extraction_key(split, configured_identity(config), split_views(config, name))
-    return f"extract-{content_key({**_declared(config, 'extract'), 'file': key})}", output_is_current(
+    return f"extract-{content_key({**_declared(config, 'extract', code), 'file': key})}", output_is_current(
         config.features.path(name), key)
 
 
-def shard_cache_key(config: Config, rows: list, index: int, name: str) -> tuple[str, bool]:
+def shard_cache_key(config: Config, rows: list, index: int, name: str, code: dict[str, str]) -> tuple[str, bool]:
     """`rows`: shard `index` of feature file `name` (components.features.shards.shard_rows)."""
     key = shard_key(rows, index, configured_identity(config))
-    return f"shard-{content_key({**_declared(config, 'extract'), 'shard': key})}", output_is_current(
+    return f"shard-{content_key({**_declared(config, 'extract', code), 'shard': key})}", output_is_current(
         shard_path(config, name, index), key)
 
 
-def tune_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
+def tune_cache_key(config: Config, feature_keys: dict[str, str], code: dict[str, str]) -> tuple[str, bool]:
     """Current when the saved head came from this search (the valid images it used: those not held out)."""
     project = project_name(config, feature_keys["train"], valid_part_key(config, feature_keys["valid"], SEARCH_PART))
     _, metadata_path = head_paths(config)
     current = (metadata_path.is_file()
                and json.loads(metadata_path.read_text()).get("search", {}).get("project") == project)
-    return stage_key(config, "tune", feature_keys), current and head_paths(config)[0].is_file()
+    return stage_key(config, "tune", feature_keys, code), current and head_paths(config)[0].is_file()
 
 
-def finetune_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
-    return stage_key(config, "finetune", feature_keys), decision_is_current(config, head_paths(config)[0])
+def finetune_cache_key(config: Config, feature_keys: dict[str, str], code: dict[str, str]) -> tuple[str, bool]:
+    return stage_key(config, "finetune", feature_keys, code), decision_is_current(config, head_paths(config)[0])
 
 
-def evaluate_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
+def evaluate_cache_key(config: Config, feature_keys: dict[str, str], code: dict[str, str]) -> tuple[str, bool]:
     outputs = (config.metrics.dir / METRICS_FILE, config.reports.dir / MODEL_CARD_FILE)
-    return stage_key(config, "evaluate", feature_keys), all(path.is_file() for path in outputs)
+    return stage_key(config, "evaluate", feature_keys, code), all(path.is_file() for path in outputs)
 
 
-def audit_cache_key(config: Config, feature_keys: dict[str, str]) -> tuple[str, bool]:
+def audit_cache_key(config: Config, feature_keys: dict[str, str], code: dict[str, str]) -> tuple[str, bool]:
     """With audit.drift_folder, its images' contents too: a scheduled run audits the images added since. (DVC
     cannot declare a folder that may be unset, so dvc.yaml names the param only.)"""
     folder = config.audit.drift_folder
     drift = [(r.relpath, r.sha1) for r in folder_records(folder)] if folder and folder.is_dir() else None
-    key = stage_key(config, "audit", feature_keys)
+    key = stage_key(config, "audit", feature_keys, code)
     return key if drift is None else f"{key}-{content_key(drift)}", all(p.is_file() for p in audit_outputs(config))

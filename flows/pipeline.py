@@ -26,8 +26,15 @@ from components.stages.extract import extract_planned, write_extraction_reports
 from components.stages.tune import tune_stage
 from components.tracking import check_tracking_server, setup_mlflow
 from components.ui_links import experiment_link, model_version_link, run_link
-from flows.cache_keys import (audit_cache_key, evaluate_cache_key, extraction_cache_key, finetune_cache_key,
-                              shard_cache_key, tune_cache_key)
+from flows.cache_keys import (
+    audit_cache_key,
+    code_keys,
+    evaluate_cache_key,
+    extraction_cache_key,
+    finetune_cache_key,
+    shard_cache_key,
+    tune_cache_key,
+)
 
 DEPLOYMENT_NAME = "ffx-pipeline"
 
@@ -174,6 +181,7 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     # Built on first use, once per process: threads share this one; a Dask worker builds its own from the settings.
     backbone = build_backbone(config.backbone, config.root, config.extract.precision)
     summary: dict = {"states": {}, "extract": {}}
+    code = code_keys()
 
     def run(name: str, task_, *args):
         state = task_(*args, return_state=True)
@@ -183,23 +191,23 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     for name in feature_files(config, tuple(plan.splits)):
         split = plan.splits[source_split(name)]
         if config.extract.shard_size:
-            futures = [_cached(shard, shard_cache_key(config, rows, index, name)).submit(config, plan, name, index,
-                                                                                       backbone)
-                       for index, rows in enumerate(shard_rows(config, split, name))]
+            futures = [_cached(shard, shard_cache_key(config, rows, index, name, code)).submit(
+                config, plan, name, index, backbone) for index, rows in enumerate(shard_rows(config, split, name))]
             shards = [future.result() for future in futures]
             summary["states"].update({f"extract-{name}-{i}": f.state.name for i, f in enumerate(futures)})
             summary["extract"][name] = merge_task(config, plan, name, shards)
             continue
-        result = run(f"extract-{name}", _cached(extract, extraction_cache_key(config, split, name)), config, plan, name,
-                     backbone)
+        key = extraction_cache_key(config, split, name, code)
+        result = run(f"extract-{name}", _cached(extract, key), config, plan, name, backbone)
         summary["extract"][name] = dict(result, computed=0 if summary["states"][f"extract-{name}"] == "Cached"
                                         else result["computed"])
     keys = {name: result["key"] for name, result in summary["extract"].items()}
     write_extraction_reports(config, plan)
-    summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys)), config)  # before evaluate reads it
-    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys)), config)
-    summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys)), config)
-    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys)), config)
+    # The audit before evaluate, which reads its counts.
+    summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys, code)), config)
+    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys, code)), config)
+    summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys, code)), config)
+    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys, code)), config)
     return summary
 
 

@@ -1,33 +1,16 @@
 """dvc.yaml declares every code file each stage runs: derived from the imports of the stage's `ffx` command."""
-import ast
-
 import pytest
 import yaml
 
 from conftest import REPO
-from import_graph import closure_files, imports_in, tree
-
-
-def _command_imports(command: str) -> set[str]:
-    """What `ffx COMMAND` imports: ffx/cli.py's module level, `main` and the command's function, with the cli.py
-    helpers they call."""
-    cli = tree("ffx.cli")
-    functions = {f.name: f for f in cli.body if isinstance(f, ast.FunctionDef)}
-    todo, seen = ["main", command.replace("-", "_")], set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo += [c.func.id for c in ast.walk(functions[name])
-                 if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in functions]
-    top = ast.Module([n for n in cli.body if not isinstance(n, ast.FunctionDef)], [])
-    return imports_in(top, "ffx.cli") | {m for name in seen for m in imports_in(functions[name], "ffx.cli")}
+from import_graph import closure_files
 
 
 def stage_files(command: str) -> set[str]:
-    """What `ffx COMMAND` reads as code; of cli.py, only what the command imports."""
-    return closure_files([*_command_imports(command), "ffx"], followed={"ffx.cli"})
+    """What `ffx COMMAND` reads as code: the import closure of the root command and of the command's own module."""
+    from ffx.cli import command_module
+
+    return closure_files(["ffx.cli", command_module(command)])
 
 
 def _stages() -> dict:

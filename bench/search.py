@@ -1,16 +1,19 @@
 """Heads trained together (tuner.parallel_heads) against one at a time, measured in one run:
 
     python -m bench.search [--trials 32] [--seeds 0 1 2] [--data DIR] [--out bench/results/search.json]
+                           [--only heads]
 
 1. Heads per compiled graph: milliseconds per head-epoch of the grouped trainer at 1, 2, 4 and 8 heads, with
    and without XLA, on the real features — what the default `tuner.parallel_heads` is set from.
-2. The same search (same space, data, seeds and trial budget) with `parallel_heads: 1` — one head at a time
-   (until 2026-11-29 a Keras fit per execution) — and with the default, for each seed, the order alternating
-   so that a busy machine slows both alike. Reported: wall time, best validation score and the best head's
-   test accuracy; the wall-time ratio and the means over seeds.
+2. The same search (same space, data, seeds and trial budget) with `parallel_heads: 1` (one head at a time)
+   and with the default, for each seed, the order alternating so that a busy machine slows both alike.
+   Reported: wall time, best validation score and the best head's test accuracy; the wall-time ratio and the
+   means over seeds.
 3. Each search against its bound from arithmetic (bench.limits): its trials' matmul FLOPs (each trial's sizes and
    the epochs its executions trained, read from its MLflow run) at the float32 matmul peak timed right after it;
    reported as the fraction of the bound's speed the search reaches.
+
+`--only heads` measures part 1 alone.
 
 Features: the face dataset (VGG16 `hed-vgg16`, 150 px, extract.precision as the defaults say) extracted once
 through the pipeline into a feature cache kept under bench/results/, so a re-run extracts nothing.
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--graph-epochs", type=int, default=10, help="epochs timed per heads-per-graph setting")
     parser.add_argument("--data", type=Path, default=FACES)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "search.json")
+    parser.add_argument("--only", choices=["heads"], help="heads: part 1 alone (heads per compiled graph)")
     args = parser.parse_args(argv)
     provenance = about("bench.search", argv)
     from components.runtime import quiet_tensorflow
@@ -110,12 +114,13 @@ def main(argv: list[str] | None = None) -> dict:
     from components.stages.extract import extract_stage
 
     default_heads = default_params()["tuner"]["parallel_heads"]
+    searched = [] if args.only == "heads" else args.seeds  # the seeds part 2 searches with
     cache = args.out.parent / "feature-cache"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ffx-bench-search-") as folder:
         work = Path(folder)
         configs = {(seed, heads): project(work, args.data, args.trials, seed, heads, cache)
-                   for seed in args.seeds for heads in (1, default_heads)}
+                   for seed in searched or args.seeds[:1] for heads in (1, default_heads)}
         first = configs[(args.seeds[0], 1)]
         log(f"data: {args.data}; extraction (cached by content under {cache}) ...")
         extract_stage(first)
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                         load_split_features(first, "valid"), first,
                                                         args.graph_epochs)
         runs = []
-        for index, seed in enumerate(args.seeds):
+        for index, seed in enumerate(searched):
             order = (1, default_heads) if index % 2 == 0 else (default_heads, 1)
             for heads in order:
                 log(f"search: seed {seed}, parallel_heads {heads}, {args.trials} trials ...")
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "speed")
                 runs.append(row)
         figures["searches"] = runs
-    figures["summary"] = summary(runs, default_heads)
+    if runs:
+        figures["summary"] = summary(runs, default_heads)
     figures["seconds"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
@@ -159,9 +165,11 @@ def summary(runs: list[dict], default_heads: int) -> dict:
 
 
 def print_summary(figures: dict) -> None:
-    s, heads = figures["summary"], figures["default_parallel_heads"]
+    s, heads = figures.get("summary"), figures["default_parallel_heads"]
     graph = figures["heads_per_graph_ms"]
     log("\nms per head-epoch: " + ", ".join(f"{k.replace('_', ' ')} heads {v:.0f}" for k, v in graph.items()))
+    if s is None:  # --only heads
+        return
     log(f"{figures['trials']}-trial search over seeds {figures['seeds']} (means):")
     for h in (1, heads):
         log(f"  parallel_heads {h}: {s[h]['seconds']:.0f}s, best valid {s[h]['best_valid']:.4f}, "

@@ -11,8 +11,17 @@ import pytest
 from conftest import free_port, make_dataset, wait_for_http, write_params
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
+
+
+def test_a_worker_whose_tensorflow_already_started_says_it_keeps_its_thread_pools(capsys):
+    import tensorflow as tf
+
+    from components.search.distributed import share_cores_among_workers
+
+    tf.constant(1.0) + 1.0  # TensorFlow's runtime starts: its thread pools are fixed from here on
+    share_cores_among_workers(2)
+    assert capsys.readouterr().err.startswith("warning: TensorFlow had already started in this process")
 
 
 @pytest.fixture
@@ -33,6 +42,7 @@ def mlflow_server(tmp_path):
         server.wait(timeout=60)
 
 
+@pytest.mark.e2e
 def test_chief_and_two_workers_log_every_trial_once_to_a_tracking_server(tmp_path, mlflow_server):
     make_dataset(tmp_path / "data")
     write_params(tmp_path, tuner={"max_trials": 4, "algorithm": "random", "executions_per_trial": 1},
@@ -52,6 +62,7 @@ def test_chief_and_two_workers_log_every_trial_once_to_a_tracking_server(tmp_pat
     assert (tmp_path / "models" / "head.keras").is_file()
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_the_workers_closes_every_run_killed_and_the_next_run_finishes_the_search(tmp_path,
                                                                                                  mlflow_server):
     make_dataset(tmp_path / "data")

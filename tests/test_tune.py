@@ -133,18 +133,18 @@ def test_hyperband_continues_a_trial_from_the_best_weights_of_the_one_it_extends
     from components.search.grouped_trials import GroupedTrials
 
     continued = []
-    real = GroupedTrials._continued
+    real = GroupedTrials.continued
 
     def spy(self, trial, epochs):
         budget, weights = real(self, trial, epochs)
         if weights is not None:  # the checkpoint of the trial it extends, read back
             previous = self.hypermodel.build(trial.hyperparameters)
-            previous.load_weights(self._get_checkpoint_fname(trial.hyperparameters.values["tuner/trial_id"]))
+            previous.load_weights(self.head_weights_path(trial.hyperparameters.values["tuner/trial_id"]))
             assert all(np.array_equal(a, b) for a, b in zip(weights, previous.get_weights()))
             continued.append((trial.trial_id, budget))
         return budget, weights
 
-    monkeypatch.setattr(GroupedTrials, "_continued", spy)
+    monkeypatch.setattr(GroupedTrials, "continued", spy)
     config, result = _search(extracted_project, "tuner.algorithm=hyperband", "train.epochs=4",
                              "tuner.executions_per_trial=1", "train.early_stopping_patience=0",
                              "tuner.directory=.ffx/tuner-hyperband", "mlflow.experiment=hyperband")

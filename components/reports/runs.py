@@ -63,8 +63,8 @@ def metric_histories(client, run_id: str) -> dict[str, list[float]]:
 
 
 def param_names(trials: list[Trial]) -> list[str]:
-    """Hyperparameter columns: every trial logs the same names (components.hypermodel.HP_NAMES), read from the runs
-    so that `ffx runs` need not import Keras."""
+    """Hyperparameter columns: every trial logs the same names (components.search.trial_logging.HP_NAMES), read
+    from the runs so that `ffx runs` need not import Keras."""
     return sorted({k for t in trials for k in t.params})
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from components.config import Config, lower_is_better
 from components.reports import plots
 from components.reports.runs import metric_histories, search_trials, write_trial_table
-from components.search.space import HP_NAMES
+from components.search.trial_logging import HP_NAMES
 from components.tracking import setup_mlflow
 
 

@@ -27,10 +27,12 @@ def share_cores_among_workers(workers: int) -> None:
     each worker would spread over every core and they would contend."""
     import tensorflow as tf
 
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already started in this process: its thread pools are fixed
-        pass
+        print(f"warning: TensorFlow had already started in this process: it keeps its thread pools, not "
+              f"{threads} thread(s) per worker", file=sys.stderr)
 
 
 def run_tuner_processes(config: Config, show_progress: bool) -> None:
@@ -44,7 +46,7 @@ def run_tuner_processes(config: Config, show_progress: bool) -> None:
     for override in config.overrides:
         command += ["--set", override]
     base = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
-    # Their standard output is KerasTuner's alone (1.4.8 prints a conditional hyperparameter's value on every
+    # Their standard output is KerasTuner's alone (it prints a conditional hyperparameter's value on every
     # request); errors and progress lines are on standard error.
     chief = subprocess.Popen(command, env=dict(base, KERASTUNER_TUNER_ID="chief"), stdout=subprocess.DEVNULL)
     worker_command = command + (["--progress"] if show_progress else [])

@@ -8,8 +8,6 @@ import numpy as np
 from components.config import SpaceConfig
 from components.features.store import FeatureSet
 
-HP_NAMES = ("units", "dropout", "extra_units")  # every trial run logs all of them ("inactive" when unused)
-
 
 def feature_statistics(train: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and variance of the train split, with a variance floor.

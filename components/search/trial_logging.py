@@ -7,8 +7,9 @@ from typing import Callable
 import numpy as np
 from mlflow.entities import Metric, Param
 
-from components.search.space import HP_NAMES
-
+# The head's hyperparameters (components.search.space declares them): every trial run logs all of them as params
+# ("inactive" when unused), the search report's columns.
+HP_NAMES = ("units", "dropout", "extra_units")
 TrialProgress = Callable[[dict], None]
 
 

@@ -55,10 +55,12 @@ class ParentRun:
 
 
 class BayesianTuner(GroupedTrials, MlflowTrialLogging, kt.Tuner):
-    """KerasTuner's Bayesian optimisation with the acquisition scored over the whole (finite) space."""
+    """Bayesian optimisation with the acquisition scored over the whole (finite) space (GridBayesianOracle)."""
 
-    def __init__(self, hypermodel, objective, max_trials: int, seed: int, **kwargs):
-        oracle = GridBayesianOracle(objective=objective, max_trials=max_trials, seed=seed)
+    def __init__(self, hypermodel, objective, max_trials: int, seed: int, max_consecutive_failed_trials: int | None,
+                 **kwargs):
+        oracle = GridBayesianOracle(objective=objective, max_trials=max_trials, seed=seed,
+                                    max_consecutive_failed_trials=max_consecutive_failed_trials)
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
 
 
@@ -91,9 +93,10 @@ def check_compatible(train: FeatureSet, valid: FeatureSet) -> None:
 
 
 def make_tuner(config: Config, hypermodel: HeadHyperModel, project: str):
+    # No failure limit in the oracle: KerasTunerTrials counts failed trials and stops the search with a clear error.
     common = dict(objective=objective(config), executions_per_trial=config.tuner.executions_per_trial,
                   seed=config.tuner.seed, directory=str(config.tuner.directory), project_name=project,
-                  overwrite=False)
+                  overwrite=False, max_consecutive_failed_trials=None)
     resuming = (config.tuner.directory / project / "oracle.json").exists()
     try:
         if config.tuner.algorithm == "bayesian":
@@ -182,24 +185,17 @@ def run_trials(config: Config, train: FeatureSet, valid: FeatureSet, parent: Par
         finish_completed_trials(parent.client, parent.experiment_id, parent.run_id, tuner.oracle)
     # A distributed worker closes its own trials' runs on a stop; the search's run is its owner's to close.
     close = functools.partial(_record_stop, parent) if owner else tuner.close_own_trial_runs
-    try:
-        with closed_on_stop(close):
-            if distributed_role() == "chief":  # it only hands out trials: tuner.search starts its oracle server
-                tuner.search(verbose=0)
-            else:
-                space, standardised = config.space, [standardise(s.features, statistics) if statistics is not None
-                                                     else s.features for s in (train, valid)]
-                group = HeadGroup(config.tuner.parallel_heads, train.features.shape[1], train.num_classes,
-                                  max(space.units), max(space.extra_units, default=0), config.train.learning_rate,
-                                  config.train.batch_size)
-                tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
-                                     config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
-    except RuntimeError as exc:
-        if owner and "consecutive failures" in str(exc):
-            last = [line for line in str(exc).splitlines() if line.strip()][-1]
-            raise FFXError(f"tuning stopped: {str(exc).splitlines()[0]} Last error: {last.strip()} "
-                           "(each failed trial's error is in its MLflow run)") from None
-        raise
+    with closed_on_stop(close):
+        if distributed_role() == "chief":  # it only hands out trials: tuner.search starts its oracle server
+            tuner.search(verbose=0)
+        else:
+            space, standardised = config.space, [standardise(s.features, statistics) if statistics is not None
+                                                 else s.features for s in (train, valid)]
+            group = HeadGroup(config.tuner.parallel_heads, train.features.shape[1], train.num_classes,
+                              max(space.units), max(space.extra_units, default=0), config.train.learning_rate,
+                              config.train.batch_size)
+            tuner.search_grouped(group, (standardised[0], train.labels, standardised[1], valid.labels),
+                                 config.train.epochs, config.train.early_stopping_patience, config.tuner.seed)
     return tuner, statistics
 
 
@@ -229,9 +225,9 @@ def run_search(config: Config, train: FeatureSet, valid: FeatureSet,
         client.set_terminated(run_id, "FAILED")
         raise FFXError(f"tuning: no trial completed ({len(trials)} failed); see the trial runs in MLflow")
     best = completed[0]
-    # tuner.load_model would first clear the Keras session and run a full gc.collect(): 0.45 s of a re-run's 1.3.
+    # Built and loaded here: tuner.load_model would first clear the Keras session and run a full gc.collect().
     model = tuner.hypermodel.build(best.hyperparameters)
-    model.load_weights(tuner._get_checkpoint_fname(best.trial_id))
+    model.load_weights(tuner.head_weights_path(best.trial_id))
     if statistics is not None:
         model = with_standardisation(model, statistics)
     seconds = time.perf_counter() - started

@@ -126,8 +126,11 @@ def test_audit_is_logged_to_mlflow(faulty):
     client, experiment = setup_mlflow(config, create=False)
     (run, *_) = client.search_runs([experiment], "tags.ffx_kind = 'audit'")
     assert run.data.metrics["audit_leaks"] == lists["counts"]["leaks"]
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "audit")} == {
-        "audit/audit.json", "audit/audit.html"}
+    logged = {a.path for folder in (config.metrics.dir.name, config.reports.dir.name)
+              for a in client.list_artifacts(run.info.run_id, f"audit/{folder}")}
+    assert logged == {f"audit/{config.metrics.dir.name}/audit.json", f"audit/{config.reports.dir.name}/audit.json",
+                      f"audit/{config.reports.dir.name}/audit.html"}
+    assert run.data.metrics["audit_label_model_accuracy"] == lists["counts"]["label_model_accuracy"]
 
 
 @pytest.mark.parametrize("setting, key", [

@@ -67,7 +67,8 @@ class Audit:
         """The findings as JSON-ready lists, at most `listed` of each kind, each image with `shown` neighbours."""
         issues, position = self.label_issues, {int(r): i for i, r in enumerate(self.labelled)}
         labels = [dict(self._image(row, shown), likely=self.class_names[issues.likely[position[row]]],
-                       score=round(float(issues.scores[position[row]]), 4))
+                       score=round(float(issues.scores[position[row]]), 4),
+                       likely_probability=round(float(issues.pred_probs[position[row]].max()), 4))
                   for row in self.flagged_labels()[:listed]]
         outliers = [dict(self._image(row, shown), score=round(float(self.neighbours.outlier_scores[row]), 4))
                     for row in self.flagged_outliers()[:listed]]

@@ -233,4 +233,5 @@ def test_report_shows_given_and_likely_label_with_their_probabilities_surest_fir
                               dict(issue, path="b.jpg", score=0.3, likely_probability=0.7)]}
     page = write_audit_html(tmp_path / "audit.html", lists, tmp_path).read_text()
     assert "label_model_accuracy: <b>0.9</b>" in page
-    assert page.index("given cat (p 0.02) → likely dog (p 0.98)") < page.index("given cat (p 0.30) → likely dog (p 0.70)")
+    surest, next_one = "given cat (p 0.02) → likely dog (p 0.98)", "given cat (p 0.30) → likely dog (p 0.70)"
+    assert page.index(surest) < page.index(next_one)

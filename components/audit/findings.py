@@ -129,7 +129,8 @@ def audit_features(splits: dict[str, FeatureSet], settings: AuditConfig,
     x = to_space(space, pooled)
     labelled = np.flatnonzero(np.isin(names, LABELLED_SPLITS))
     # The label model reads the features the head search trains on, not the audit space.
-    label_issues = find_label_issues(features_all[labelled], labels_all[labelled], settings.folds, settings.label_method,
+    label_issues = find_label_issues(features_all[labelled], labels_all[labelled], settings.folds,
+                                     settings.label_method,
                                      settings.seed)
     neighbours = find_neighbour_issues(x, labels_all, settings.k, settings.duplicate_radius,
                                        settings.outlier_threshold)

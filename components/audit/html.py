@@ -70,7 +70,8 @@ def write_audit_html(path: Path, lists: dict, root: Path) -> Path:
              "<p>Nothing was moved or relabelled. <code>ffx audit --write-exclusions FILE</code> lists these images "
              "for <code>data.exclude</code>.</p>"]
     parts += _section("Label issues", "Given label vs the label a cross-validated model on the features expects "
-                      "(cleanlab), with each one's out-of-fold probability; surest first (lowest probability of the given label). Neighbours with their labels on the right.",
+                      "(cleanlab), with each one's out-of-fold probability; surest first (lowest probability of "
+                      "the given label). Neighbours with their labels on the right.",
                       [_row(i, root, f"given {i['label']} (p {i['score']:.2f}) → likely {i['likely']} "
                                    f"(p {i['likely_probability']:.2f})")
                        for i in lists["label_issues"]])

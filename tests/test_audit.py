@@ -126,8 +126,11 @@ def test_audit_is_logged_to_mlflow(faulty):
     client, experiment = setup_mlflow(config, create=False)
     (run, *_) = client.search_runs([experiment], "tags.ffx_kind = 'audit'")
     assert run.data.metrics["audit_leaks"] == lists["counts"]["leaks"]
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "audit")} == {
-        "audit/audit.json", "audit/audit.html"}
+    logged = {a.path for folder in (config.metrics.dir.name, config.reports.dir.name)
+              for a in client.list_artifacts(run.info.run_id, f"audit/{folder}")}
+    assert logged == {f"audit/{config.metrics.dir.name}/audit.json", f"audit/{config.reports.dir.name}/audit.json",
+                      f"audit/{config.reports.dir.name}/audit.html"}
+    assert run.data.metrics["audit_label_model_accuracy"] == lists["counts"]["label_model_accuracy"]
 
 
 @pytest.mark.parametrize("setting, key", [
@@ -205,3 +208,30 @@ def test_drift_is_the_share_of_a_folders_images_outside_the_training_features(fa
                      ["drift"] for name in ("alike", "unlike"))
     assert alike["images"] == unlike["images"] == 20 and "OutOfDistribution" in unlike["method"]
     assert alike["share"] <= 0.25 < 0.75 <= unlike["share"], (alike, unlike)
+
+
+def test_label_model_finds_flips_in_separable_features_and_reports_its_accuracy():
+    from components.audit.labels import find_label_issues
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    features = rng.normal(size=(200, 64)).astype(np.float32) + 3.0 * labels[:, None] * (np.arange(64) < 8)
+    flipped = rng.choice(200, 8, replace=False)
+    given = labels.copy()
+    given[flipped] = 1 - given[flipped]
+    issues = find_label_issues(features, given, 5, "prune_by_noise_rate", 0)
+    assert set(issues.ranked[:8].tolist()) == set(flipped.tolist())
+    assert issues.accuracy(given) == pytest.approx((issues.likely == given).mean()) and issues.accuracy(given) < 1
+
+
+def test_report_shows_given_and_likely_label_with_their_probabilities_surest_first(tmp_path):
+    from components.audit.html import write_audit_html
+
+    issue = {"path": "a.jpg", "split": "train", "label": "cat", "likely": "dog", "neighbours": []}
+    lists = {"counts": {"label_model_accuracy": 0.9}, "leaks": [], "near_duplicates": [], "outliers": [],
+             "label_issues": [dict(issue, score=0.02, likely_probability=0.98),
+                              dict(issue, path="b.jpg", score=0.3, likely_probability=0.7)]}
+    page = write_audit_html(tmp_path / "audit.html", lists, tmp_path).read_text()
+    assert "label_model_accuracy: <b>0.9</b>" in page
+    surest, next_one = "given cat (p 0.02) → likely dog (p 0.98)", "given cat (p 0.30) → likely dog (p 0.70)"
+    assert page.index(surest) < page.index(next_one)

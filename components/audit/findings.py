@@ -49,7 +49,8 @@ class Audit:
 
     def counts(self) -> dict:
         counts = {"images": len(self.paths), "label_issues": len(self.flagged_labels()), "leaks": len(self.leaks()),
-                  "near_duplicates": len(self.duplicates()), "outliers": len(self.flagged_outliers())}
+                  "near_duplicates": len(self.duplicates()), "outliers": len(self.flagged_outliers()),
+                  "label_model_accuracy": round(self.label_issues.accuracy(self.labels[self.labelled]), 4)}
         if self.drift:
             counts.update(drift_images=self.drift.count, drift_outside=self.drift.outside,
                           drift_share=round(self.drift.share, 4))
@@ -66,7 +67,8 @@ class Audit:
         """The findings as JSON-ready lists, at most `listed` of each kind, each image with `shown` neighbours."""
         issues, position = self.label_issues, {int(r): i for i, r in enumerate(self.labelled)}
         labels = [dict(self._image(row, shown), likely=self.class_names[issues.likely[position[row]]],
-                       score=round(float(issues.scores[position[row]]), 4))
+                       score=round(float(issues.scores[position[row]]), 4),
+                       likely_probability=round(float(issues.pred_probs[position[row]].max()), 4))
                   for row in self.flagged_labels()[:listed]]
         outliers = [dict(self._image(row, shown), score=round(float(self.neighbours.outlier_scores[row]), 4))
                     for row in self.flagged_outliers()[:listed]]
@@ -120,12 +122,15 @@ def audit_features(splits: dict[str, FeatureSet], settings: AuditConfig,
         blocks.append(features.features[:n])
     labels_all = np.concatenate(labels)
     attrs = splits["train"].attrs
-    pooled = spatially_pooled(np.concatenate(blocks), attrs["feature_shape"], attrs["pooling"])
+    features_all = np.concatenate(blocks)
+    pooled = spatially_pooled(features_all, attrs["feature_shape"], attrs["pooling"])
     n_train = image_rows(splits["train"])  # train comes first in `splits`: its rows lead
     space = fit_space(pooled[:n_train], settings.components, settings.seed)
     x = to_space(space, pooled)
     labelled = np.flatnonzero(np.isin(names, LABELLED_SPLITS))
-    label_issues = find_label_issues(x[labelled], labels_all[labelled], settings.folds, settings.label_method,
+    # The label model reads the features the head search trains on, not the audit space.
+    label_issues = find_label_issues(features_all[labelled], labels_all[labelled], settings.folds,
+                                     settings.label_method,
                                      settings.seed)
     neighbours = find_neighbour_issues(x, labels_all, settings.k, settings.duplicate_radius,
                                        settings.outlier_threshold)

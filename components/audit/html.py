@@ -13,7 +13,9 @@ THUMBNAIL = 96  # pixels, the longer side
 
 STYLE = """body{font-family:sans-serif;margin:1.5em}h2{margin-top:1.5em}table{border-collapse:collapse}
 td{border-top:1px solid #ddd;padding:6px;vertical-align:top;font-size:12px}figure{display:inline-block;margin:0 6px;
-text-align:center;max-width:120px;word-break:break-all}img{display:block;margin:auto}.suspect{background:#fff4f0}"""
+text-align:center;width:120px;vertical-align:top}img{display:block;margin:auto;height:96px;object-fit:contain}
+figcaption{margin-top:4px}.path{display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.suspect{background:#fff4f0}"""
 
 
 def thumbnail_uri(path: Path) -> str:
@@ -32,7 +34,9 @@ def thumbnail_uri(path: Path) -> str:
 def _figure(image: dict, root: Path, caption: str, suspect: bool = False) -> str:
     uri = thumbnail_uri(root / image["path"])
     picture = f'<img src="{uri}" alt="{html.escape(image["path"])}">' if uri else "(unreadable)"
-    return (f'<figure class="{"suspect" if suspect else ""}">{picture}<figcaption>{html.escape(image["path"])}<br>'
+    name = html.escape(image["path"])
+    return (f'<figure class="{"suspect" if suspect else ""}">{picture}<figcaption>'
+            f'<span class="path" title="{name}">{name}</span>'
             f'{html.escape(caption)}</figcaption></figure>')
 
 
@@ -66,8 +70,10 @@ def write_audit_html(path: Path, lists: dict, root: Path) -> Path:
              "<p>Nothing was moved or relabelled. <code>ffx audit --write-exclusions FILE</code> lists these images "
              "for <code>data.exclude</code>.</p>"]
     parts += _section("Label issues", "Given label vs the label a cross-validated model on the features expects "
-                      "(cleanlab); worst first. Neighbours with their labels on the right.",
-                      [_row(i, root, f"given {i['label']} → likely {i['likely']} · {i['score']:.3f}")
+                      "(cleanlab), with each one's out-of-fold probability; surest first (lowest probability of "
+                      "the given label). Neighbours with their labels on the right.",
+                      [_row(i, root, f"given {i['label']} (p {i['score']:.2f}) → likely {i['likely']} "
+                                   f"(p {i['likely_probability']:.2f})")
                        for i in lists["label_issues"]])
     pair_rows = [_pair(p, root, lambda image: f"{image['split']} · {image['label']}") for p in lists["leaks"]]
     parts += _section("Leaks: near-duplicates across splits", "A test image with a near-copy in train or valid makes "

@@ -1,14 +1,11 @@
 """The space the audit works in, fitted on the train split:
 
 1. flatten features (the recipe's 4x4x512) averaged over their spatial positions: a small crop or shift moves an
-   image's content from one cell of the grid to the next, which changes the flattened vector but not the average
-   (on the face data this put the blank and noise frames at outlier ranks 0-2 instead of 0, 5 and 15, and made the
-   projection below nine times faster);
+   image's content from one cell of the grid to the next, which changes the flattened vector but not the average,
+   so odd frames stand out as outliers, and the projection below is faster;
 2. scaled to unit length, then truncated SVD (no centring) to `components` dimensions: cosine distances there
    approximate the backbone's own, and the neighbour searches stay fast. Standardising instead blew rarely active
-   features up into noise: on generated data it hid blank frames among ordinary images.
-
-The logistic regression that judges labels reads the same coordinates standardised (train.normalize's rule)."""
+   features up into noise, which hides blank frames among ordinary images."""
 from __future__ import annotations
 
 import numpy as np

@@ -61,8 +61,8 @@ def log_audit(config: Config, audit: Audit, files: list[Path]) -> str:
         client.log_param(run_id, f"audit.{key}", value)
     for key, value in audit.counts().items():
         client.log_metric(run_id, f"audit_{key}", value)
-    for path in files:
-        client.log_artifact(run_id, str(path), "audit")
+    for path in files:  # metrics/audit.json and reports/audit.json share a name: one folder each
+        client.log_artifact(run_id, str(path), f"audit/{path.parent.name}")
     client.set_terminated(run_id)
     return run_id
 

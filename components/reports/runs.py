@@ -63,7 +63,7 @@ def metric_histories(client, run_id: str) -> dict[str, list[float]]:
 
 
 def param_names(trials: list[Trial]) -> list[str]:
-    """Hyperparameter columns: every trial logs the same names (components.hypermodel.HP_NAMES), read from the runs
+    """Hyperparameter columns: every trial logs the same names (components.search.space.HP_NAMES), read from the runs
     so that `ffx runs` need not import Keras."""
     return sorted({k for t in trials for k in t.params})
 

@@ -9,6 +9,7 @@ import numpy as np
 from components.config import FLIPPED_SUFFIX, Config
 from components.errors import FFXError
 from components.features.identity import load_split_features, valid_parts
+from components.features.mlflow_datasets import feature_datasets
 from components.files import write_json_atomic
 from components.finetune.boundary import load_boundary_features
 from components.finetune.decision import (
@@ -31,7 +32,7 @@ from components.model.comparison import ComparisonImages
 from components.model.registry import Registration, register_classifier
 from components.reports.evaluation_plots import write_evaluation_plots
 from components.reports.model_card import read_audit_counts, stale_artifacts, write_model_card
-from components.tracking import feature_datasets, setup_mlflow
+from components.tracking import setup_mlflow
 
 PREDICTIONS_FILE = "test_predictions.csv"
 ROC_FILE = "roc.csv"

@@ -1,4 +1,17 @@
 """Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc`, then each exception it was raised from or while handling, each once: what a library that wraps an
+    error in its own exception keeps of the original."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        yield exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
 
 
 class FFXError(Exception):

@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from components.errors import DiskFullError, FFXError, LockedError
+from components.errors import DiskFullError, FFXError, LockedError, exception_chain
 
 # No space, over quota, over the file size limit (RLIMIT_FSIZE): the machine's fault, not the data's.
 DISK_FULL_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -35,13 +35,7 @@ def disk_full_errno(exc: BaseException) -> int | None:
 def find_disk_full(exc: BaseException) -> OSError | RuntimeError | None:
     """The out-of-space error behind `exc`: itself or one it was raised from or while handling (a library that
     wraps the OSError in its own exception), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if disk_full_errno(exc) is not None:
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((link for link in exception_chain(exc) if disk_full_errno(link) is not None), None)
 
 
 def user_error(exc: BaseException) -> FFXError | None:
@@ -88,11 +82,13 @@ def disk_full_as_error(path: Path, needed: int | None = None):
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """A temporary path beside `path`, with its suffix, to write to; renamed over `path` when the block succeeds,
-    so that a kill never leaves a truncated file."""
+    """A temporary path beside `path` to write to, renamed over `path` when the block succeeds, so that a kill never
+    leaves a truncated file. It ends as `path` does, every suffix kept (`.weights.h5`, `.keras`): writers such as
+    Keras choose the format by the name's ending."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    suffixes = "".join(path.suffixes)
+    tmp = path.with_name(f".{path.name.removesuffix(suffixes)}.{os.getpid()}.tmp{suffixes}")
     try:
         with disk_full_as_error(path):
             yield tmp

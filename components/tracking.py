@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from components.config import Config
-from components.errors import FFXError
+from components.errors import FFXError, exception_chain
+from components.migrations import tag_untagged_experiment
 
 SERVER_TIMEOUT_S = 5
 RETRY_EVERY_S = 5  # between tries of a request to a tracking server that does not answer
@@ -17,7 +18,7 @@ SQLITE = "sqlite:///"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the MLflow UI reads to open an experiment on its runs
 EXPERIMENT_KIND = "custom_model_development"
 BACKBONES_SUFFIX = "-backbones"                # the experiment holding the shared backbone weights' runs
-DIGEST_CHARS = 16   # of a feature file's content key, as its MLflow dataset digest (MLflow keeps up to 36)
+GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's answer for the stopped server behind it
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -31,26 +32,36 @@ def tracking_uri(config: Config) -> str:
     return SQLITE + str(config.root / path) if path and not path.is_absolute() else config.mlflow.tracking_uri
 
 
-def check_tracking_server(config: Config) -> None:
-    """Fail fast when an http(s) tracking server does not answer (MLflow itself retries for minutes); called before
-    extraction too, so a dead server is found before an hour of backbone work, not after. Local stores pass."""
+def is_http(uri: str) -> bool:
+    """A tracking server's address (http or https), not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def unanswered(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer its /health now (refused, timed out, or the 5xx of a proxy
+    in front of a stopped server), or None when it answers. Any answer under 500 counts (a login or a proxy path in
+    front of MLflow): the server is there."""
     import urllib.error
     import urllib.request
 
-    uri = tracking_uri(config)
-    if not uri.startswith(("http://", "https://")):
-        return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
-        return
+        return None
     except urllib.error.HTTPError as exc:
-        if exc.code < 500:
-            return  # it answered (a login or a proxy path in front of MLflow): reachable
-        reason = f"HTTP {exc.code} {exc.reason}"
+        return None if exc.code < 500 else f"HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError) as exc:
-        reason = str(getattr(exc, "reason", exc))
-    raise FFXError(f"mlflow.tracking_uri: {uri} does not answer ({reason}); start the server "
-                   "(mlflow server --host HOST --port PORT) or set mlflow.tracking_uri: sqlite:///mlruns/mlflow.db")
+        return str(getattr(exc, "reason", exc))
+
+
+def check_tracking_server(config: Config) -> None:
+    """Fail fast when an http(s) tracking server does not answer (MLflow itself retries for minutes); called before
+    extraction too, so a dead server is found before an hour of backbone work, not after. Local stores pass."""
+    uri = tracking_uri(config)
+    reason = unanswered(uri) if is_http(uri) else None
+    if reason is not None:
+        raise FFXError(f"mlflow.tracking_uri: {uri} does not answer ({reason}); start the server "
+                       "(mlflow server --host HOST --port PORT) or set mlflow.tracking_uri: "
+                       "sqlite:///mlruns/mlflow.db")
 
 
 def setup_mlflow(config: Config, create: bool = True):
@@ -69,7 +80,7 @@ def setup_mlflow(config: Config, create: bool = True):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    if uri.startswith(("http://", "https://")):
+    if is_http(uri):
         client = PatientClient(client, uri, config.mlflow.wait_for_server_s)
     return client, _experiment(config, client, config.mlflow.experiment, create)
 
@@ -90,41 +101,11 @@ def _experiment(config: Config, client, name: str, create: bool) -> str:
                            "run `ffx tune` first")
         location = config.mlflow.artifact_location
         location.mkdir(parents=True, exist_ok=True)
-        experiment_id = client.create_experiment(name, artifact_location=location.as_uri(),
-                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-        return experiment_id
-    if create and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before the tag
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=location.as_uri(),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if create:
+        tag_untagged_experiment(client, experiment, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
-
-
-def feature_datasets(data_root: Path, splits: dict) -> list:
-    """Each split's feature file (a FeatureSet by split name) as an MLflow dataset input, for
-    `client.log_inputs(run_id, datasets=...)`: the Runs table's Dataset column then says what a run saw. Name = the
-    split, digest = the file's content key, source = the image folder it was made from, schema and profile (rows,
-    feature shape, class counts): only this metadata goes to MLflow, not the features."""
-    import json
-
-    import numpy as np
-    from mlflow.data.schema import TensorDatasetSchema
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.types import Schema, TensorSpec
-
-    inputs = []
-    for split, features in splits.items():
-        shape = list(features.features.shape[1:])
-        schema = TensorDatasetSchema(features=Schema([TensorSpec(np.dtype("float32"), (-1, *shape), "features")]),
-                                     targets=Schema([TensorSpec(np.dtype("int64"), (-1,), "label")]))
-        counts = np.bincount(features.labels, minlength=len(features.class_names)).tolist()
-        profile = {"rows": len(features.labels), "feature_shape": shape, "features_key": features.attrs["key"],
-                   "classes": dict(zip(features.class_names, counts))}
-        # The image folder: test_flip.h5 is made from test/ (MLflow's "local" source, a JSON {"uri": ...}).
-        folder = Path(data_root) / str(features.attrs.get("split", split))
-        dataset = Dataset(name=split, digest=features.attrs["key"][:DIGEST_CHARS], source_type="local",
-                          source=json.dumps({"uri": str(folder)}), schema=json.dumps(schema.to_dict()),
-                          profile=json.dumps(profile))
-        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split)]))
-    return inputs
 
 
 class ServerUnavailableError(FFXError):
@@ -132,23 +113,25 @@ class ServerUnavailableError(FFXError):
     clean-up that would record the stop is skipped too (the next run closes what this one left open)."""
 
 
-def server_unreachable(exc: BaseException) -> bool:
-    """The request found no server (refused, reset, timed out, or cut off mid-answer by a server that stopped), as
-    MLflow reports it after its own retries: the requests error it wraps, or the HTTP 502-504 of a proxy in front of
-    a stopped server."""
+def server_unreachable(exc: BaseException, uri: str) -> bool:
+    """The request to the tracking server at `uri` found no server, as MLflow reports it after its own retries: a
+    requests error in `exc`'s chain that says so (refused, reset, timed out, cut off mid-answer by a server that
+    stopped, retries run out on a proxy's 5xx), or a gateway status (502-504) on an HTTP error's response. An MLflow
+    error that kept no chain (its parallel artifact downloads join their failures into one message) is judged by
+    asking the server itself; an error the server sent (RestException) is its answer."""
     import requests
+    from mlflow.exceptions import MlflowException, RestException
 
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                            requests.exceptions.RetryError, requests.exceptions.ChunkedEncodingError)):
+    no_server = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError,
+                 requests.exceptions.ChunkedEncodingError)
+    for link in exception_chain(exc):
+        if isinstance(link, no_server):
             return True
-        if any(code in str(exc) for code in ("Max retries exceeded", "status code 502", "status code 503",
-                                             "status code 504")):
+        response = getattr(link, "response", None) if isinstance(link, requests.exceptions.HTTPError) else None
+        if response is not None and response.status_code in GATEWAY_STATUSES:
             return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return (isinstance(exc, MlflowException) and not isinstance(exc, RestException) and is_http(uri)
+            and unanswered(uri) is not None)
 
 
 class PatientClient:
@@ -186,7 +169,7 @@ class PatientClient:
             try:
                 result = method(*args, **kwargs)
             except Exception as exc:
-                if not server_unreachable(exc):
+                if not server_unreachable(exc, self._uri):
                     raise
                 now = time.monotonic()
                 if started is None:
@@ -252,7 +235,8 @@ def server_stop_as_error(config: Config, command: str):
     try:
         yield
     except Exception as exc:
-        if not server_unreachable(exc):
+        uri = tracking_uri(config)
+        if not server_unreachable(exc, uri):
             raise
-        raise ServerUnavailableError(f"mlflow.tracking_uri: {tracking_uri(config)} stopped answering; start it again "
+        raise ServerUnavailableError(f"mlflow.tracking_uri: {uri} stopped answering; start it again "
                                      f"and run `{command}` again") from None

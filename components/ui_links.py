@@ -9,7 +9,7 @@ import json
 import urllib.parse
 
 from components.config import Config
-from components.tracking import tracking_uri
+from components.tracking import is_http, tracking_uri
 
 LOCAL_UI = "http://127.0.0.1:5000"   # where `mlflow ui` listens by default, for a local (SQLite) store
 MODEL_TRAINING = "workflowType=machine_learning"
@@ -18,7 +18,7 @@ MODEL_TRAINING = "workflowType=machine_learning"
 def ui_address(config: Config) -> str:
     """The MLflow UI's address: the tracking server's for an http(s) store, `mlflow ui`'s default otherwise."""
     uri = tracking_uri(config)
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return uri.rstrip("/") if is_http(uri) else LOCAL_UI
 
 
 def experiment_link(config: Config, experiment_id: str) -> str:

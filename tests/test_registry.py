@@ -11,7 +11,7 @@ from components.config import load_config
 from components.errors import FFXError
 from components.features.identity import load_split_features, valid_parts
 from components.features.store import read_features
-from components.model.backbone_weights import WEIGHTS_KIND, share_backbone_weights
+from components.model.backbone_weights import WEIGHTS_KIND
 from components.model.comparison import ComparisonImages
 from components.model.head_file import head_paths, load_head
 from components.model.registry import register_classifier
@@ -39,7 +39,7 @@ def _register(config, tiny_run, images: ComparisonImages | None = None, head_fil
     _, metadata = load_head(head_file)
     metadata["search"].update(parent_run_id=run_id)
     test = read_features(tiny_run.config.features.path("test"))
-    return register_classifier(config, head_file, metadata, {"accuracy": 0.5, "loss": 0.5},
+    return register_classifier(config, client, experiment_id, head_file, metadata, {"accuracy": 0.5, "loss": 0.5},
                                tiny_run.config.data.root / test.paths[0], images or _held_out(tiny_run))
 
 
@@ -157,11 +157,10 @@ def test_every_version_refers_to_one_shared_copy_of_the_backbone_weights(tmp_pat
         assert sum(f.stat().st_size for f in source.rglob("*") if f.is_file()) < 5_000_000
 
 
-def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_version_loads(tmp_path, tiny_run,
-                                                                                          monkeypatch):
-    """Stores from before the backbones had an experiment of their own: their weights run sits among the searches,
-    and a new version still shares it (by its runs:/ URI) instead of logging a second copy. Loading it leaves no
-    copy of the weights behind (one per load filled a disk)."""
+def test_a_registered_version_loads_and_leaves_no_copy_of_the_backbone_weights_behind(tmp_path, tiny_run,
+                                                                                      monkeypatch):
+    """Loading a version fetches the shared weights into a temporary folder it removes (a copy per load would fill
+    a disk)."""
     import tempfile
 
     import numpy as np
@@ -170,13 +169,8 @@ def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_vers
     from components.model.registry import load_registered_classifier
 
     config = _store(tmp_path, tiny_run)
-    client, experiment_id = setup_mlflow(config)
-    _, metadata = load_head(head_paths(tiny_run.config)[0])
-    earlier = share_backbone_weights(config.root, client, experiment_id, metadata)  # where they used to be logged
     version = _register(config, tiny_run).version
     name = config.mlflow.registered_model
-    assert client.get_model_version(name, version).tags["backbone_weights"] == earlier["uri"]
-    assert not client.search_runs([backbones_experiment(config, client)], f"tags.ffx_kind = '{WEIGHTS_KIND}'")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where MLflow and ffx put their temporary copies
@@ -185,3 +179,30 @@ def test_weights_logged_in_the_project_experiment_before_are_reused_and_the_vers
     image = tiny_run.config.data.root / read_features(tiny_run.config.features.path("test")).paths[0]
     (probability,) = model.predict(pd.DataFrame({"path": [str(image)]}))["probability"]
     assert 0.0 <= probability <= 1.0 and np.isfinite(probability)
+
+
+def _calls_of(function_name: str, files: set[str]) -> list[str]:
+    """`file:function` for each call of `function_name` in `files`, by the function it is made in."""
+    import ast
+
+    from conftest import REPO
+
+    calls = []
+    for file in sorted(f for f in files if f.endswith(".py")):
+        for function in ast.walk(ast.parse((REPO / file).read_text())):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                calls += [f"{file}:{function.name}" for node in ast.walk(function)
+                          if isinstance(node, ast.Call) and getattr(node.func, "id", None) == function_name]
+    return calls
+
+
+def test_evaluate_sets_up_mlflow_once_and_hands_the_client_and_experiment_on():
+    """setup_mlflow sets process-wide URIs: the evaluate stage calls it once, and the model card and the
+    registration take the client and the experiment it returned. Only loading a version by itself (`ffx predict`)
+    sets the store up on its own, and registration does not go through it."""
+    from import_graph import closure_files
+
+    calls = _calls_of("setup_mlflow", closure_files(["components.stages.evaluate"]))
+    assert sorted(calls) == ["components/model/registry.py:load_registered_classifier",
+                             "components/stages/evaluate.py:evaluate_stage"]
+    assert not _calls_of("load_registered_classifier", {"components/model/registry.py"})

@@ -141,7 +141,7 @@ def test_registered_model_is_loaded_in_safe_mode(project):
     image = next((project / "data" / "test" / "blue").glob("*.jpg"))
     images = ComparisonImages("test", [image], np.array([0]), metadata["class_names"], "one image")
     with pytest.raises(UnsafeModelError, match="head.keras: refused"):
-        register_classifier(config, head_file, metadata, {"accuracy": 0.5}, image, images)
+        register_classifier(config, client, experiment_id, head_file, metadata, {"accuracy": 0.5}, image, images)
     with pytest.raises(UnsafeModelError, match="head.keras: refused"):
         load_classifier(config, f"models:/{config.mlflow.registered_model}/1")
 

@@ -97,3 +97,24 @@ def test_dvc_plots_show_writes_html_with_confusion_matrix_and_roc(tiny_run, tmp_
         assert f"reports/evaluation/{name}" in html
         assert (project / "plots_html" / "static" / f"workspace_reports_evaluation_{name}").is_file()
     assert "reports/search/parallel_coordinates.png" in html
+
+
+def test_the_model_card_is_written_from_what_the_stage_hands_it_without_reaching_mlflow(tiny_run, tmp_path):
+    """The card takes the search's experiment id for its MLflow links: writing it asks no tracking store (here one
+    that does not answer), so a card can be written where MLflow is not set up."""
+    from conftest import free_port
+
+    from components.config import load_config
+    from components.features.store import read_features
+    from components.model.head_file import head_paths, load_head
+    from components.model.metrics import evaluate_head
+    from components.reports.model_card import write_model_card
+
+    config = load_config(tiny_run.config.source, [f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}",
+                                                  f"reports.dir={tmp_path / 'reports'}"])
+    model, metadata = load_head(head_paths(config)[0])
+    test = read_features(config.features.path("test"))
+    metrics, probabilities = evaluate_head(model, test)
+    card = write_model_card(config, "42", metadata, metrics, test, probabilities, "ffx evaluate")
+    assert card == tmp_path / "reports" / "model_card.md"
+    assert "/#/experiments/42?workflowType=machine_learning" in card.read_text()

@@ -17,20 +17,17 @@ from components.files import content_key, file_digest
 WEIGHTS_KIND = "backbone-weights"     # ffx_kind tag of the runs holding shared backbone weights
 
 
-def share_backbone_weights(root: Path, client, experiment_id: str, metadata: dict,
-                           earlier_experiment_ids: tuple[str, ...] = ()) -> dict:
-    """The URI, SHA-256 and size of the backbone's weights in the tracking store, logged on first use in
-    `experiment_id`; weights logged before in `earlier_experiment_ids` (the project's own experiment, where they
-    lived until they got one of their own) are found and shared too.
+def share_backbone_weights(root: Path, client, experiment_id: str, metadata: dict) -> dict:
+    """The URI, SHA-256 and size of the backbone's weights in the tracking store, logged in `experiment_id` on first
+    use.
 
     Keyed by architecture and weights identity (not input size, pooling, layer or precision, which change how
     the weights are used, not what they are), so every model of that backbone shares the one copy.
     """
     spec = metadata["backbone"]
     key = content_key([spec["name"], metadata["weights_id"]])[:16]
-    found = client.search_runs([experiment_id, *earlier_experiment_ids],
-                               f"tags.ffx_kind = '{WEIGHTS_KIND}' and tags.ffx_weights_key = '{key}' "
-                               "and attributes.status = 'FINISHED'", max_results=1)
+    query = f"tags.ffx_kind = '{WEIGHTS_KIND}' and tags.ffx_weights_key = '{key}' and attributes.status = 'FINISHED'"
+    found = client.search_runs([experiment_id], query, max_results=1)
     if found:
         tags = found[0].data.tags
         return {"uri": tags["ffx_weights_uri"], "sha256": tags["ffx_weights_sha256"],
@@ -56,8 +53,8 @@ def share_backbone_weights(root: Path, client, experiment_id: str, metadata: dic
 @contextlib.contextmanager
 def fetched_backbone_weights(weights: dict):
     """The shared weights file on this machine, checked by SHA-256, for the block that loads it: MLflow copies an
-    artifact out of any store, local ones included, and a copy left behind per model load filled the disk (80 MB
-    for VGG19 each time), so it goes into a temporary folder removed when the block ends."""
+    artifact out of any store, local ones included: the copy goes into a temporary folder removed when the block
+    ends, so that every model load does not leave tens of MB behind."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

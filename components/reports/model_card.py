@@ -14,7 +14,7 @@ from components.features.identity import features_content_key
 from components.features.store import FeatureSet, split_summary
 from components.files import file_digest, write_text_atomic
 from components.model.metrics import roc_auc, wilson_interval
-from components.tracking import git_commit, setup_mlflow
+from components.tracking import git_commit
 from components.ui_links import experiment_link, run_link
 
 MODEL_CARD_FILE = "model_card.md"
@@ -115,14 +115,14 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def write_model_card(config: Config, metadata: dict, metrics: dict, test: FeatureSet, probabilities: np.ndarray,
-                     command: str) -> Path:
-    """reports/model_card.md: data, model, search, test metrics with 95% intervals, limits, reproduction."""
+def write_model_card(config: Config, experiment_id: str, metadata: dict, metrics: dict, test: FeatureSet,
+                     probabilities: np.ndarray, command: str) -> Path:
+    """reports/model_card.md: data, model, search, test metrics with 95% intervals, limits, reproduction.
+    `experiment_id`: the search's MLflow experiment, for the links into the MLflow UI."""
     splits = {name: split_summary(config.features.path(name)) for name in ("train", "valid", "test")}
     names = metadata["class_names"]
     search = metadata.get("search", {})
     backbone = metadata.get("backbone", {})
-    _, experiment_id = setup_mlflow(config, create=False)  # the search's experiment, for the MLflow UI links
     correct = int(round(metrics["accuracy"] * metrics["count"]))
     low, high = wilson_interval(correct, metrics["count"])
 

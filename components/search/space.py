@@ -23,7 +23,7 @@ def feature_statistics(train: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 class HeadHyperModel(kt.HyperModel):
-    """The head's search space. Heads train on standardised features in a HeadGroup (components.head_group);
+    """The head's search space. Heads train on standardised features in a HeadGroup (components.search.head_group);
     `with_standardisation` puts the statistics back in front of the chosen head, so that the saved model takes
     raw features."""
 

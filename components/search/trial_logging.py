@@ -23,7 +23,7 @@ class MlflowTrialLogging:
 
     def attach_mlflow(self, client, experiment_id: str, parent_run_id: str, progress: TrialProgress | None,
                       datasets: list = ()):
-        """`datasets`: MLflow dataset inputs (tracking.feature_datasets) each trial run logs, its train and valid."""
+        """`datasets`: MLflow dataset inputs (mlflow_datasets.feature_datasets) each trial run logs: train, valid."""
         self._client = client
         self._datasets = list(datasets)
         self._experiment_id = experiment_id

@@ -16,6 +16,7 @@ from mlflow.entities import Param
 from components.config import Config, lower_is_better, minimised
 from components.errors import FFXError
 from components.features.backbone import check_same_identity
+from components.features.mlflow_datasets import feature_datasets
 from components.features.store import FeatureSet
 from components.files import content_key
 from components.search.distributed import distributed_role, run_tuner_processes
@@ -29,7 +30,7 @@ from components.search.trial_logging import (
     close_open_trials,
     finish_completed_trials,
 )
-from components.tracking import closed_on_stop, feature_datasets, git_commit, setup_mlflow
+from components.tracking import closed_on_stop, git_commit, setup_mlflow
 
 SearchStarted = Callable[[str, str], None]  # (experiment id, parent run id)
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it

@@ -9,6 +9,7 @@ import numpy as np
 from components.config import FLIPPED_SUFFIX, Config
 from components.errors import FFXError
 from components.features.identity import load_split_features, valid_parts
+from components.features.mlflow_datasets import feature_datasets
 from components.files import write_json_atomic
 from components.finetune.boundary import load_boundary_features
 from components.finetune.decision import (
@@ -31,7 +32,7 @@ from components.model.comparison import ComparisonImages
 from components.model.registry import Registration, register_classifier
 from components.reports.evaluation_plots import write_evaluation_plots
 from components.reports.model_card import read_audit_counts, stale_artifacts, write_model_card
-from components.tracking import feature_datasets, setup_mlflow
+from components.tracking import setup_mlflow
 
 PREDICTIONS_FILE = "test_predictions.csv"
 ROC_FILE = "roc.csv"
@@ -65,12 +66,13 @@ def evaluate_stage(config: Config, command: str = "ffx evaluate") -> EvaluationR
     write_predictions_csv(predictions, test, probabilities)
     write_roc_csv(roc, test, probabilities)
     figures = write_evaluation_plots(config, test, probabilities, metrics)
-    card = write_model_card(config, metadata, metrics, test, probabilities, command)
-    registration = register_classifier(config, head_file, metadata, metrics,
+    client, experiment_id = setup_mlflow(config, create=False)  # the search's store and experiment, made by tune
+    card = write_model_card(config, experiment_id, metadata, metrics, test, probabilities, command)
+    registration = register_classifier(config, client, experiment_id, head_file, metadata, metrics,
                                        example_image=config.data.root / test.paths[0],
                                        images=_comparison_images(config, test),
                                        artifacts=[predictions, roc, *figures, card])
-    client, _ = setup_mlflow(config)  # the evaluation's run (the search's): the test features it was scored on
+    # The evaluation's run (the search's): the test features it was scored on
     scored = {"test": test} | ({"test" + FLIPPED_SUFFIX: flipped} if flipped is not None else {})
     client.log_inputs(registration.run_id, datasets=feature_datasets(config.data.root, scored))
     stale = stale_artifacts(config) + _stale_decision(config, head_file)

@@ -179,22 +179,11 @@ class FinetuneConfig(Section):  # the finetune stage: the top of the backbone tr
     enabled: bool
     boundary: Text  # auto: per architecture (components.finetune.boundary.DEFAULT_BOUNDARIES), checked at the stage
     epochs: Positive
-    optimizer: Literal["rmsprop", "sgd"]
-    momentum: Annotated[float, Field(ge=0, lt=1)]  # sgd's
-    learning_rate: Annotated[float, Field(gt=0)]  # the peak, reached at the end of the warm-up
-    warmup_epochs: AtLeast0
-    schedule: Literal["cosine", "constant"]  # after the warm-up
+    learning_rate: Annotated[float, Field(gt=0)]  # RMSprop's, constant
     ema_momentum: Annotated[float, Field(ge=0, lt=1)]  # 0: off
     batch_size: Positive
     early_stopping_patience: AtLeast0
     directory: ProjectPath  # per-epoch checkpoints: a killed run resumes from its last epoch
-
-    @model_validator(mode="after")
-    def _warmup_within_the_epochs(self) -> FinetuneConfig:
-        if self.warmup_epochs >= self.epochs:
-            raise ConfigError(f"params: 'finetune.warmup_epochs: {self.warmup_epochs}' leaves no epoch after the "
-                              f"warm-up; set it under finetune.epochs ({self.epochs})")
-        return self
 
 
 class SpaceConfig(Section):

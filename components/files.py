@@ -88,11 +88,12 @@ def disk_full_as_error(path: Path, needed: int | None = None):
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """A temporary path beside `path`, with its suffix, to write to; renamed over `path` when the block succeeds,
-    so that a kill never leaves a truncated file."""
+    """A temporary path beside `path`, ending as it does (every suffix: Keras wants `.weights.h5`), to write to;
+    renamed over `path` when the block succeeds, so that a kill never leaves a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    suffixes = "".join(path.suffixes)
+    tmp = path.with_name(f".{path.name.removesuffix(suffixes)}.{os.getpid()}.tmp{suffixes}")
     try:
         with disk_full_as_error(path):
             yield tmp

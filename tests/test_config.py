@@ -56,11 +56,6 @@ def test_overrides_apply_and_are_checked(tmp_path):
         load_config(_write(tmp_path, "{}"), ["tuner.nope=1"])
 
 
-def test_a_warm_up_as_long_as_the_training_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"'finetune.warmup_epochs: 4' leaves no epoch after the warm-up.*\(4\)"):
-        load_config(_write(tmp_path, "finetune: {epochs: 4, warmup_epochs: 4}\n"))
-
-
 def test_missing_params_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="params file not found"):
         load_config(tmp_path / "absent.yaml")

@@ -92,11 +92,10 @@ def extract(work: Path, data: Path, weights: str, grid: Grid) -> dict:
 
 def pooled(features, pooling: str, shape: tuple[int, ...]):
     """The same FeatureSet with `backbone.pooling` applied to its flattened maps; its key names the pooling."""
-    from components.features.backbone import pool_feature_map
+    from components.features.backbone import pooled_again
 
-    maps = features.features.reshape((-1, *shape))
     attrs = dict(features.attrs, pooling=pooling, key=f"{features.attrs['key']}-{pooling}")
-    return dataclasses.replace(features, features=pool_feature_map(maps, pooling), attrs=attrs)
+    return dataclasses.replace(features, features=pooled_again(features.features, shape, pooling), attrs=attrs)
 
 
 def run_cell(work: Path, data: Path, weights: str, pooling: str, copies: int, seed: int, grid: Grid) -> dict:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from components.config import AugmentConfig, load_config
-from components.data.augment import FLIP, View, augmented_views, row_key
+from components.data.augment import FLIP, View, augmented_views, mirrored, row_key
 from components.errors import ConfigError, FFXError
 from components.features.identity import load_split_features
 from components.features.store import read_features
@@ -28,6 +28,12 @@ def test_views_are_decided_by_image_content_seed_and_copy():
     assert views != augmented_views("ab" * 20, _augment(seed=1))
     assert all(0.9 <= v.crop <= 1 and abs(v.brightness) <= 0.1 and 0.9 <= v.contrast <= 1.1 for v in views)
     assert not any(v.flip for v in augmented_views("ab" * 20, _augment(copies=8, flip=False)))
+
+
+def test_the_tta_mirror_of_a_batch_is_each_images_flipped_view():
+    images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(mirrored(images), np.stack([FLIP.apply(image) for image in images]))
+    np.testing.assert_array_equal(mirrored(images)[:, :, ::-1], images)
 
 
 def test_view_transforms_keep_the_image_size_and_type():

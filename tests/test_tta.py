@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from components.config import load_config
-from components.data.augment import flip_images
+from components.data.augment import mirrored
 from components.features.backbone import build_backbone
 from components.features.store import read_features
 from components.model.classifier import ImageClassifier
@@ -60,7 +60,7 @@ def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
     averaged = ImageClassifier(head, backbone, dict(spec, tta=True)).predict_frame(frame)
     images = np.stack([load_rgb(f, 32, 10**8) for f in files])
     expected = (class_probabilities(head, backbone.features(images))
-                + class_probabilities(head, backbone.features(flip_images(images)))) / 2
+                + class_probabilities(head, backbone.features(mirrored(images)))) / 2
     got = averaged[["p_blue", "p_red"]].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert not np.allclose(got, plain[["p_blue", "p_red"]].to_numpy())

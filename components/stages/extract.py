@@ -11,7 +11,7 @@ from components.features.extraction import (
     ExtractionPlan,
     ExtractionResult,
     Progress,
-    extract_split,
+    extract_file,
     feature_files,
     plan_extraction,
     source_split,
@@ -32,12 +32,7 @@ def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: B
     backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
     if config.extract.shard_size:
         return extract_in_shards(config, plan, name, backbone, progress)
-    source = source_split(name)
-    result = extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
-                           config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
-                           split_views(config, name))
-    result.split = name  # test_flip, not the folder it was made from
-    return result
+    return extract_file(config, plan, name, backbone, config.features.path(name), progress)
 
 
 def write_extraction_reports(config: Config, plan: ExtractionPlan) -> None:

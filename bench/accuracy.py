@@ -99,6 +99,7 @@ def pooled(features, pooling: str, shape: tuple[int, ...]):
 
 
 def run_cell(work: Path, data: Path, weights: str, pooling: str, copies: int, seed: int, grid: Grid) -> dict:
+    from components.features.identity import feature_path
     from components.features.store import read_features
     from components.model.metrics import evaluate_head
     from components.search.tuner import run_search
@@ -106,9 +107,9 @@ def run_cell(work: Path, data: Path, weights: str, pooling: str, copies: int, se
     config = make_config(work, data, weights, copies, grid, seed,
                          features=f"features-aug{copies}" if copies else "features")
     base = make_config(work, data, weights, 0, grid)
-    shape = tuple(read_features(base.features.path("valid")).attrs["feature_shape"])
-    train = pooled(read_features(config.features.path("train")), pooling, shape)
-    valid, test, flipped = (pooled(read_features(base.features.path(n)), pooling, shape)
+    shape = tuple(read_features(feature_path(base, "valid")).attrs["feature_shape"])
+    train = pooled(read_features(feature_path(config, "train")), pooling, shape)
+    valid, test, flipped = (pooled(read_features(feature_path(base, n)), pooling, shape)
                             for n in ("valid", "test", "test_flip"))
     search = run_search(config, train, valid)
     metrics, _ = evaluate_head(search.model, test, flipped)

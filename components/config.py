@@ -145,15 +145,6 @@ class FeaturesConfig(Section):
     dir: ProjectPath
     cache_dir: ProjectPath
 
-    def path(self, name: str) -> Path:
-        """A feature file: train, valid and test in `dir`; test_flip in `dir`/TTA_DIR."""
-        return (self.dir / TTA_DIR if name.endswith(FLIPPED_SUFFIX) else self.dir) / f"{name}.h5"
-
-
-FLIPPED_SUFFIX = "_flip"  # test_flip.h5: the test split mirrored, for test-time augmentation (predict.tta)
-TTA_DIR = "tta"           # its folder in features.dir, and SHARDS_DIR the shard files' (extract.shard_size):
-SHARDS_DIR = "shards"     # DVC outputs of the extract stage, made even when empty
-
 
 class TunerConfig(Section):
     algorithm: Literal["bayesian", "random", "hyperband"]
@@ -261,8 +252,6 @@ class ScheduleConfig(Section):
         return self
 
 
-# --- audit (ffx audit: components/audit) ---------------------------------------------------------------------
-AUDIT_FILE = "audit.json"  # metrics.dir/audit.json: the audit's counts, which the model card and ffx evaluate read
 LabelMethod = Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"]
 
 
@@ -278,7 +267,6 @@ class AuditConfig(Section):
     neighbours_shown: Positive
     listed: Positive
     seed: int
-# --- end audit -------------------------------------------------------------------------------------------------
 
 
 class Config(Section):

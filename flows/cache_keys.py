@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
-from components.config import AUDIT_FILE, Config
+from components.audit.counts import AUDIT_FILE
+from components.config import Config
 from components.data.dataset import Split, folder_records
 from components.features.extraction import extraction_key, output_is_current
-from components.features.identity import SEARCH_PART, configured_identity, split_views, valid_part_key
+from components.features.identity import SEARCH_PART, configured_identity, feature_path, split_views, valid_part_key
 from components.features.shards import shard_key, shard_path
 from components.files import content_key, file_digest
 from components.finetune.decision import decision_is_current, decision_path, settings_key
@@ -22,7 +23,7 @@ from components.stages.evaluate import METRICS_FILE
 def extraction_cache_key(config: Config, split: Split, name: str) -> tuple[str, bool]:
     """`name`: the feature file, made from `split` (test_flip from test)."""
     key = extraction_key(split, configured_identity(config), split_views(config, name))
-    return f"extract-{key}", output_is_current(config.features.path(name), key)
+    return f"extract-{key}", output_is_current(feature_path(config, name), key)
 
 
 def shard_cache_key(config: Config, rows: list, index: int, name: str) -> tuple[str, bool]:

@@ -25,7 +25,7 @@ def test_defaults_reproduce_the_original_recipe(tmp_path):
 
 def test_relative_paths_resolve_against_the_params_folder(tmp_path):
     config = load_config(_write(tmp_path, "features: {dir: feats}\n"))
-    assert config.features.path("train") == tmp_path / "feats" / "train.h5"
+    assert config.features.dir == tmp_path / "feats"
     assert tracking_uri(config) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
 
 

@@ -18,6 +18,7 @@ from components.config import better, load_config
 from components.errors import FFXError
 from components.data.holdout import decision_mask
 from components.features.backbone import backbone_of_head
+from components.features.identity import feature_path
 from components.features.store import read_features
 from components.finetune.batches import BoundaryBatches
 from components.finetune.boundary import boundary_path
@@ -202,7 +203,7 @@ def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_the_hel
     config, decision = finetuned_run.config, finetuned_run.decision
     assert decision["objective"] == "val_accuracy" and decision["kept"] == "finetuned"  # a tie here: see conftest
     assert decision["kept"] == kept_model("val_accuracy", decision["head_score"], decision["finetuned_score"])
-    valid = read_features(config.features.path("valid"))
+    valid = read_features(feature_path(config, "valid"))
     held = decision_mask(valid.sha1, valid.labels, config.tuner.decision_fraction)
     assert decision["decision_images"] == held.sum() and 0 < held.sum() < len(held)
     # The start scored on the boundary features is the head scored on its own features, on the held-out rows.
@@ -234,7 +235,7 @@ def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     metrics = json.loads((config.metrics.dir / "test.json").read_text())
     assert metrics["accuracy"] == metrics["head_accuracy"]  # evaluate scored and registered the head
     assert metrics["head_accuracy"] == pytest.approx(_test_accuracy(head_paths(config)[0],
-                                                                    config.features.path("test")))
+                                                                    feature_path(config, "test")))
     assert metrics["finetuned_accuracy"] == pytest.approx(_test_accuracy(finetuned_dir(config) / "head.keras",
                                                                          boundary_path(config, "test")))
     card = (config.reports.dir / "model_card.md").read_text()

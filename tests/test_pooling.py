@@ -5,7 +5,7 @@ import pytest
 from components.config import load_config
 from components.errors import ConfigError, FFXError
 from components.features.backbone import backbone_identity, build_backbone, pool_feature_map, pooled_again
-from components.features.identity import load_split_features
+from components.features.identity import feature_path, load_split_features
 from components.features.store import read_features
 from components.stages.extract import extract_stage
 
@@ -63,9 +63,9 @@ def test_pooling_and_layer_are_recorded_and_separate_the_cache(project):
                                                        "pooling": "flatten", "precision": "float32"}
     assert build_backbone(pooled.backbone, pooled.root).key != build_backbone(default.backbone, default.root).key
     results = extract_stage(pooled, splits=("train",))
-    attrs = read_features(pooled.features.path("train")).attrs
+    attrs = read_features(feature_path(pooled, "train")).attrs
     assert attrs["pooling"] == "avg" and attrs["layer"] == "block4_pool"
-    assert read_features(pooled.features.path("train")).features.shape == (24, 512)
+    assert read_features(feature_path(pooled, "train")).features.shape == (24, 512)
     assert results["train"].computed == 24
     assert extract_stage(default, splits=("train",))["train"].computed == 24  # not served from the avg cache
 

@@ -5,6 +5,7 @@ import pytest
 from components.config import load_config
 from components.data.augment import mirrored
 from components.features.backbone import build_backbone
+from components.features.identity import feature_path
 from components.features.store import read_features
 from components.model.classifier import ImageClassifier
 from components.model.metrics import class_probabilities, evaluate_head
@@ -21,11 +22,11 @@ def _head(dim, seed=0):
 
 def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted_project):
     assert set(extracted.results) == {"train", "valid", "test"}
-    assert not extracted.config.features.path("test_flip").exists()
+    assert not feature_path(extracted.config, "test_flip").exists()
     config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
     results = extract_stage(config)
     assert results["test"].cached and results["test_flip"].computed == 12  # the other files are unchanged
-    test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
+    test, flipped = read_features(feature_path(config, "test")), read_features(feature_path(config, "test_flip"))
     assert flipped.paths == test.paths and flipped.attrs["views"] == {"flip": True}
     assert not np.allclose(flipped.features, test.features)
 
@@ -33,7 +34,7 @@ def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted
 def test_evaluation_reports_accuracy_with_and_without_tta(extracted_project):
     config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
     extract_stage(config, splits=("test",))
-    test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
+    test, flipped = read_features(feature_path(config, "test")), read_features(feature_path(config, "test_flip"))
     head = _head(test.features.shape[1])
     metrics, probabilities = evaluate_head(head, test, flipped)
     plain = class_probabilities(head, test.features)

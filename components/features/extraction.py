@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from components.config import FLIPPED_SUFFIX, AugmentConfig, Config
+from components.config import AugmentConfig, Config
 from components.data.augment import FLIP, ORIGINAL, View, augmented_views, row_key
 from components.data.dataset import (
     SPLITS,
@@ -28,7 +28,7 @@ from components.features.backbone import (
     check_backbone_config,
 )
 from components.features.cache import open_feature_cache
-from components.features.identity import split_views
+from components.features.identity import FLIPPED_SUFFIX, split_views
 from components.features.store import FeatureWriter, read_attrs
 from components.files import content_key, disk_full_as_error, output_lock
 

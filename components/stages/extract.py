@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from components.config import SHARDS_DIR, TTA_DIR, Config
+from components.config import Config
 from components.data.dataset import SPLITS
 from components.features.backbone import Backbone, build_backbone
 from components.features.extraction import (
@@ -17,8 +17,8 @@ from components.features.extraction import (
     source_split,
     split_rows,
 )
-from components.features.identity import split_views
-from components.features.shards import extract_in_shards
+from components.features.identity import TTA_DIR, feature_path, split_views
+from components.features.shards import SHARDS_DIR, extract_in_shards
 from components.features.store import write_feature_index
 from components.files import write_json_atomic
 
@@ -32,7 +32,7 @@ def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: B
     backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
     if config.extract.shard_size:
         return extract_in_shards(config, plan, name, backbone, progress)
-    return extract_file(config, plan, name, backbone, config.features.path(name), progress)
+    return extract_file(config, plan, name, backbone, feature_path(config, name), progress)
 
 
 def write_extraction_reports(config: Config, plan: ExtractionPlan) -> None:

@@ -20,8 +20,7 @@ WEIGHTS_KIND = "backbone-weights"     # ffx_kind tag of the runs holding shared 
 def share_backbone_weights(root: Path, client, experiment_id: str, metadata: dict,
                            earlier_experiment_ids: tuple[str, ...] = ()) -> dict:
     """The URI, SHA-256 and size of the backbone's weights in the tracking store, logged on first use in
-    `experiment_id`; weights logged before in `earlier_experiment_ids` (the project's own experiment, where they
-    lived until they got one of their own) are found and shared too.
+    `experiment_id`; weights already logged in `earlier_experiment_ids` are found and shared too.
 
     Keyed by architecture and weights identity (not input size, pooling, layer or precision, which change how
     the weights are used, not what they are), so every model of that backbone shares the one copy.
@@ -56,8 +55,8 @@ def share_backbone_weights(root: Path, client, experiment_id: str, metadata: dic
 @contextlib.contextmanager
 def fetched_backbone_weights(weights: dict):
     """The shared weights file on this machine, checked by SHA-256, for the block that loads it: MLflow copies an
-    artifact out of any store, local ones included, and a copy left behind per model load filled the disk (80 MB
-    for VGG19 each time), so it goes into a temporary folder removed when the block ends."""
+    artifact out of any store, local ones included, so it goes into a temporary folder removed when the block ends:
+    no load leaves a copy of the weights behind."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -92,14 +92,14 @@ def extract(work: Path, data: Path, weights: str, grid: Grid) -> dict:
 
 def pooled(features, pooling: str, shape: tuple[int, ...]):
     """The same FeatureSet with `backbone.pooling` applied to its flattened maps; its key names the pooling."""
-    from components.features.backbone import pool_feature_map
+    from components.features.backbone import pooled_again
 
-    maps = features.features.reshape((-1, *shape))
     attrs = dict(features.attrs, pooling=pooling, key=f"{features.attrs['key']}-{pooling}")
-    return dataclasses.replace(features, features=pool_feature_map(maps, pooling), attrs=attrs)
+    return dataclasses.replace(features, features=pooled_again(features.features, shape, pooling), attrs=attrs)
 
 
 def run_cell(work: Path, data: Path, weights: str, pooling: str, copies: int, seed: int, grid: Grid) -> dict:
+    from components.features.identity import feature_path
     from components.features.store import read_features
     from components.model.metrics import evaluate_head
     from components.search.tuner import run_search
@@ -107,9 +107,9 @@ def run_cell(work: Path, data: Path, weights: str, pooling: str, copies: int, se
     config = make_config(work, data, weights, copies, grid, seed,
                          features=f"features-aug{copies}" if copies else "features")
     base = make_config(work, data, weights, 0, grid)
-    shape = tuple(read_features(base.features.path("valid")).attrs["feature_shape"])
-    train = pooled(read_features(config.features.path("train")), pooling, shape)
-    valid, test, flipped = (pooled(read_features(base.features.path(n)), pooling, shape)
+    shape = tuple(read_features(feature_path(base, "valid")).attrs["feature_shape"])
+    train = pooled(read_features(feature_path(config, "train")), pooling, shape)
+    valid, test, flipped = (pooled(read_features(feature_path(base, n)), pooling, shape)
                             for n in ("valid", "test", "test_flip"))
     search = run_search(config, train, valid)
     metrics, _ = evaluate_head(search.model, test, flipped)

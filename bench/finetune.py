@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     batches = BoundaryBatches(path, args.batch_size, binary=True, seed=0)
 
     def compiled(model):
-        compile_model(model, config.finetune, binary=True, steps_per_epoch=len(batches))
+        compile_model(model, config.finetune, binary=True)
         return model
 
     # The cached way: rows of the boundary file in, the top block and head trained.

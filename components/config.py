@@ -145,15 +145,6 @@ class FeaturesConfig(Section):
     dir: ProjectPath
     cache_dir: ProjectPath
 
-    def path(self, name: str) -> Path:
-        """A feature file: train, valid and test in `dir`; test_flip in `dir`/TTA_DIR."""
-        return (self.dir / TTA_DIR if name.endswith(FLIPPED_SUFFIX) else self.dir) / f"{name}.h5"
-
-
-FLIPPED_SUFFIX = "_flip"  # test_flip.h5: the test split mirrored, for test-time augmentation (predict.tta)
-TTA_DIR = "tta"           # its folder in features.dir, and SHARDS_DIR the shard files' (extract.shard_size):
-SHARDS_DIR = "shards"     # DVC outputs of the extract stage, made even when empty
-
 
 class TunerConfig(Section):
     algorithm: Literal["bayesian", "random", "hyperband"]
@@ -179,22 +170,11 @@ class FinetuneConfig(Section):  # the finetune stage: the top of the backbone tr
     enabled: bool
     boundary: Text  # auto: per architecture (components.finetune.boundary.DEFAULT_BOUNDARIES), checked at the stage
     epochs: Positive
-    optimizer: Literal["rmsprop", "sgd"]
-    momentum: Annotated[float, Field(ge=0, lt=1)]  # sgd's
-    learning_rate: Annotated[float, Field(gt=0)]  # the peak, reached at the end of the warm-up
-    warmup_epochs: AtLeast0
-    schedule: Literal["cosine", "constant"]  # after the warm-up
+    learning_rate: Annotated[float, Field(gt=0)]  # RMSprop's, constant
     ema_momentum: Annotated[float, Field(ge=0, lt=1)]  # 0: off
     batch_size: Positive
     early_stopping_patience: AtLeast0
     directory: ProjectPath  # per-epoch checkpoints: a killed run resumes from its last epoch
-
-    @model_validator(mode="after")
-    def _warmup_within_the_epochs(self) -> FinetuneConfig:
-        if self.warmup_epochs >= self.epochs:
-            raise ConfigError(f"params: 'finetune.warmup_epochs: {self.warmup_epochs}' leaves no epoch after the "
-                              f"warm-up; set it under finetune.epochs ({self.epochs})")
-        return self
 
 
 class SpaceConfig(Section):
@@ -272,8 +252,6 @@ class ScheduleConfig(Section):
         return self
 
 
-# --- audit (ffx audit: components/audit) ---------------------------------------------------------------------
-AUDIT_FILE = "audit.json"  # metrics.dir/audit.json: the audit's counts, which the model card and ffx evaluate read
 LabelMethod = Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"]
 
 
@@ -289,7 +267,6 @@ class AuditConfig(Section):
     neighbours_shown: Positive
     listed: Positive
     seed: int
-# --- end audit -------------------------------------------------------------------------------------------------
 
 
 class Config(Section):

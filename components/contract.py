@@ -83,9 +83,8 @@ STAGES = (
         Item("tuner.objective", "early stopping and the choice between fine-tuned and head-only"),
         Item("tuner.seed", "the order of the training rows"),
         Item("tuner.decision_fraction", "the valid images held out from early stopping for the decision"),
-        Item("finetune.enabled"), Item("finetune.boundary"), Item("finetune.epochs"), Item("finetune.optimizer"),
-        Item("finetune.momentum"), Item("finetune.learning_rate"), Item("finetune.warmup_epochs"),
-        Item("finetune.schedule"), Item("finetune.ema_momentum"), Item("finetune.batch_size"),
+        Item("finetune.enabled"), Item("finetune.boundary"), Item("finetune.epochs"),
+        Item("finetune.learning_rate"), Item("finetune.ema_momentum"), Item("finetune.batch_size"),
         Item("finetune.early_stopping_patience"), Item("model.dir"), Item("mlflow", "each epoch is logged"),
     ), deps=(
         Item("${data.root}", "the boundary features are extracted from the images"),

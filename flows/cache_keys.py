@@ -12,7 +12,7 @@ from components.config import Config
 from components.contract import STAGES, input_digests, param_values, stage_module
 from components.data.dataset import Split, folder_records
 from components.features.extraction import extraction_key, output_is_current
-from components.features.identity import SEARCH_PART, configured_identity, split_views, valid_part_key
+from components.features.identity import SEARCH_PART, configured_identity, feature_path, split_views, valid_part_key
 from components.features.shards import shard_key, shard_path
 from components.files import content_key
 from components.finetune.decision import decision_is_current
@@ -45,7 +45,7 @@ def extraction_cache_key(config: Config, split: Split, name: str, code: dict[str
     """`name`: the feature file, made from `split` (test_flip from test); its images stand for the data folder."""
     key = extraction_key(split, configured_identity(config), split_views(config, name))
     return f"extract-{content_key({**_declared(config, 'extract', code), 'file': key})}", output_is_current(
-        config.features.path(name), key)
+        feature_path(config, name), key)
 
 
 def shard_cache_key(config: Config, rows: list, index: int, name: str, code: dict[str, str]) -> tuple[str, bool]:

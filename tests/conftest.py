@@ -236,7 +236,7 @@ def page_text(chromium: str, url: str, profile: Path, expected: list[str], tries
 
 FINETUNE_PARAMS = {  # tiny data, random weights: at a constant 1e-6 the top block keeps the head's accuracy on the 4
     "tuner": {"objective": "val_accuracy"},  # held-out valid images: a tie, which keeps the fine-tuned model
-    "finetune": {"enabled": True, "epochs": 2, "learning_rate": 0.000001, "warmup_epochs": 0, "schedule": "constant",
+    "finetune": {"enabled": True, "epochs": 2, "learning_rate": 0.000001,
                  "ema_momentum": 0, "batch_size": 8},  # no moving average: a few steps an epoch barely leave the start
 }
 

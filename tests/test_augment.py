@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from components.config import AugmentConfig, load_config
-from components.data.augment import FLIP, View, augmented_views, row_key
+from components.data.augment import FLIP, View, augmented_views, mirrored, row_key
 from components.errors import ConfigError, FFXError
-from components.features.identity import load_split_features
+from components.features.identity import feature_path, load_split_features
 from components.features.store import read_features
 from components.stages.extract import extract_stage
 
@@ -30,6 +30,12 @@ def test_views_are_decided_by_image_content_seed_and_copy():
     assert not any(v.flip for v in augmented_views("ab" * 20, _augment(copies=8, flip=False)))
 
 
+def test_the_tta_mirror_of_a_batch_is_each_images_flipped_view():
+    images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(mirrored(images), np.stack([FLIP.apply(image) for image in images]))
+    np.testing.assert_array_equal(mirrored(images)[:, :, ::-1], images)
+
+
 def test_view_transforms_keep_the_image_size_and_type():
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(FLIP.apply(image), image[:, ::-1])
@@ -44,7 +50,7 @@ def test_train_views_are_stored_with_their_source_and_other_splits_are_not_augme
     project = extracted_project
     config = load_config(project / "params.yaml", AUGMENT)
     results = extract_stage(config)
-    train = read_features(config.features.path("train"))
+    train = read_features(feature_path(config, "train"))
     assert results["train"].count == len(train.labels) == 24 * 3
     assert list(train.source[:24]) == list(range(24)) and list(train.source[24:30]) == [0, 0, 1, 1, 2, 2]
     assert [train.paths[i] for i in train.source] == train.paths and np.array_equal(train.labels[train.source],
@@ -52,7 +58,7 @@ def test_train_views_are_stored_with_their_source_and_other_splits_are_not_augme
     assert not np.allclose(train.features[24], train.features[0])  # a view is not its source
     assert train.attrs["views"]["augment"]["copies"] == 2
     for split in ("valid", "test"):
-        plain = read_features(config.features.path(split))
+        plain = read_features(feature_path(config, split))
         assert len(plain.labels) == 12 and plain.source is None and "views" not in plain.attrs
     # Tuning reads every view; the file is refused once the augmentation settings change.
     assert len(load_split_features(config, "train").labels) == 72
@@ -62,10 +68,10 @@ def test_train_views_are_stored_with_their_source_and_other_splits_are_not_augme
 
 def test_views_are_cached_and_only_new_views_are_computed(extracted_project):
     project = extracted_project
-    plain = read_features(load_config(project / "params.yaml").features.path("train")).features
+    plain = read_features(feature_path(load_config(project / "params.yaml"), "train")).features
     config = load_config(project / "params.yaml", AUGMENT)
     assert extract_stage(config, splits=("train",))["train"].computed == 48  # the originals came from the cache
-    np.testing.assert_array_equal(read_features(config.features.path("train")).features[:24], plain)
+    np.testing.assert_array_equal(read_features(feature_path(config, "train")).features[:24], plain)
     assert extract_stage(config, splits=("train",))["train"].cached
     reseeded = extract_stage(load_config(project / "params.yaml", AUGMENT + ["extract.augment.seed=1"]),
                            splits=("train",))
@@ -73,7 +79,7 @@ def test_views_are_cached_and_only_new_views_are_computed(extracted_project):
 
 
 def test_default_extraction_has_no_views(extracted):
-    train = read_features(extracted.config.features.path("train"))
+    train = read_features(feature_path(extracted.config, "train"))
     assert train.source is None and len(train.labels) == 24 and "views" not in train.attrs
 
 

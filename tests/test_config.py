@@ -25,7 +25,7 @@ def test_defaults_reproduce_the_original_recipe(tmp_path):
 
 def test_relative_paths_resolve_against_the_params_folder(tmp_path):
     config = load_config(_write(tmp_path, "features: {dir: feats}\n"))
-    assert config.features.path("train") == tmp_path / "feats" / "train.h5"
+    assert config.features.dir == tmp_path / "feats"
     assert tracking_uri(config) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
 
 
@@ -54,11 +54,6 @@ def test_overrides_apply_and_are_checked(tmp_path):
     assert config.tuner.max_trials == 3 and config.backbone.weights == "none"
     with pytest.raises(ConfigError, match="unknown key 'tuner.nope'"):
         load_config(_write(tmp_path, "{}"), ["tuner.nope=1"])
-
-
-def test_a_warm_up_as_long_as_the_training_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"'finetune.warmup_epochs: 4' leaves no epoch after the warm-up.*\(4\)"):
-        load_config(_write(tmp_path, "finetune: {epochs: 4, warmup_epochs: 4}\n"))
 
 
 def test_missing_params_file_is_named(tmp_path):

@@ -8,6 +8,7 @@ from conftest import assert_one_line_error, run_ffx
 
 from components.config import load_config
 from components.errors import BadImagesError
+from components.features.identity import feature_path
 from components.features.store import partial_path, read_features
 from components.stages.extract import extract_stage
 
@@ -16,15 +17,15 @@ def test_extraction_writes_features_labels_paths_and_attributes(extracted):
     config, results = extracted.config, extracted.results
     assert set(results) == {"train", "valid", "test"}
     assert [results[s].computed for s in ("train", "valid", "test")] == [24, 12, 12]
-    with h5py.File(config.features.path("train"), "r") as handle:
+    with h5py.File(feature_path(config, "train"), "r") as handle:
         assert handle["features"].shape == (24, 512) and handle["features"].dtype == np.float32
         assert list(handle["labels"][()]) == [0] * 12 + [1] * 12
         assert handle["paths"][0].decode() == "train/blue/blue_00.png"
         attrs = dict(handle.attrs)
     assert attrs["backbone"] == "vgg19" and attrs["weights"] == "none(seed=0)" and attrs["input_size"] == 32
     assert len(attrs["content_hash"]) == 64 and attrs["complete"]
-    assert read_features(config.features.path("train")).class_names == ["blue", "red"]
-    assert not partial_path(config.features.path("train")).exists()
+    assert read_features(feature_path(config, "train")).class_names == ["blue", "red"]
+    assert not partial_path(feature_path(config, "train")).exists()
 
 
 def test_unchanged_inputs_are_not_extracted_again(extracted_project):
@@ -49,7 +50,7 @@ def test_skip_mode_reports_bad_images(extracted_project):
     results = extract_stage(config)
     assert results["test"].skipped == {"test/red/broken.jpg": "empty file (0 bytes)"}
     assert "test/red/broken.jpg" in (config.features.dir / "skipped.json").read_text()
-    assert len(read_features(config.features.path("test")).labels) == 12
+    assert len(read_features(feature_path(config, "test")).labels) == 12
 
 
 def test_only_new_images_go_through_the_backbone(extracted_project):
@@ -60,12 +61,12 @@ def test_only_new_images_go_through_the_backbone(extracted_project):
     make_image(project / "data" / "train" / "red" / "new.jpg", COLOURS["red"], (30, 30), seed=999)
     results = extract_stage(config)
     assert results["train"].computed == 1 and results["valid"].cached and results["test"].cached
-    train = read_features(config.features.path("train"))
+    train = read_features(feature_path(config, "train"))
     assert len(train.labels) == 25 and "train/red/new.jpg" in train.paths
     (project / "data" / "train" / "red" / "new.jpg").unlink()
     again = extract_stage(config)
     assert again["train"].computed == 0 and not again["train"].cached  # file rebuilt from the cache
-    assert len(read_features(config.features.path("train")).labels) == 24
+    assert len(read_features(feature_path(config, "train")).labels) == 24
 
 
 def test_a_second_writer_of_the_same_features_is_refused_across_processes(project):
@@ -90,6 +91,6 @@ def test_an_image_that_stands_twice_goes_through_the_backbone_once(project):
     config = load_config(project / "params.yaml")
     train = extract_stage(config)["train"]
     assert (train.count, train.computed) == (25, 24)
-    features = read_features(config.features.path("train"))
+    features = read_features(feature_path(config, "train"))
     rows = [features.paths.index(f"train/blue/{name}") for name in ("blue_00.png", "copy.png")]
     np.testing.assert_array_equal(features.features[rows[0]], features.features[rows[1]])

@@ -15,14 +15,16 @@ from conftest import FFX, FINETUNE_PARAMS, assert_one_line_error, run_ffx, write
 from mlflow.tracking import MlflowClient
 
 from components.config import better, load_config
+from components.errors import FFXError
 from components.data.holdout import decision_mask
 from components.features.backbone import backbone_of_head
+from components.features.identity import feature_path
 from components.features.store import read_features
 from components.finetune.batches import BoundaryBatches
 from components.finetune.boundary import boundary_path
 from components.finetune.decision import decision_path, finetuned_dir, kept_model
 from components.finetune.model import build_finetune_model
-from components.finetune.train import TrainingState, compile_model, learning_rate, train
+from components.finetune.train import TrainingState, compile_model, remove_checkpoints, restore, train
 from components.model.head_file import head_paths, load_head
 from components.tracking import tracking_uri
 
@@ -51,32 +53,15 @@ def test_off_the_stage_writes_its_decision_and_evaluate_scores_the_head(project)
     assert (config.features.dir / "boundary" / "index.json").is_file()
 
 
-@pytest.mark.parametrize("schedule, at_end", [("cosine", 0.0), ("constant", 1e-4)])
-def test_the_rate_warms_up_from_zero_to_its_peak_then_follows_the_schedule(project, schedule, at_end):
+@pytest.mark.parametrize("ema_momentum", [0.0, 0.9])
+def test_the_optimizer_is_rmsprop_at_the_configured_rate_averaged_with_ema_momentum(project, ema_momentum):
     settings = load_config(project / "params.yaml").finetune.model_copy(
-        update={"epochs": 5, "warmup_epochs": 1, "learning_rate": 1e-4, "schedule": schedule})
-    rate = learning_rate(settings, steps_per_epoch=10)
-    at = {step: float(rate(step)) for step in (0, 5, 10, 30, 50)}
-    assert at[0] == 0 and at[5] == pytest.approx(5e-5) and at[10] == pytest.approx(1e-4)
-    assert at[50] == pytest.approx(at_end, rel=1e-6, abs=1e-12)  # float32 steps
-    assert at[30] == pytest.approx(5e-5 if schedule == "cosine" else 1e-4)  # half way down the cosine
-
-
-def test_no_warm_up_and_a_constant_schedule_is_a_plain_rate(project):
-    settings = load_config(project / "params.yaml").finetune.model_copy(
-        update={"warmup_epochs": 0, "schedule": "constant"})
-    assert learning_rate(settings, steps_per_epoch=10) == settings.learning_rate
-
-
-@pytest.mark.parametrize("optimizer, kind", [("rmsprop", keras.optimizers.RMSprop), ("sgd", keras.optimizers.SGD)])
-def test_the_optimizer_is_the_one_named_with_its_momentum(project, optimizer, kind):
-    settings = load_config(project / "params.yaml").finetune.model_copy(
-        update={"optimizer": optimizer, "momentum": 0.8, "learning_rate": 3e-4})
+        update={"learning_rate": 3e-4, "ema_momentum": ema_momentum})
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
-    compile_model(model, settings, binary=True, steps_per_epoch=4)
-    assert type(model.optimizer) is kind and float(model.optimizer.learning_rate) == pytest.approx(3e-4)
-    if optimizer == "sgd":
-        assert model.optimizer.momentum == 0.8
+    compile_model(model, settings, binary=True)
+    assert type(model.optimizer) is keras.optimizers.RMSprop
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-4)
+    assert model.optimizer.use_ema is bool(ema_momentum)
 
 
 class _InMemoryBatches(keras.utils.PyDataset):
@@ -100,16 +85,73 @@ def test_with_a_moving_average_the_kept_weights_are_the_ones_validation_scored(p
     features = rng.normal(size=(32, 4)).astype("float32")
     batches = _InMemoryBatches(features, (features[:, :1] > 0).astype("float32"))
     settings = load_config(project / "params.yaml").finetune.model_copy(update={
-        "epochs": 3, "learning_rate": 0.05, "ema_momentum": 0.9, "early_stopping_patience": 0, "warmup_epochs": 0,
-        "schedule": "constant"})
+        "epochs": 3, "learning_rate": 0.05, "ema_momentum": 0.9, "early_stopping_patience": 0})
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
-    compile_model(model, settings, binary=True, steps_per_epoch=len(batches))
+    compile_model(model, settings, binary=True)
     state = train(model, batches, batches, settings, "val_loss", tmp_path, TrainingState("key"), lambda *_: None)
     # The model ends with what validation scored at the best epoch: the average, not the last step's weights.
     assert model.evaluate(batches, verbose=0, return_dict=True)["loss"] == pytest.approx(state.best_score, rel=1e-5)
     model.load_weights(tmp_path / f"{state.latest}.weights.h5")  # the last step's, kept to resume from
     last_step = model.evaluate(batches, verbose=0, return_dict=True)["loss"]
     assert abs(last_step - state.history[-1]["val_loss"]) > 1e-3  # validation did score the average
+
+
+def _trained_one_epoch(project, folder, ema_momentum=0.9):
+    features = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    batches = _InMemoryBatches(features, (features[:, :1] > 0).astype("float32"))
+    settings = load_config(project / "params.yaml").finetune.model_copy(update={"epochs": 1,
+                                                                               "ema_momentum": ema_momentum})
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    compile_model(model, settings, binary=True)
+    return model, train(model, batches, batches, settings, "val_loss", folder, TrainingState("key"), lambda *_: None)
+
+
+def test_a_checkpoint_restores_the_optimizer_state_it_saved(project, tmp_path):
+    trained, state = _trained_one_epoch(project, tmp_path)
+    model, _ = _trained_one_epoch(project, tmp_path / "other")
+    restore(model, tmp_path, state)
+    for saved, restored in zip(trained.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(restored))
+
+
+def test_a_checkpoint_of_another_optimizer_state_is_refused_in_one_line(project, tmp_path):
+    _, state = _trained_one_epoch(project, tmp_path, ema_momentum=0.9)  # the moving average: more variables
+    model, _ = _trained_one_epoch(project, tmp_path / "other", ema_momentum=0)
+    with pytest.raises(FFXError, match=r"optimizer variables saved, the optimizer has \d+; delete .* to fine-tune") as error:
+        restore(model, tmp_path, state)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"epochs_done": 3}', "[1, 2]"])
+def test_a_damaged_state_file_is_a_warning_line_and_training_starts_over(tmp_path, caplog, text):
+    (tmp_path / "state.json").write_text(text)
+    state = TrainingState.load(tmp_path, "key")
+    assert state == TrainingState("key")
+    (warning,) = caplog.records
+    assert warning.levelname == "WARNING" and "\n" not in warning.getMessage()
+    assert f"{tmp_path / 'state.json'}: unreadable" in warning.getMessage()
+
+
+def test_a_state_file_is_read_back_silently_and_a_missing_one_starts_over(tmp_path, caplog):
+    saved = TrainingState("key", epochs_done=2, best_epoch=1, best_score=0.5, latest="epoch0002")
+    saved.save(tmp_path)
+    assert TrainingState.load(tmp_path, "key") == saved
+    assert TrainingState.load(tmp_path, "another key") == TrainingState("another key")
+    assert TrainingState.load(tmp_path / "absent", "key") == TrainingState("key")
+    assert not caplog.records
+
+
+def test_checkpoints_that_cannot_be_removed_are_a_warning_line(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "epoch0001.weights.h5").write_bytes(b"weights")
+    remove_checkpoints(folder)
+    assert not folder.exists() and not caplog.records
+    not_a_folder = tmp_path / "a file"
+    not_a_folder.write_text("")
+    remove_checkpoints(not_a_folder)
+    (warning,) = caplog.records
+    assert warning.levelname == "WARNING" and f"{not_a_folder}: checkpoints not removed" in warning.getMessage()
 
 
 @pytest.mark.parametrize("monitor, head, finetuned, kept", [
@@ -133,7 +175,7 @@ def _finetune_model(config):
     head, metadata = load_head(head_paths(config)[0])
     backbone = backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root)
     model = build_finetune_model(backbone, "block4_pool", head)
-    compile_model(model, config.finetune, binary=True, steps_per_epoch=1)
+    compile_model(model, config.finetune, binary=True)
     return model
 
 
@@ -144,8 +186,8 @@ def test_a_fine_tuning_epoch_lowers_the_training_loss_from_the_champions_start(f
     # RMSprop moves every weight by about the learning rate a step, whatever its gradient: at the fixture's 1e-6
     # one epoch over these random-weight convolutions raised the loss for 3 of 6 dropout seeds; at 1e-7 it fell
     # for all 6 (0.079 -> 0.073-0.077), so this checks that the gradient reaches the model, not luck.
-    steady = config.finetune.model_copy(update={"learning_rate": 1e-7, "warmup_epochs": 0, "schedule": "constant"})
-    compile_model(model, steady, binary=True, steps_per_epoch=1)
+    steady = config.finetune.model_copy(update={"learning_rate": 1e-7})
+    compile_model(model, steady, binary=True)
     path = boundary_path(config, "train")
     in_order = BoundaryBatches(path, 8, binary=True)
     before = model.evaluate(in_order, verbose=0, return_dict=True)["loss"]
@@ -161,7 +203,7 @@ def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_the_hel
     config, decision = finetuned_run.config, finetuned_run.decision
     assert decision["objective"] == "val_accuracy" and decision["kept"] == "finetuned"  # a tie here: see conftest
     assert decision["kept"] == kept_model("val_accuracy", decision["head_score"], decision["finetuned_score"])
-    valid = read_features(config.features.path("valid"))
+    valid = read_features(feature_path(config, "valid"))
     held = decision_mask(valid.sha1, valid.labels, config.tuner.decision_fraction)
     assert decision["decision_images"] == held.sum() and 0 < held.sum() < len(held)
     # The start scored on the boundary features is the head scored on its own features, on the held-out rows.
@@ -180,8 +222,7 @@ def test_the_start_is_the_head_alone_and_the_kept_model_is_the_better_on_the_hel
 @pytest.mark.e2e
 def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
-    overrides = ("--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1",
-                 "--set", "finetune.warmup_epochs=0")
+    overrides = ("--set", "finetune.learning_rate=0.01", "--set", "finetune.epochs=1")
     result = run_ffx(root, "finetune", *overrides)
     assert result.returncode == 0, result.stderr
     config = load_config(root / "params.yaml")
@@ -194,7 +235,7 @@ def test_a_worse_fine_tuning_keeps_the_head(finetuned_run, tmp_path):
     metrics = json.loads((config.metrics.dir / "test.json").read_text())
     assert metrics["accuracy"] == metrics["head_accuracy"]  # evaluate scored and registered the head
     assert metrics["head_accuracy"] == pytest.approx(_test_accuracy(head_paths(config)[0],
-                                                                    config.features.path("test")))
+                                                                    feature_path(config, "test")))
     assert metrics["finetuned_accuracy"] == pytest.approx(_test_accuracy(finetuned_dir(config) / "head.keras",
                                                                          boundary_path(config, "test")))
     card = (config.reports.dir / "model_card.md").read_text()
@@ -241,7 +282,7 @@ def test_finetuning_stopped_mid_training_resumes_from_its_last_epoch(finetuned_r
     root = shutil.copytree(finetuned_run.root, tmp_path / "project", symlinks=True)
     shutil.rmtree(root / "models" / "finetuned")
     write_params(root, **FINETUNE_PARAMS | {"finetune": FINETUNE_PARAMS["finetune"] | {
-        "epochs": 4, "early_stopping_patience": 0, "warmup_epochs": 1, "schedule": "cosine", "ema_momentum": 0.9}})
+        "epochs": 4, "early_stopping_patience": 0, "ema_momentum": 0.9}})
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen([str(FFX), "finetune", "--quiet"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -279,12 +320,6 @@ def test_finetuning_stopped_mid_training_resumes_from_its_last_epoch(finetuned_r
         assert decision["run_id"] == run.info.run_id  # the stopped run, resumed
     steps = [m.step for m in client.get_metric_history(decision["run_id"], "val_loss")]
     assert sorted(set(steps)) == [1, 2, 3, 4]  # one run, every epoch logged to it
-    # The rate goes on from the step the optimizer had reached: the warm-up is not run again after the stop.
-    config = load_config(root / "params.yaml")
-    per_epoch = len(BoundaryBatches(boundary_path(config, "train"), config.finetune.batch_size, binary=True))
-    schedule = learning_rate(config.finetune, per_epoch)
-    logged = {m.step: m.value for m in client.get_metric_history(decision["run_id"], "learning_rate")}
-    assert logged == pytest.approx({epoch: float(schedule(epoch * per_epoch)) for epoch in (1, 2, 3, 4)})
     assert not states[0].parent.exists()  # checkpoints removed once done
 
 

@@ -4,8 +4,8 @@ import pytest
 
 from components.config import load_config
 from components.errors import ConfigError, FFXError
-from components.features.backbone import backbone_identity, build_backbone, pool_feature_map
-from components.features.identity import load_split_features
+from components.features.backbone import backbone_identity, build_backbone, pool_feature_map, pooled_again
+from components.features.identity import feature_path, load_split_features
 from components.features.store import read_features
 from components.stages.extract import extract_stage
 
@@ -31,6 +31,19 @@ def test_pooling_reduces_the_chosen_layers_map_over_its_spatial_axes(project):
         np.testing.assert_allclose(pool_feature_map(maps, pooling), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("pooling", ["flatten", "avg", "max", "avg+max"])
+def test_the_fine_tuning_models_pooling_layer_computes_what_extraction_computes(pooling):
+    import keras
+
+    from components.finetune.model import pooling_layer
+
+    maps = np.random.default_rng(1).normal(size=(3, 4, 4, 8)).astype(np.float32)
+    inputs = keras.Input((4, 4, 8))
+    layer = keras.Model(inputs, pooling_layer(pooling)(inputs))
+    np.testing.assert_allclose(layer.predict(maps, verbose=0), pool_feature_map(maps, pooling), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pooled_again(maps.reshape(3, -1), (4, 4, 8), pooling), pool_feature_map(maps, pooling))
+
+
 def test_unknown_layer_is_refused_naming_the_key_and_the_valid_layers(project):
     config = load_config(project / "params.yaml", ["backbone.layer=block9_pool"])
     with pytest.raises(ConfigError, match=r"'backbone.layer' unknown for vgg19: 'block9_pool'.*block4_pool"):
@@ -50,9 +63,9 @@ def test_pooling_and_layer_are_recorded_and_separate_the_cache(project):
                                                        "pooling": "flatten", "precision": "float32"}
     assert build_backbone(pooled.backbone, pooled.root).key != build_backbone(default.backbone, default.root).key
     results = extract_stage(pooled, splits=("train",))
-    attrs = read_features(pooled.features.path("train")).attrs
+    attrs = read_features(feature_path(pooled, "train")).attrs
     assert attrs["pooling"] == "avg" and attrs["layer"] == "block4_pool"
-    assert read_features(pooled.features.path("train")).features.shape == (24, 512)
+    assert read_features(feature_path(pooled, "train")).features.shape == (24, 512)
     assert results["train"].computed == 24
     assert extract_stage(default, splits=("train",))["train"].computed == 24  # not served from the avg cache
 

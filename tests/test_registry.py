@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from components.config import load_config
 from components.errors import FFXError
-from components.features.identity import load_split_features, valid_parts
+from components.features.identity import feature_path, load_split_features, valid_parts
 from components.features.store import read_features
 from components.model.backbone_weights import WEIGHTS_KIND
 from components.model.comparison import ComparisonImages
@@ -38,7 +38,7 @@ def _register(config, tiny_run, images: ComparisonImages | None = None, head_fil
     head_file = head_file or head_paths(tiny_run.config)[0]
     _, metadata = load_head(head_file)
     metadata["search"].update(parent_run_id=run_id)
-    test = read_features(tiny_run.config.features.path("test"))
+    test = read_features(feature_path(tiny_run.config, "test"))
     return register_classifier(config, client, experiment_id, head_file, metadata, {"accuracy": 0.5, "loss": 0.5},
                                tiny_run.config.data.root / test.paths[0], images or _held_out(tiny_run))
 
@@ -176,7 +176,7 @@ def test_a_registered_version_loads_and_leaves_no_copy_of_the_backbone_weights_b
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where MLflow and ffx put their temporary copies
     model = load_registered_classifier(config, f"models:/{name}/{version}")
     assert not list(scratch.rglob("*.weights.h5"))
-    image = tiny_run.config.data.root / read_features(tiny_run.config.features.path("test")).paths[0]
+    image = tiny_run.config.data.root / read_features(feature_path(tiny_run.config, "test")).paths[0]
     (probability,) = model.predict(pd.DataFrame({"path": [str(image)]}))["probability"]
     assert 0.0 <= probability <= 1.0 and np.isfinite(probability)
 

@@ -105,6 +105,7 @@ def test_the_model_card_is_written_from_what_the_stage_hands_it_without_reaching
     from conftest import free_port
 
     from components.config import load_config
+    from components.features.identity import feature_path
     from components.features.store import read_features
     from components.model.head_file import head_paths, load_head
     from components.model.metrics import evaluate_head
@@ -113,7 +114,7 @@ def test_the_model_card_is_written_from_what_the_stage_hands_it_without_reaching
     config = load_config(tiny_run.config.source, [f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}",
                                                   f"reports.dir={tmp_path / 'reports'}"])
     model, metadata = load_head(head_paths(config)[0])
-    test = read_features(config.features.path("test"))
+    test = read_features(feature_path(config, "test"))
     metrics, probabilities = evaluate_head(model, test)
     card = write_model_card(config, "42", metadata, metrics, test, probabilities, "ffx evaluate")
     assert card == tmp_path / "reports" / "model_card.md"

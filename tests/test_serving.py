@@ -18,6 +18,7 @@ import pytest
 from conftest import free_port, wait_for_http
 from mlflow.exceptions import MlflowException
 
+from components.features.identity import feature_path
 from components.features.store import read_features
 from components.model.head_file import head_paths, load_head
 from components.model.metrics import class_probabilities
@@ -60,7 +61,7 @@ def champion(tiny_run):
 
 
 def _test_images(tiny_run, count: int):
-    test = read_features(tiny_run.config.features.path("test"))
+    test = read_features(feature_path(tiny_run.config, "test"))
     return test, [tiny_run.config.data.root / p for p in test.paths[:count]]
 
 
@@ -198,7 +199,7 @@ def test_fine_tuned_champion_agrees_with_ffx_predict_and_its_stored_boundary_fea
 @pytest.mark.e2e
 def test_served_fine_tuned_champion_answers_as_ffx_predict_does(finetuned_run, tmp_path):
     config = finetuned_run.config
-    test = read_features(config.features.path("test"))
+    test = read_features(feature_path(config, "test"))
     image = config.data.root / test.paths[0]
     with _serving(finetuned_run, tmp_path / "server.log") as url:
         response = _post(url, "image", [_b64(image.read_bytes())])

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from components.config import load_config
-from components.data.augment import flip_images
+from components.data.augment import mirrored
 from components.features.backbone import build_backbone
+from components.features.identity import feature_path
 from components.features.store import read_features
 from components.model.classifier import ImageClassifier
 from components.model.metrics import class_probabilities, evaluate_head
@@ -21,11 +22,11 @@ def _head(dim, seed=0):
 
 def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted_project):
     assert set(extracted.results) == {"train", "valid", "test"}
-    assert not extracted.config.features.path("test_flip").exists()
+    assert not feature_path(extracted.config, "test_flip").exists()
     config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
     results = extract_stage(config)
     assert results["test"].cached and results["test_flip"].computed == 12  # the other files are unchanged
-    test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
+    test, flipped = read_features(feature_path(config, "test")), read_features(feature_path(config, "test_flip"))
     assert flipped.paths == test.paths and flipped.attrs["views"] == {"flip": True}
     assert not np.allclose(flipped.features, test.features)
 
@@ -33,7 +34,7 @@ def test_mirrored_test_features_are_extracted_only_with_tta(extracted, extracted
 def test_evaluation_reports_accuracy_with_and_without_tta(extracted_project):
     config = load_config(extracted_project / "params.yaml", ["predict.tta=true"])
     extract_stage(config, splits=("test",))
-    test, flipped = read_features(config.features.path("test")), read_features(config.features.path("test_flip"))
+    test, flipped = read_features(feature_path(config, "test")), read_features(feature_path(config, "test_flip"))
     head = _head(test.features.shape[1])
     metrics, probabilities = evaluate_head(head, test, flipped)
     plain = class_probabilities(head, test.features)
@@ -60,7 +61,7 @@ def test_prediction_with_tta_averages_the_image_and_its_mirror(project):
     averaged = ImageClassifier(head, backbone, dict(spec, tta=True)).predict_frame(frame)
     images = np.stack([load_rgb(f, 32, 10**8) for f in files])
     expected = (class_probabilities(head, backbone.features(images))
-                + class_probabilities(head, backbone.features(flip_images(images)))) / 2
+                + class_probabilities(head, backbone.features(mirrored(images)))) / 2
     got = averaged[["p_blue", "p_red"]].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert not np.allclose(got, plain[["p_blue", "p_red"]].to_numpy())

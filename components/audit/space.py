@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from components.features.backbone import pooled_again
+
 
 def spatially_pooled(features: np.ndarray, feature_shape: list[int], pooling: str) -> np.ndarray:
     """Flatten features (H x W x C) as their mean over the H x W positions; other poolings as they are."""
     if pooling != "flatten" or len(feature_shape) != 3:
         return features
-    return features.reshape(len(features), -1, feature_shape[-1]).mean(axis=1)
+    return pooled_again(features, feature_shape, "avg")
 
 
 def fit_space(train: np.ndarray, components: int, seed: int):

@@ -38,7 +38,7 @@ class View:
         """uint8 (S, S, 3) -> uint8 (S, S, 3)."""
         if self.is_original:
             return image
-        out = image[:, ::-1] if self.flip else image
+        out = mirrored(image) if self.flip else image
         size = out.shape[0]
         side = max(1, int(round(self.crop * size)))
         if side < size:
@@ -82,6 +82,7 @@ def augmented_views(image_sha1: str, augment: AugmentConfig) -> list[View]:
     return views
 
 
-def flip_images(images: np.ndarray) -> np.ndarray:
-    """A batch (N, S, S, 3) mirrored left-right: the test-time augmentation view."""
-    return np.ascontiguousarray(images[:, :, ::-1])
+def mirrored(pixels: np.ndarray) -> np.ndarray:
+    """An image (H, W, 3) or a batch of them (N, H, W, 3) mirrored left-right: a view's flip, and the test-time
+    augmentation view."""
+    return np.ascontiguousarray(np.flip(pixels, axis=-2))

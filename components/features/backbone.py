@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.config import HED_WEIGHTS, BackboneConfig, BackboneName
+from components.config import HED_WEIGHTS, BackboneConfig, BackboneName, Pooling
 from components.errors import ConfigError, FFXError, WeightsError
 from components.files import content_key, file_sha1_memoised
 
@@ -43,14 +43,28 @@ VGG16_BLOCK_CONVS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
 LAST_LAYER = "last"  # backbone.layer: the base's own output
 
 
+# backbone.pooling: the reductions over the spatial axes, their results concatenated in this order; flatten: none, the
+# maps kept whole. Extraction (numpy) and the fine-tuning model (Keras layers) both read it.
+POOLING_REDUCTIONS: dict[str, tuple[str, ...]] = {"flatten": (), "avg": ("avg",), "max": ("max",),
+                                                  "avg+max": ("avg", "max")}
+assert set(POOLING_REDUCTIONS) == set(typing.get_args(Pooling)), "each backbone.pooling choice needs its reductions"
+NUMPY_REDUCTIONS = {"avg": np.mean, "max": np.max}
+
+
 def pool_feature_map(maps: np.ndarray, pooling: str) -> np.ndarray:
-    """(N, H, W, C) feature maps -> (N, D) features: flattened (the recipe), or averaged and/or maxed over H, W.
-    A flattened map can be reshaped back and pooled later, so one extraction serves every pooling."""
+    """(N, H, W, C) feature maps -> (N, D) features: flattened (the recipe), or reduced over H, W as
+    POOLING_REDUCTIONS says. A flattened map can be reshaped back and pooled later, so one extraction serves every
+    pooling (pooled_again)."""
     maps = np.asarray(maps, dtype=np.float32)
-    if pooling == "flatten" or maps.ndim != 4:
+    reductions = POOLING_REDUCTIONS[pooling]
+    if not reductions or maps.ndim != 4:
         return maps.reshape(len(maps), -1)
-    reductions = {"avg": [np.mean], "max": [np.max], "avg+max": [np.mean, np.max]}[pooling]
-    return np.concatenate([reduce(maps, axis=(1, 2)) for reduce in reductions], axis=1)
+    return np.concatenate([NUMPY_REDUCTIONS[name](maps, axis=(1, 2)) for name in reductions], axis=1)
+
+
+def pooled_again(features: np.ndarray, feature_shape: tuple[int, ...] | list[int], pooling: str) -> np.ndarray:
+    """Flattened features (N, H*W*C) of maps shaped `feature_shape` (H, W, C), pooled as `pooling`."""
+    return pool_feature_map(features.reshape(len(features), *feature_shape), pooling)
 
 
 def pooled_dim(shape: tuple[int, ...], pooling: str) -> int:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from components.config import FLIPPED_SUFFIX, AugmentConfig, Config
+from components.config import AugmentConfig, Config
 from components.data.augment import FLIP, ORIGINAL, View, augmented_views, row_key
 from components.data.dataset import (
     SPLITS,
@@ -28,6 +28,7 @@ from components.features.backbone import (
     check_backbone_config,
 )
 from components.features.cache import open_feature_cache
+from components.features.identity import FLIPPED_SUFFIX, split_views
 from components.features.store import FeatureWriter, read_attrs
 from components.files import content_key, disk_full_as_error, output_lock
 
@@ -163,18 +164,20 @@ def feature_attrs(split: Split, backbone: Backbone, skipped: dict[str, str], vie
 
 def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: Path, batch_size: int,
                   max_pixels: int, skipped: dict[str, str] | None = None,
-                  progress: Progress | None = None, views: dict | None = None) -> ExtractionResult:
+                  progress: Progress | None = None, views: dict | None = None,
+                  name: str | None = None) -> ExtractionResult:
     """Write `out_path` with one feature row per image of `split`, in the split's order, and per view when
-    `views` asks for them (see `split_rows`; the `source` dataset then links each row to its image)."""
+    `views` asks for them (see `split_rows`; the `source` dataset then links each row to its image). `name`: the
+    feature file's, when it is not the split's (test_flip)."""
     started = time.perf_counter()
+    name = name or split.name
     skipped = skipped or {}
     key = extraction_key(split, backbone.identity, views)
     rows = split_rows(split, views)
     if output_is_current(out_path, key):
         if progress:
             progress(len(rows))
-        return ExtractionResult(split.name, out_path, len(rows), 0, time.perf_counter() - started, skipped, key,
-                                cached=True)
+        return ExtractionResult(name, out_path, len(rows), 0, time.perf_counter() - started, skipped, key, cached=True)
     with output_lock(out_path), open_feature_cache(cache_dir, backbone.key, backbone.feature_dim) as cache:
         computed = _compute_missing(rows, backbone, cache, batch_size, max_pixels, progress)
         attrs = feature_attrs(split, backbone, skipped, views)
@@ -182,8 +185,17 @@ def extract_split(split: Split, backbone: Backbone, out_path: Path, cache_dir: P
               FeatureWriter(out_path, key, rows, backbone.feature_dim, attrs) as writer):
             for start in range(writer.rows_done, len(rows), ASSEMBLY_ROWS):
                 writer.append(cache.get([r.key for r in rows[start:start + ASSEMBLY_ROWS]]))
-    return ExtractionResult(split.name, out_path, len(rows), computed, time.perf_counter() - started,
-                            skipped, key)
+    return ExtractionResult(name, out_path, len(rows), computed, time.perf_counter() - started, skipped, key)
+
+
+def extract_file(config: Config, plan: ExtractionPlan, name: str, backbone: Backbone, out_path: Path,
+                 progress: Progress | None = None) -> ExtractionResult:
+    """Feature file `name` (a split, or test_flip made from test/) of the planned images, with the views it holds,
+    at `out_path`, by way of the feature cache."""
+    source = source_split(name)
+    return extract_split(plan.splits[source], backbone, out_path, config.features.cache_dir,
+                         config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
+                         split_views(config, name), name)
 
 
 def plan_extraction(config: Config, splits: tuple[str, ...] = SPLITS) -> ExtractionPlan:

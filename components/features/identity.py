@@ -2,12 +2,23 @@
 components.features.backbone.check_same_identity, on identities made here."""
 from __future__ import annotations
 
-from components.config import FLIPPED_SUFFIX, Config
+from pathlib import Path
+
+from components.config import Config
+from components.data.dataset import SPLITS
 from components.data.holdout import decision_mask
 from components.features.backbone import backbone_identity, check_same_identity, resolve_weights
-from components.data.dataset import SPLITS
 from components.features.store import FeatureSet, read_attrs, read_features
 from components.files import content_key
+
+FLIPPED_SUFFIX = "_flip"  # test_flip.h5: the test split mirrored, for test-time augmentation (predict.tta)
+TTA_DIR = "tta"           # its folder in features.dir: a DVC output of the extract stage, made even when empty
+
+
+def feature_path(config: Config, name: str) -> Path:
+    """A feature file of the extract stage: train, valid and test in features.dir; test_flip in features.dir/tta."""
+    folder = config.features.dir / TTA_DIR if name.endswith(FLIPPED_SUFFIX) else config.features.dir
+    return folder / f"{name}.h5"
 
 
 def split_views(config: Config, name: str) -> dict | None:
@@ -28,7 +39,7 @@ def configured_identity(config: Config) -> dict:
 
 def load_split_features(config: Config, split: str) -> FeatureSet:
     """Read a split's features and refuse them if they were made with other backbone settings or views."""
-    path = config.features.path(split)
+    path = feature_path(config, split)
     features = read_features(path)
     check_same_identity(f"{path}: made with other settings than params.yaml asks for",
                         dict(features.attrs.get("identity") or {}, views=features.attrs.get("views")),
@@ -65,7 +76,7 @@ def valid_part_key(config: Config, valid_key: str, part: str) -> str:
 def features_content_key(config: Config) -> str | None:
     """The train, valid and test feature files' keys as one (None when one is missing): what an artefact made from
     them (the audit's counts) records, so that a reader can tell it belongs to these files."""
-    paths = {split: config.features.path(split) for split in SPLITS}
+    paths = {split: feature_path(config, split) for split in SPLITS}
     if not all(path.is_file() for path in paths.values()):
         return None
     return content_key({split: read_attrs(path).get("key") for split, path in paths.items()})

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import SHARDS_DIR, Config
+from components.config import Config
 from components.data.dataset import Split
 from components.features.backbone import Backbone, build_backbone, pooled_dim
 from components.features.extraction import (
@@ -23,9 +23,12 @@ from components.features.extraction import (
     source_split,
     split_rows,
 )
-from components.features.identity import split_views
+from components.features.identity import feature_path, split_views
 from components.features.store import FeatureWriter, read_attrs, read_features
 from components.files import content_key, output_lock
+
+
+SHARDS_DIR = "shards"  # in features.dir: a DVC output of the extract stage, made even when empty
 
 
 @dataclass
@@ -86,7 +89,7 @@ def merge_shards(config: Config, split: Split, shards: list[ShardResult], skippe
     """Concatenate shard files, in shard order, into feature file `name` (default: the split's own)."""
     started = time.perf_counter()
     name = name or split.name
-    out_path = config.features.path(name)
+    out_path = feature_path(config, name)
     first = read_attrs(shards[0].path)
     views = split_views(config, name)
     key = extraction_key(split, first["identity"], views)

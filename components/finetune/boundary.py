@@ -21,10 +21,9 @@ from components.features.backbone import (
 from components.features.extraction import (
     ExtractionResult,
     Progress,
-    extract_split,
+    extract_file,
     feature_files,
     plan_extraction,
-    source_split,
 )
 from components.features.identity import split_views
 from components.features.store import FeatureSet, read_attrs, read_features, write_feature_index
@@ -89,11 +88,7 @@ def extract_boundary(config: Config, backbone: Backbone, splits: tuple[str, ...]
     plan = plan_extraction(config, splits)
     results = {}
     for name in feature_files(config, tuple(plan.splits)):
-        source = source_split(name)
-        results[name] = extract_split(plan.splits[source], backbone, boundary_path(config, name),
-                                      config.features.cache_dir, config.extract.batch_size, config.data.max_pixels,
-                                      plan.skipped[source], progress, split_views(config, name))
-        results[name].split = name
+        results[name] = extract_file(config, plan, name, backbone, boundary_path(config, name), progress)
     write_boundary_index(config)
     return results
 

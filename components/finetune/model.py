@@ -8,22 +8,21 @@ import math
 
 import keras
 
-from components.features.backbone import Backbone, dtype_policy
+from components.features.backbone import POOLING_REDUCTIONS, Backbone, dtype_policy
 
 
 def pooling_layer(pooling: str):
-    """backbone.pooling as Keras layers, computing what pool_feature_map computes on the maps."""
-    if pooling == "flatten":
+    """backbone.pooling as Keras layers: the reductions POOLING_REDUCTIONS names, as pool_feature_map applies them."""
+    reductions = POOLING_REDUCTIONS[pooling]
+    if not reductions:
         return keras.layers.Flatten(name="pool")
-    if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="pool")
-    if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="pool")
+    layers = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+    if len(reductions) == 1:
+        return layers[reductions[0]](name="pool")
 
-    def avg_and_max(maps):
-        return keras.layers.Concatenate(name="pool")([keras.layers.GlobalAveragePooling2D(name="pool_avg")(maps),
-                                                      keras.layers.GlobalMaxPooling2D(name="pool_max")(maps)])
-    return avg_and_max
+    def concatenated(maps):
+        return keras.layers.Concatenate(name="pool")([layers[name](name=f"pool_{name}")(maps) for name in reductions])
+    return concatenated
 
 
 def build_finetune_model(backbone: Backbone, boundary: str, head: keras.Model) -> keras.Model:

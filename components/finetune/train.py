@@ -4,7 +4,8 @@ resumes."""
 from __future__ import annotations
 
 import json
-import os
+import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,10 +15,13 @@ import keras
 import numpy as np
 
 from components.config import FinetuneConfig, better
+from components.errors import FFXError
 from components.files import atomic_path, write_json_atomic
 
 STATE_FILE = "state.json"
+WEIGHTS_SUFFIX, OPTIMIZER_SUFFIX = ".weights.h5", ".optimizer.npz"  # of an epoch's files, epoch0003.weights.h5
 EpochLog = Callable[[int, dict, float], None]  # (epoch from 1, Keras' logs, seconds)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,12 +41,32 @@ class TrainingState:
 
     @classmethod
     def load(cls, folder: Path, key: str) -> TrainingState:
+        """The state `folder` holds for inputs `key`; a new one (training from the start) when there is none, it is
+        another key's, or it cannot be read (a warning line says so)."""
         path = folder / STATE_FILE
         try:
             state = cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+        except FileNotFoundError:
+            return cls(key)
+        except (OSError, ValueError, TypeError) as exc:
+            logger.warning("%s: unreadable checkpoint state (%s); fine-tuning starts from its first epoch", path, exc)
             return cls(key)
         return state if state.key == key else cls(key)
+
+    def record_score(self, epoch: int, score: float, monitor: str) -> bool:
+        """Whether `epoch` scored better than every earlier one on `monitor` (config.better); it is then the best."""
+        if not better(monitor, score, self.best_score):
+            self.wait += 1
+            return False
+        self.best, self.best_epoch, self.best_score, self.wait = f"epoch{epoch:04d}.best.weights.h5", epoch, score, 0
+        return True
+
+    def record_epoch(self, epoch: int, logs: dict, seconds: float, patience: int) -> None:
+        """`epoch` done: its files become the latest; early stopping after `patience` epochs without a better score
+        (0: never)."""
+        self.latest, self.epochs_done = f"epoch{epoch:04d}", epoch
+        self.seconds, self.history = self.seconds + [seconds], self.history + [logs]
+        self.stopped = bool(patience) and self.wait >= patience
 
     def stopped_early(self, epochs: int) -> bool:
         """Early stopping ended it with epochs left (patience running out at the last epoch changes nothing)."""
@@ -51,29 +75,15 @@ class TrainingState:
     def save(self, folder: Path) -> None:
         write_json_atomic(folder / STATE_FILE, asdict(self))
         for path in folder.glob("epoch*"):  # files of earlier epochs, now unreferenced
-            if path.name not in (self.latest + ".weights.h5", self.latest + ".optimizer.npz", self.best):
+            if path.name not in (self.latest + WEIGHTS_SUFFIX, self.latest + OPTIMIZER_SUFFIX, self.best):
                 path.unlink(missing_ok=True)
 
 
-def learning_rate(settings: FinetuneConfig, steps_per_epoch: int):
-    """The optimizer's rate by step: up from 0 over finetune.warmup_epochs, then constant or down along a cosine to 0 at
-    the last epoch (fastai's one-cycle shape). The step count is the optimizer's, restored on resume."""
-    warmup = settings.warmup_epochs * steps_per_epoch
-    if not warmup and settings.schedule == "constant":
-        return settings.learning_rate
-    after = max((settings.epochs - settings.warmup_epochs) * steps_per_epoch, 1)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else settings.learning_rate, after, alpha=1.0 if settings.schedule == "constant" else 0.0,
-        warmup_target=settings.learning_rate if warmup else None, warmup_steps=warmup)
-
-
-def compile_model(model: keras.Model, settings: FinetuneConfig, binary: bool, steps_per_epoch: int) -> None:
+def compile_model(model: keras.Model, settings: FinetuneConfig, binary: bool) -> None:
     loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
-    rate = learning_rate(settings, steps_per_epoch)
     averaged = {"use_ema": True, "ema_momentum": settings.ema_momentum} if settings.ema_momentum else {}
-    optimizer = keras.optimizers.SGD(rate, momentum=settings.momentum, **averaged) if settings.optimizer == "sgd" \
-        else keras.optimizers.RMSprop(rate, **averaged)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.RMSprop(settings.learning_rate, **averaged), loss=loss,
+                  metrics=["accuracy"])
 
 
 def score(model: keras.Model, batches, metric: str) -> float:
@@ -82,8 +92,8 @@ def score(model: keras.Model, batches, metric: str) -> float:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """After each epoch: the best weights when `monitor` improved (config.better), the last weights and optimizer
-    state, then the state file; early stopping after `patience` epochs without improvement (0: never)."""
+    """After each epoch: the best weights when `monitor` improved, the last weights and optimizer state, then the
+    state file; early stopping after `patience` epochs without improvement (0: never)."""
 
     def __init__(self, folder: Path, state: TrainingState, monitor: str, patience: int, log: EpochLog):
         super().__init__()
@@ -95,35 +105,27 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # the next step's
-        state, number = self.state, epoch + 1
-        if better(self.monitor, logs[self.monitor], state.best_score):
-            state.best, state.best_epoch, state.best_score, state.wait = f"epoch{number:04d}.best.weights.h5", \
-                number, logs[self.monitor], 0
+        logs, number, state = {k: float(v) for k, v in (logs or {}).items()}, epoch + 1, self.state
+        if state.record_score(number, logs[self.monitor], self.monitor):
             _save_scored_weights(self.model, self.folder / state.best)
-        else:
-            state.wait += 1
-        state.latest = f"epoch{number:04d}"
-        _save_weights(self.model, self.folder / f"{state.latest}.weights.h5")
-        with atomic_path(self.folder / f"{state.latest}.optimizer.npz") as tmp:
-            np.savez(tmp, *[np.asarray(v) for v in self.model.optimizer.variables])
-        state.epochs_done, state.seconds, state.history = number, state.seconds + [seconds], state.history + [logs]
-        state.stopped = bool(self.patience) and state.wait >= self.patience
+        state.record_epoch(number, logs, seconds, self.patience)
+        save_latest(self.model, self.folder, state.latest)
         self.log(number, logs, seconds)
         state.save(self.folder)
         if state.stopped:
             self.model.stop_training = True
 
 
+def save_latest(model: keras.Model, folder: Path, latest: str) -> None:
+    """The weights and the optimizer state (its moving average included) to resume from."""
+    _save_weights(model, folder / f"{latest}{WEIGHTS_SUFFIX}")
+    with atomic_path(folder / f"{latest}{OPTIMIZER_SUFFIX}") as tmp:
+        np.savez(tmp, *[np.asarray(v) for v in model.optimizer.variables])
+
+
 def _save_weights(model: keras.Model, path: Path) -> None:
-    """Written beside `path` and renamed (a kill leaves no torn file), with the .weights.h5 ending Keras wants."""
-    tmp = path.with_name(f".tmp.{path.name}")
-    try:
+    with atomic_path(path) as tmp:  # its name keeps the .weights.h5 ending Keras wants
         model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _save_scored_weights(model: keras.Model, path: Path) -> None:
@@ -143,12 +145,16 @@ def _save_scored_weights(model: keras.Model, path: Path) -> None:
 
 def restore(model: keras.Model, folder: Path, state: TrainingState) -> None:
     """The last epoch's weights and optimizer state into a compiled `model`."""
-    model.load_weights(folder / f"{state.latest}.weights.h5")
+    model.load_weights(folder / f"{state.latest}{WEIGHTS_SUFFIX}")
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
-    with np.load(folder / f"{state.latest}.optimizer.npz") as saved:
-        for variable, index in zip(optimizer.variables, range(len(saved.files))):
-            variable.assign(saved[f"arr_{index}"])
+    path = folder / f"{state.latest}{OPTIMIZER_SUFFIX}"
+    with np.load(path) as saved:
+        if len(saved.files) != len(optimizer.variables):
+            raise FFXError(f"{path}: {len(saved.files)} optimizer variables saved, the optimizer has "
+                           f"{len(optimizer.variables)}; delete {folder} to fine-tune from the first epoch")
+        for index, variable in enumerate(optimizer.variables):
+            variable.assign(saved[f"arr_{index}"])  # np.savez's names for positional arrays
 
 
 def train(model: keras.Model, train_batches, valid_batches, settings: FinetuneConfig, monitor: str, folder: Path,
@@ -167,3 +173,11 @@ def train(model: keras.Model, train_batches, valid_batches, settings: FinetuneCo
     if state.best:
         model.load_weights(folder / state.best)
     return state
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """The checkpoint folder removed once its run is recorded; one that cannot be is a warning line, not a failure."""
+    try:
+        shutil.rmtree(folder)
+    except OSError as exc:
+        logger.warning("%s: checkpoints not removed (%s); delete it to free its space", folder, exc)

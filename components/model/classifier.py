@@ -17,7 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from components.data.augment import flip_images
+from components.data.augment import mirrored
 from components.data.images import ImageReadError, load_rgb
 from components.errors import FFXError
 from components.features.backbone import Backbone, backbone_of_head
@@ -108,8 +108,8 @@ class ImageClassifier:
         """(N, C) class probabilities of uint8 images (N, S, S, 3), averaged with their mirror under TTA."""
         probabilities = class_probabilities(self.head, self.backbone.features(images))
         if self.spec["tta"]:
-            mirrored = class_probabilities(self.head, self.backbone.features(flip_images(images)))
-            probabilities = average_views([probabilities, mirrored])
+            of_mirror = class_probabilities(self.head, self.backbone.features(mirrored(images)))
+            probabilities = average_views([probabilities, of_mirror])
         return probabilities
 
     def predict_frame(self, frame: pd.DataFrame, on_bad_image: str = "error") -> pd.DataFrame:

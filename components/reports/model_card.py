@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from components.config import AUDIT_FILE, Config
-from components.features.identity import features_content_key
+from components.audit.counts import AUDIT_FILE
+from components.config import Config
+from components.features.identity import feature_path, features_content_key
 from components.features.store import FeatureSet, split_summary
 from components.files import file_digest, write_text_atomic
 from components.model.metrics import roc_auc, wilson_interval
@@ -119,7 +120,7 @@ def write_model_card(config: Config, experiment_id: str, metadata: dict, metrics
                      probabilities: np.ndarray, command: str) -> Path:
     """reports/model_card.md: data, model, search, test metrics with 95% intervals, limits, reproduction.
     `experiment_id`: the search's MLflow experiment, for the links into the MLflow UI."""
-    splits = {name: split_summary(config.features.path(name)) for name in ("train", "valid", "test")}
+    splits = {name: split_summary(feature_path(config, name)) for name in ("train", "valid", "test")}
     names = metadata["class_names"]
     search = metadata.get("search", {})
     backbone = metadata.get("backbone", {})

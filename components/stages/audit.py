@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.audit.counts import AUDIT_FILE
 from components.audit.findings import Audit, audit_features
 from components.audit.html import write_audit_html
-from components.config import AUDIT_FILE, Config
+from components.config import Config
 from components.data.dataset import SPLITS
 from components.features.extraction import folder_features
 from components.features.identity import features_content_key, load_split_features

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.config import FLIPPED_SUFFIX, Config
+from components.config import Config
 from components.errors import FFXError
-from components.features.identity import load_split_features, valid_parts
+from components.features.identity import FLIPPED_SUFFIX, feature_path, load_split_features, valid_parts
 from components.features.mlflow_datasets import feature_datasets
 from components.files import write_json_atomic
 from components.finetune.boundary import load_boundary_features
@@ -96,8 +96,8 @@ def _test_sets(config: Config, features, class_names: list[str]):
         return test, None
     flipped = features("test" + FLIPPED_SUFFIX)
     if flipped.paths != test.paths:
-        raise FFXError(f"{config.features.path('test' + FLIPPED_SUFFIX)} does not mirror "
-                       f"{config.features.path('test')} row for row; run `ffx extract` again")
+        raise FFXError(f"{feature_path(config, 'test' + FLIPPED_SUFFIX)} does not mirror "
+                       f"{feature_path(config, 'test')} row for row; run `ffx extract` again")
     return test, flipped
 
 

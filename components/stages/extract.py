@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Callable
 
-from components.config import SHARDS_DIR, TTA_DIR, Config
+from components.config import Config
 from components.data.dataset import SPLITS
 from components.features.backbone import Backbone, build_backbone
 from components.features.extraction import (
     ExtractionPlan,
     ExtractionResult,
     Progress,
-    extract_split,
+    extract_file,
     feature_files,
     plan_extraction,
     source_split,
     split_rows,
 )
-from components.features.identity import split_views
-from components.features.shards import extract_in_shards
+from components.features.identity import TTA_DIR, feature_path, split_views
+from components.features.shards import SHARDS_DIR, extract_in_shards
 from components.features.store import write_feature_index
 from components.files import write_json_atomic
 
@@ -32,12 +32,7 @@ def extract_planned(config: Config, plan: ExtractionPlan, name: str, backbone: B
     backbone = backbone or build_backbone(config.backbone, config.root, config.extract.precision)
     if config.extract.shard_size:
         return extract_in_shards(config, plan, name, backbone, progress)
-    source = source_split(name)
-    result = extract_split(plan.splits[source], backbone, config.features.path(name), config.features.cache_dir,
-                           config.extract.batch_size, config.data.max_pixels, plan.skipped[source], progress,
-                           split_views(config, name))
-    result.split = name  # test_flip, not the folder it was made from
-    return result
+    return extract_file(config, plan, name, backbone, feature_path(config, name), progress)
 
 
 def write_extraction_reports(config: Config, plan: ExtractionPlan) -> None:

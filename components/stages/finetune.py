@@ -4,8 +4,9 @@ held out for decisions, for `ffx evaluate` (models/finetuned/finetune.json says 
 beside it either way). Off (finetune.enabled: false), it only writes that decision, without TensorFlow."""
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
+from pathlib import Path
 from typing import Callable
 
 import h5py
@@ -61,93 +62,133 @@ def _remove_finetuned_model(config: Config) -> None:
         (finetuned_dir(config) / name).unlink(missing_ok=True)
 
 
-def _finetune(config: Config, head_file, boundary: str, say: Say) -> dict:
-    from components.finetune.batches import BoundaryBatches
-    from components.finetune.model import build_finetune_model
-    from components.finetune.train import TrainingState, compile_model, score, train
+def _finetune(config: Config, head_file: Path, boundary: str, say: Say) -> dict:
+    from components.finetune.train import remove_checkpoints, score, train
 
     head, metadata = load_head(head_file)
+    attrs, extract_seconds = _boundary_features(config, boundary, metadata["class_names"], say)
+    model = _compiled_model(config, boundary, head, metadata)
+    monitor = validation_metric(config.tuner.objective)
+    with _boundary_batches(config, len(metadata["class_names"]) == 2) as (train_batches, valid_batches, held_out):
+        head_score = score(model, held_out, monitor)  # before any step: the head alone, scored the same way
+        say(f"head alone: {monitor} {head_score:.4f} on the {len(held_out.labels)} valid images held out "
+            "for the decision")
+        folder, state = _checkpoint(config, head_file, attrs, say)
+        client, experiment_id = setup_mlflow(config)
+        if not state.run_id:
+            state.run_id = _start_run(client, experiment_id, config, boundary, monitor, head_score, metadata,
+                                      extract_seconds)
+        # A stopped run says how it stopped; a re-run resumes from the last epoch, in it
+        with closed_on_stop(lambda status: client.set_terminated(state.run_id, status)):
+            state = train(model, train_batches, valid_batches, config.finetune, monitor, folder, state,
+                          _epoch_logger(client, state.run_id, monitor, config.finetune.epochs, say))
+            # The best epoch's weights (chosen on the other valid images), scored on the held-out ones
+            finetuned_score = None if state.best_score is None else score(model, held_out, monitor)
+    decision = {"enabled": True, "kept": kept_model(monitor, head_score, finetuned_score), "objective": monitor,
+                "head_score": head_score, "finetuned_score": finetuned_score,
+                "decision_images": len(held_out.labels), "finetuned_early_stopping_score": state.best_score,
+                "boundary": boundary, "best_epoch": state.best_epoch, "epochs_run": state.epochs_done,
+                "epoch_seconds": state.seconds, "stopped_early": state.stopped_early(config.finetune.epochs),
+                "extract_seconds": extract_seconds, "run_id": state.run_id,
+                "parent_run_id": metadata["search"]["parent_run_id"]}
+    decision = _record(config, head_file, model, metadata, attrs["train"], decision, client, say)
+    remove_checkpoints(folder)  # done and recorded: the checkpoints are no longer needed
+    return decision
+
+
+def _compiled_model(config: Config, boundary: str, head, metadata: dict):
+    """The top of the backbone the head was trained on, from `boundary`, with the head; compiled to train."""
+    from components.finetune.model import build_finetune_model
+    from components.finetune.train import compile_model
+
+    backbone = backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root)
+    model = build_finetune_model(backbone, boundary, head)
+    compile_model(model, config.finetune, binary=len(metadata["class_names"]) == 2)
+    return model
+
+
+def _boundary_features(config: Config, boundary: str, class_names: list[str], say: Say) -> tuple[dict, float]:
+    """Every feature file at the boundary (through the cache), checked against params.yaml and the head's classes:
+    (the train and valid files' attributes, seconds taken)."""
     started = time.perf_counter()
     extraction = extract_boundary(config, boundary_backbone(config, boundary))
-    extract_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     computed = sum(r.computed for r in extraction.values())
     say(f"boundary {boundary}: {computed} view(s) through the frozen layers, the rest from the cache "
-        f"({extract_seconds:.1f}s)")
+        f"({seconds:.1f}s)")
     attrs = {name: check_boundary_file(config, boundary, name) for name in ("train", "valid")}
     for name, found in attrs.items():
-        if found["class_names"] != metadata["class_names"]:
+        if found["class_names"] != class_names:
             raise FFXError(f"{boundary_path(config, name)}: classes {found['class_names']} differ from the head's "
-                           f"{metadata['class_names']}; run `ffx tune` again")
-    model = build_finetune_model(backbone_of_head(metadata["backbone"], metadata["weights_id"], config.root),
-                                 boundary, head)
-    binary = len(metadata["class_names"]) == 2
-    settings, monitor = config.finetune, validation_metric(config.tuner.objective)
-    train_batches = BoundaryBatches(boundary_path(config, "train"), settings.batch_size, binary, config.tuner.seed)
-    compile_model(model, settings, binary, len(train_batches))
-    held = _held_out_rows(config, boundary_path(config, "valid"))
-    valid_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary,
-                                    rows=np.flatnonzero(~held))
-    decision_batches = BoundaryBatches(boundary_path(config, "valid"), settings.batch_size, binary,
-                                       rows=np.flatnonzero(held))
-    head_score = score(model, decision_batches, monitor)  # before any step: the head alone, scored the same way
-    say(f"head alone: {monitor} {head_score:.4f} on the {len(decision_batches.labels)} valid images held out "
-        "for the decision")
+                           f"{class_names}; run `ffx tune` again")
+    return attrs, seconds
+
+
+@contextlib.contextmanager
+def _boundary_batches(config: Config, binary: bool):
+    """(train, valid, decision) batches of the boundary files, closed after the block: train shuffled by
+    tuner.seed; the valid images early stopping watches; those held out for the decision."""
+    from components.finetune.batches import BoundaryBatches
+
+    size, valid_file = config.finetune.batch_size, boundary_path(config, "valid")
+    held = _held_out_rows(config, valid_file)
+    batches = (BoundaryBatches(boundary_path(config, "train"), size, binary, config.tuner.seed),
+               BoundaryBatches(valid_file, size, binary, rows=np.flatnonzero(~held)),
+               BoundaryBatches(valid_file, size, binary, rows=np.flatnonzero(held)))
+    try:
+        yield batches
+    finally:
+        for each in batches:
+            each.close()
+
+
+def _checkpoint(config: Config, head_file: Path, attrs: dict, say: Say):
+    """(folder, TrainingState): the checkpoints of training this head on these boundary files with these settings,
+    resumed where a stopped run left them."""
+    from components.finetune.train import TrainingState
 
     key = content_key({"head": file_digest(head_file), "train": attrs["train"]["key"],
                        "valid": attrs["valid"]["key"], "settings": settings_key(config)})
-    folder = settings.directory / key[:16]
+    folder = config.finetune.directory / key[:16]
     state = TrainingState.load(folder, key)
-    client, experiment_id = setup_mlflow(config)
-    parent_run_id = metadata["search"]["parent_run_id"]
     if state.epochs_done:
         say(f"resuming after epoch {state.epochs_done} ({folder})")
-    if not state.run_id:
-        state.run_id = _start_run(client, experiment_id, parent_run_id, config, boundary, monitor, head_score,
-                                  metadata, extract_seconds)
+    return folder, state
 
+
+def _epoch_logger(client, run_id: str, monitor: str, epochs: int, say: Say):
+    """An epoch's metrics and seconds to the stage's run, and its line."""
     def log_epoch(epoch: int, logs: dict, seconds: float) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        values = {**logs, "epoch_seconds": seconds}
-        client.log_batch(state.run_id, [Metric(k, v, now, epoch) for k, v in values.items()])
-        say(f"epoch {epoch}/{settings.epochs}: {monitor} {logs[monitor]:.4f}, loss {logs['loss']:.4f} ({seconds:.1f}s)")
+        client.log_batch(run_id, [Metric(k, v, now, epoch) for k, v in {**logs, "epoch_seconds": seconds}.items()])
+        say(f"epoch {epoch}/{epochs}: {monitor} {logs[monitor]:.4f}, loss {logs['loss']:.4f} ({seconds:.1f}s)")
+    return log_epoch
 
-    try:  # a stopped run says how it stopped; a re-run resumes from the last epoch, in it
-        with closed_on_stop(lambda status: client.set_terminated(state.run_id, status)):
-            state = train(model, train_batches, valid_batches, settings, monitor, folder, state, log_epoch)
-            # The best epoch's weights (chosen on the other valid images), scored on the held-out ones
-            finetuned_score = None if state.best_score is None else score(model, decision_batches, monitor)
-    finally:
-        for batches in (train_batches, valid_batches, decision_batches):
-            batches.close()
-    kept = kept_model(monitor, head_score, finetuned_score)
-    decision = {"enabled": True, "kept": kept, "objective": monitor, "head_score": head_score,
-                "finetuned_score": finetuned_score, "decision_images": int(held.sum()),
-                "finetuned_early_stopping_score": state.best_score, "boundary": boundary,
-                "best_epoch": state.best_epoch,
-                "epochs_run": state.epochs_done, "epoch_seconds": state.seconds,
-                "stopped_early": state.stopped_early(settings.epochs),
-                "extract_seconds": extract_seconds, "run_id": state.run_id, "parent_run_id": parent_run_id}
-    if finetuned_score is None:
+
+def _record(config: Config, head_file: Path, model, metadata: dict, train_attrs: dict, decision: dict, client,
+            say: Say) -> dict:
+    """The fine-tuned model saved (kept or not: `ffx evaluate` also scores the one not kept on test, for the record)
+    when an epoch was trained, the runs finished, then the decision written."""
+    if decision["finetuned_score"] is None:
         _remove_finetuned_model(config)
-    else:  # kept or not: `ffx evaluate` also scores the one not kept on test, for the record
-        _save_finetuned(config, model, metadata, boundary, attrs["train"], decision)
-    _finish_runs(client, state.run_id, parent_run_id, decision)
-    say(f"kept {kept}: {monitor} head alone {head_score:.4f}, fine-tuned "
-        f"{'none' if finetuned_score is None else f'{finetuned_score:.4f}'} (best epoch {state.best_epoch})")
-    decision = write_decision(config, head_file, decision)
-    shutil.rmtree(folder, ignore_errors=True)  # done and recorded: the checkpoints are no longer needed
-    return decision
+    else:
+        _save_finetuned(config, model, metadata, decision["boundary"], train_attrs, decision)
+    _finish_runs(client, decision["run_id"], decision["parent_run_id"], decision)
+    finetuned = decision["finetuned_score"]
+    say(f"kept {decision['kept']}: {decision['objective']} head alone {decision['head_score']:.4f}, fine-tuned "
+        f"{'none' if finetuned is None else f'{finetuned:.4f}'} (best epoch {decision['best_epoch']})")
+    return write_decision(config, head_file, decision)
 
 
-def _start_run(client, experiment_id: str, parent_run_id: str, config: Config, boundary: str, monitor: str,
-               head_score: float, metadata: dict, extract_seconds: float) -> str:
+def _start_run(client, experiment_id: str, config: Config, boundary: str, monitor: str, head_score: float,
+               metadata: dict, extract_seconds: float) -> str:
     """The stage's MLflow run, a child of the search's parent run, with its params."""
     from mlflow.entities import Metric, Param
 
     run_id = client.create_run(experiment_id, run_name="finetune",
-                               tags={"mlflow.parentRunId": parent_run_id, "ffx_kind": "finetune",
+                               tags={"mlflow.parentRunId": metadata["search"]["parent_run_id"], "ffx_kind": "finetune",
                                      "boundary": boundary}).info.run_id
     params = {f"finetune.{k}": v for k, v in config.section("finetune").items()}
     params.update({"finetune.boundary": boundary, "objective": monitor, "precision": config.extract.precision,

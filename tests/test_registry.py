@@ -200,7 +200,7 @@ def test_evaluate_sets_up_mlflow_once_and_hands_the_client_and_experiment_on():
     """setup_mlflow sets process-wide URIs: the evaluate stage calls it once, and the model card and the
     registration take the client and the experiment it returned. Only loading a version by itself (`ffx predict`)
     sets the store up on its own, and registration does not go through it."""
-    from import_graph import closure_files
+    from components.codebase import closure_files
 
     calls = _calls_of("setup_mlflow", closure_files(["components.stages.evaluate"]))
     assert sorted(calls) == ["components/model/registry.py:load_registered_classifier",

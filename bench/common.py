@@ -70,6 +70,20 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def ffx(folder: Path, command: str, overrides: Sequence[str]) -> float:
+    """Run one `ffx` command in `folder` as a user runs it (its own process, `folder`/params.yaml, `--set` each
+    override); its wall time in seconds."""
+    import os
+    import time
+
+    started = time.perf_counter()
+    arguments = [sys.executable, "-m", "ffx", command, "--params", str(folder / "params.yaml")]
+    for override in overrides:
+        arguments += ["--set", override]
+    subprocess.run(arguments, cwd=folder, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return time.perf_counter() - started
+
+
 def subset_project(source: Path, folder: Path, per_class: int) -> Path:
     """A dataset of links to the first `per_class` images of each class and split (never copies)."""
     if per_class == 0:

@@ -18,26 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bench.common import FACES, REPO, log  # noqa: E402
+from bench.common import FACES, REPO, ffx, log  # noqa: E402
 
 SETTINGS = ("extract.augment.copies=1", "predict.tta=true", "finetune.enabled=true")
-
-
-def ffx(folder: Path, command: str, overrides: list[str]) -> float:
-    """Run one `ffx` command in `folder`; its wall time in seconds."""
-    started = time.perf_counter()
-    arguments = [sys.executable, "-m", "ffx", command, "--params", str(folder / "params.yaml")]
-    for override in overrides:
-        arguments += ["--set", override]
-    subprocess.run(arguments, cwd=folder, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    return time.perf_counter() - started
 
 
 def project(work: Path, seed: int) -> Path:

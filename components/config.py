@@ -257,6 +257,8 @@ LabelMethod = Literal["prune_by_noise_rate", "prune_by_class", "both", "confiden
 
 class AuditConfig(Section):
     folds: Annotated[int, Field(ge=2)]
+    label_features: Literal["search", "space"]
+    label_c: Annotated[float, Field(gt=0)]
     components: AtLeast0
     label_method: LabelMethod
     k: Positive

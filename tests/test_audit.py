@@ -82,6 +82,12 @@ def test_flipped_labels_rank_first(faulty, audit):
 
 
 @pytest.mark.e2e
+def test_label_issues_are_listed_surest_first(faulty):
+    scores = [issue["score"] for issue in faulty[3]["label_issues"]]
+    assert len(set(scores)) > 1 and scores == sorted(scores), scores
+
+
+@pytest.mark.e2e
 def test_every_leak_is_found_as_a_cross_split_pair(faulty):
     _, _, faults, lists = faulty
     found = {frozenset({p["a"]["path"], p["b"]["path"]}) for p in lists["leaks"]}
@@ -139,6 +145,8 @@ def test_audit_is_logged_to_mlflow(faulty):
     ("audit.duplicate_radius=1.5", "audit.duplicate_radius"),
     ("audit.drift_quantile=-0.1", "audit.drift_quantile"),
     ("audit.folds=1", "audit.folds"),
+    ("audit.label_features=pixels", "audit.label_features"),
+    ("audit.label_c=0", "audit.label_c"),
 ])
 def test_bad_audit_params_name_the_key(tmp_path, setting, key):
     write_params(tmp_path)
@@ -219,9 +227,29 @@ def test_label_model_finds_flips_in_separable_features_and_reports_its_accuracy(
     flipped = rng.choice(200, 8, replace=False)
     given = labels.copy()
     given[flipped] = 1 - given[flipped]
-    issues = find_label_issues(features, given, 5, "prune_by_noise_rate", 0)
+    issues = find_label_issues(features, given, 5, 0.001, "prune_by_noise_rate", 0)
     assert set(issues.ranked[:8].tolist()) == set(flipped.tolist())
     assert issues.accuracy(given) == pytest.approx((issues.likely == given).mean()) and issues.accuracy(given) < 1
+
+
+def test_a_stronger_penalty_gives_less_confident_probabilities():
+    from components.audit.labels import out_of_fold_probabilities
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 50)
+    features = rng.normal(size=(100, 32)).astype(np.float32) + 2.0 * labels[:, None] * (np.arange(32) < 4)
+    weak, strong = (out_of_fold_probabilities(features, labels, 5, c, 0) for c in (1.0, 1e-4))
+    assert np.abs(strong - 0.5).mean() < 0.5 * np.abs(weak - 0.5).mean()
+
+
+@pytest.mark.parametrize("features", ["search", "space"])
+def test_the_label_model_reads_the_features_audit_label_features_names(tmp_path, features):
+    from components.audit.findings import label_features
+
+    write_params(tmp_path)
+    settings = load_config(tmp_path / "params.yaml", [f"audit.label_features={features}"]).audit
+    stored, space = np.zeros((3, 8)), np.ones((3, 2))
+    assert label_features(settings, stored, space) is {"search": stored, "space": space}[features]
 
 
 def test_report_shows_given_and_likely_label_with_their_probabilities_surest_first(tmp_path):

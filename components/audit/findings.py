@@ -110,6 +110,13 @@ def image_rows(features: FeatureSet) -> int:
     return len(features.paths) if features.source is None else int(features.source.max()) + 1
 
 
+def label_features(settings: AuditConfig, stored: np.ndarray, space: np.ndarray) -> np.ndarray:
+    """What the label model reads: `search`, the stored features the head search trains on (flattened features as
+    they are: a head tells faces apart by where things are); `space`, the audit space (128 dimensions: faster for
+    very large sets)."""
+    return stored if settings.label_features == "search" else space
+
+
 def audit_features(splits: dict[str, FeatureSet], settings: AuditConfig,
                    new: tuple[str, np.ndarray] | None = None) -> Audit:
     """Audit the images of `splits` (train first); `new`: (what they are, features) of images to check for drift."""
@@ -128,10 +135,8 @@ def audit_features(splits: dict[str, FeatureSet], settings: AuditConfig,
     space = fit_space(pooled[:n_train], settings.components, settings.seed)
     x = to_space(space, pooled)
     labelled = np.flatnonzero(np.isin(names, LABELLED_SPLITS))
-    # The label model reads the features the head search trains on, not the audit space.
-    label_issues = find_label_issues(features_all[labelled], labels_all[labelled], settings.folds,
-                                     settings.label_method,
-                                     settings.seed)
+    label_issues = find_label_issues(label_features(settings, features_all, x)[labelled], labels_all[labelled],
+                                     settings.folds, settings.label_c, settings.label_method, settings.seed)
     neighbours = find_neighbour_issues(x, labels_all, settings.k, settings.duplicate_radius,
                                        settings.outlier_threshold)
     drift = None

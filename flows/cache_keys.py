@@ -58,10 +58,10 @@ def shard_cache_key(config: Config, rows: list, index: int, name: str, code: dic
 def tune_cache_key(config: Config, feature_keys: dict[str, str], code: dict[str, str]) -> tuple[str, bool]:
     """Current when the saved head came from this search (the valid images it used: those not held out)."""
     project = project_name(config, feature_keys["train"], valid_part_key(config, feature_keys["valid"], SEARCH_PART))
-    _, metadata_path = head_paths(config)
-    current = (metadata_path.is_file()
+    head, metadata_path = head_paths(config)
+    current = (head.is_file() and metadata_path.is_file()
                and json.loads(metadata_path.read_text()).get("search", {}).get("project") == project)
-    return stage_key(config, "tune", feature_keys, code), current and head_paths(config)[0].is_file()
+    return stage_key(config, "tune", feature_keys, code), current
 
 
 def finetune_cache_key(config: Config, feature_keys: dict[str, str], code: dict[str, str]) -> tuple[str, bool]:

@@ -73,10 +73,9 @@ def register_classifier(config: Config, client, experiment_id: str, head_file: P
     champion = champion_version(client, name, alias)  # read first: a registry that fails promotes nothing
     weights = share_backbone_weights(config.root, client, backbones_experiment(config, client), metadata)
     spec = spec_for(metadata, config.predict.tta, config.data.max_pixels, config.predict.batch_size, weights)
-    test_scores = flat_test_metrics(test_metrics)
     client.get_run(run_id)  # through the patient client: a server that is down now is waited for
     with server_stop_as_error(config, "ffx evaluate"), mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
-        log_evaluation(test_metrics, artifacts)
+        test_scores = log_evaluation(test_metrics, artifacts)
         version = log_model_version(name, head_file, spec, metadata, example_image)
         for key, value in {**test_scores, "backbone_weights": weights["uri"]}.items():
             client.set_model_version_tag(name, version, key, str(value))
@@ -90,14 +89,17 @@ def flat_test_metrics(test_metrics: dict) -> dict[str, float]:
     return {f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, (int, float))}
 
 
-def log_evaluation(test_metrics: dict, artifacts: list[Path]) -> None:
-    """The test metrics and the evaluation's files (predictions, plots, model card) on the active run."""
+def log_evaluation(test_metrics: dict, artifacts: list[Path]) -> dict[str, float]:
+    """The test metrics and the evaluation's files (predictions, plots, model card) on the active run; the metrics
+    as logged (flat_test_metrics)."""
     import mlflow
 
-    mlflow.log_metrics(flat_test_metrics(test_metrics))
+    test_scores = flat_test_metrics(test_metrics)
+    mlflow.log_metrics(test_scores)
     mlflow.log_dict(test_metrics, "evaluation/test.json")
     for path in artifacts:
         mlflow.log_artifact(str(path), "evaluation")
+    return test_scores
 
 
 def log_model_version(name: str, head_file: Path, spec: dict, metadata: dict, example_image: Path) -> str:

@@ -83,7 +83,15 @@ def test_flipped_labels_rank_first(faulty, audit):
 
 @pytest.mark.e2e
 def test_label_issues_are_listed_surest_first(faulty):
-    scores = [issue["score"] for issue in faulty[3]["label_issues"]]
+    from components.audit.findings import audit_features
+    from components.features.identity import load_split_features
+
+    config = faulty[1]
+    # cleanlab's widest filter: every image the label model gets wrong is listed, so that there is an order to check
+    settings = config.audit.model_copy(update={"label_method": "predicted_neq_given"})
+    lists = audit_features({s: load_split_features(config, s) for s in ("train", "valid", "test")}, settings).lists(
+        50, 1)
+    scores = [issue["score"] for issue in lists["label_issues"]]
     assert len(set(scores)) > 1 and scores == sorted(scores), scores
 
 

@@ -29,6 +29,7 @@ from components.ui_links import experiment_link, model_version_link, run_link
 from flows.cache_keys import (
     audit_cache_key,
     code_keys,
+    data_digests,
     evaluate_cache_key,
     extraction_cache_key,
     finetune_cache_key,
@@ -202,12 +203,13 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
         summary["extract"][name] = dict(result, computed=0 if summary["states"][f"extract-{name}"] == "Cached"
                                         else result["computed"])
     keys = {name: result["key"] for name, result in summary["extract"].items()}
+    data = data_digests(plan)
     write_extraction_reports(config, plan)
     # The audit before evaluate, which reads its counts.
-    summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys, code)), config)
-    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys, code)), config)
-    summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys, code)), config)
-    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys, code)), config)
+    summary["audit"] = run("audit", _cached(audit, audit_cache_key(config, keys, code, data)), config)
+    summary["tune"] = run("tune", _cached(tune, tune_cache_key(config, keys, code, data)), config)
+    summary["finetune"] = run("finetune", _cached(finetune, finetune_cache_key(config, keys, code, data)), config)
+    summary["evaluate"] = run("evaluate", _cached(evaluate, evaluate_cache_key(config, keys, code, data)), config)
     return summary
 
 

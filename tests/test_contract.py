@@ -10,6 +10,7 @@ import yaml
 
 from components.config import Config, default_params, load_config, write_params
 from components.data.dataset import ImageRecord, Split
+from components.features.extraction import ExtractionPlan
 from conftest import REPO
 
 # Values for string params that are neither a choice nor a path a suffix can change.
@@ -83,9 +84,34 @@ def stage_keys(config: Config) -> dict[str, str]:
     record = ImageRecord(config.root / "train/a/1.jpg", "train/a/1.jpg", 0, 1, "0" * 40)
     split = Split("train", config.root, ("a", "b"), (record,))
     extract = [cache_keys.extraction_cache_key(config, split, name, code)[0] for name in ("train", "valid", "test")]
+    data = cache_keys.data_digests(ExtractionPlan({name: split for name in ("train", "valid", "test")}, {}))
     return {"extract": " ".join(extract),
-            **{name: getattr(cache_keys, f"{name}_cache_key")(config, features, code)[0]
+            **{name: getattr(cache_keys, f"{name}_cache_key")(config, features, code, data)[0]
                for name in ("tune", "finetune", "evaluate", "audit")}}
+
+
+def test_a_stage_reads_its_image_folders_from_the_plan_and_its_key_changes_with_their_images(tmp_path):
+    """The flow's plan has hashed every image: each image folder a stage declares is one of the plan's digests (no
+    second pass over the images), and a test image's new bytes change the key of each stage that reads test."""
+    from components.contract import STAGES
+    from flows import cache_keys
+
+    config = load_config(write_params(tmp_path / "params.yaml"))
+    code = {name: "code" for name in ("extract", "tune", "finetune", "evaluate", "audit")}
+    features = {"train": "train-key", "valid": "valid-key", "test": "test-key"}
+
+    def keys(sha1: str) -> dict[str, str]:
+        record = ImageRecord(config.root / "test/a/1.jpg", "test/a/1.jpg", 0, 1, sha1)
+        plan = ExtractionPlan({name: Split(name, config.root, ("a", "b"), (record,) if name == "test" else ())
+                               for name in ("train", "valid", "test")}, {})
+        data = cache_keys.data_digests(plan)
+        folders = {item.name for declared in STAGES for item in declared.deps if item.name.startswith("${data.root}")}
+        assert folders <= set(data)
+        return {name: getattr(cache_keys, f"{name}_cache_key")(config, features, code, data)[0]
+                for name in ("tune", "finetune", "evaluate", "audit")}
+
+    before, after = keys("0" * 40), keys("1" * 40)
+    assert {name for name in before if before[name] != after[name]} == {"finetune", "evaluate", "audit"}
 
 
 def dvc_params() -> dict[str, list[str]]:

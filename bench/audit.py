@@ -1,8 +1,8 @@
 """The audit's label model on a real dataset: the flipped labels it finds, and the audit's time against cold
 extraction, both measured in one run.
 
-    python -m bench.audit [--data DIR] [--seeds 0 1 2] [--flip 0.04] [--audits 3] [--work DIR]
-                          [--out bench/figures/audit-labels-DATE.json]
+    python -m bench.audit [--data DIR] [--seeds 0 1 2] [--flip 0.04] [--audits 3] [--set KEY=VALUE ...]
+                          [--work DIR] [--out bench/figures/audit-labels-DATE.json]
 
 1. Time, in a fresh project folder under --work with an empty feature cache: `ffx extract` (cold: every image
    through the backbone), then `ffx audit` --audits times, each its own process as a user runs it, one after the
@@ -13,6 +13,8 @@ extraction, both measured in one run.
    recall and precision in the top N of the audit's ranking (N the number of flips, so the two are equal),
    cleanlab's flagged count and the flips among them, the label model's out-of-fold accuracy against the true
    labels and against the given ones, and its seconds. Test images never enter the label model.
+--set changes a param of the project (as `ffx --set` does), e.g. the backbone: `--set backbone.name=vgg19
+--set backbone.weights=imagenet` for the recipe's base where its weights can be had.
 """
 from __future__ import annotations
 
@@ -33,13 +35,14 @@ from bench.common import FACES, REPO, about, ffx, log  # noqa: E402
 MODELS = (("search", 0.001), ("search", 0.0003), ("search", 0.003), ("space", 0.1), ("space", 0.01))
 
 
-def project(work: Path, data: Path) -> tuple[Path, list[str]]:
-    """A project folder with this repository's params.yaml and an empty feature cache of its own."""
+def project(work: Path, data: Path, values: list[str]) -> tuple[Path, list[str]]:
+    """A project folder with this repository's params.yaml and an empty feature cache of its own; `values`: params
+    set on top (KEY=VALUE)."""
     folder = work / "project"
     shutil.rmtree(folder, ignore_errors=True)  # a cold extraction: nothing cached from an earlier run
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    return folder, [f"data.root={data}", f"features.cache_dir={folder / 'feature-cache'}"]
+    return folder, [f"data.root={data}", f"features.cache_dir={folder / 'feature-cache'}", *values]
 
 
 def timing(folder: Path, overrides: list[str], audits: int) -> dict:
@@ -109,11 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--flip", type=float, default=0.04)
     parser.add_argument("--audits", type=int, default=3)
+    parser.add_argument("--set", dest="values", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "audit")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     header = about("bench.audit", argv)
-    folder, overrides = project(args.work.resolve(), args.data.resolve())
+    folder, overrides = project(args.work.resolve(), args.data.resolve(), args.values)
     log("== cold extraction, then the audit")
     times = timing(folder, overrides, args.audits)
     log(json.dumps(times))
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(label_run(config, splits, args.flip, seed, features, c))
             log(json.dumps(runs[-1]))
     out = args.out or REPO / "bench" / "figures" / f"audit-labels-{time.strftime('%Y-%m-%d')}.json"
-    figures = {"about": header, "data": str(args.data), "flip": args.flip,
+    figures = {"about": header, "data": str(args.data), "settings": args.values, "flip": args.flip,
                "images": {name: len(s.paths) for name, s in splits.items()}, "timing": times, "runs": runs,
                "summary": summary(runs)}
     out.write_text(json.dumps(figures, indent=2) + "\n")

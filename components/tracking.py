@@ -5,6 +5,7 @@ import contextlib
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the MLflow UI reads to ope
 EXPERIMENT_KIND = "custom_model_development"
 BACKBONES_SUFFIX = "-backbones"                # the experiment holding the shared backbone weights' runs
 GATEWAY_STATUSES = frozenset({502, 503, 504})  # a proxy's answer for the stopped server behind it
+REQUEST_TAG = "ffx_request_id"  # on each run ffx makes: what a try after a lost answer finds it by
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -141,7 +143,8 @@ class PatientClient:
     wait runs out, one FFXError. MLflow's own retries are kept short (MLFLOW_HTTP_REQUEST_MAX_RETRIES, set by the
     CLI) so that the first line comes at once, not after minutes of silence. Only a request that found no server
     (refused, reset, timed out) is tried again: the search's writes (params, tags, metrics of a step, end states)
-    are the same when repeated, and a trial's run is looked up by its trial id before one is created."""
+    are the same when repeated, and a run is made in one step that first looks for it (create_run_once, a trial's run
+    by its trial id: tracking.patiently), so that a make whose answer was lost is not made twice."""
 
     def __init__(self, client, uri: str, wait_s: int, stream=None):
         self._client, self._uri, self._wait_s = client, uri, wait_s
@@ -155,6 +158,11 @@ class PatientClient:
         def patient_call(*args, **kwargs):
             return self._call(attribute, args, kwargs)
         return patient_call
+
+    def call(self, function: Callable, *args):
+        """`function(plain_client, *args)` as one request: tried again as a whole, from its start, when the server
+        stops answering in the middle of it."""
+        return self._call(function, (self._client, *args), {})
 
     def _say(self, text: str, same_line: bool = False) -> None:
         terminal = self._stream.isatty()
@@ -193,6 +201,27 @@ class PatientClient:
                 self._say(f"MLflow tracking server {self._uri} answers again after "
                           f"{time.monotonic() - started:.0f}s; going on")
             return result
+
+
+def patiently(client, function: Callable, *args):
+    """`function(client, *args)`, a step that must not stop halfway (look a run up, make it when missing): through
+    a PatientClient it is tried again as a whole while the server does not answer."""
+    if isinstance(client, PatientClient):
+        return client.call(function, *args)
+    return function(client, *args)
+
+
+def create_run_once(client, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    """A new run's id. A server that stops after it made the run, before its answer arrived, leaves the try after
+    to find that run by its request id (REQUEST_TAG) instead of making a second one."""
+    request = uuid.uuid4().hex
+
+    def find_or_create(plain) -> str:
+        found = plain.search_runs([experiment_id], f"tags.{REQUEST_TAG} = '{request}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        return plain.create_run(experiment_id, run_name=run_name, tags={**tags, REQUEST_TAG: request}).info.run_id
+    return patiently(client, find_or_create)
 
 
 def git_commit(root: Path) -> str:

@@ -1,10 +1,11 @@
 """How a stopped MLflow run is closed: the one rule (stopped_status) and the block that applies it; which errors
-mean that the tracking server is gone."""
+mean that the tracking server is gone; a run made once when the server's answer to making it was lost."""
 import contextlib
 import http.server
 import threading
 
 import pytest
+import requests
 from conftest import free_port
 
 from components.errors import Terminated
@@ -117,3 +118,43 @@ def test_an_mlflow_error_that_kept_no_chain_is_judged_by_asking_the_server():
     assert not server_unreachable(joined, "sqlite:///mlruns/mlflow.db")
     sent = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Run '0' not found"})
     assert not server_unreachable(sent, stopped)
+
+
+class LostFirstAnswer:
+    """A real MLflow client whose first create_run reaches the store, but whose answer is lost on the way back: the
+    server stopped after the write (connection reset)."""
+
+    def __init__(self, client):
+        self.client, self.lost = client, False
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def create_run(self, *args, **kwargs):
+        run = self.client.create_run(*args, **kwargs)
+        if not self.lost:
+            self.lost = True
+            raise requests.exceptions.ConnectionError("connection reset by peer")
+        return run
+
+
+@pytest.mark.parametrize("make", ["run", "trial run"])
+def test_a_run_whose_answer_was_lost_is_made_once(tmp_path, make):
+    import io
+
+    from mlflow.tracking import MlflowClient
+
+    from components.search.trial_logging import trial_run
+    from components.tracking import PatientClient, create_run_once, patiently
+
+    store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = store.create_experiment("ffx")
+    said = io.StringIO()
+    client = PatientClient(LostFirstAnswer(store), "http://127.0.0.1:9", wait_s=60, stream=said)
+    if make == "run":
+        run_id = create_run_once(client, experiment, "audit", {"ffx_kind": "audit"})
+    else:
+        run_id, existed = patiently(client, trial_run, experiment, "parent", "03")
+        assert existed  # the first try made it; the second found it
+    assert [run.info.run_id for run in store.search_runs([experiment])] == [run_id]
+    assert "answers again" in said.getvalue()

@@ -13,6 +13,7 @@ from pathlib import Path
 from components.errors import ModelNotFoundError
 from components.features.backbone import backbone_of_head
 from components.files import content_key, file_digest
+from components.tracking import create_run_once
 
 WEIGHTS_KIND = "backbone-weights"     # ffx_kind tag of the runs holding shared backbone weights
 
@@ -34,10 +35,9 @@ def share_backbone_weights(root: Path, client, experiment_id: str, metadata: dic
                 "bytes": int(tags["ffx_weights_bytes"])}
     # The whole base, float32, at the stage's own settings: the weights the features were made with.
     backbone = backbone_of_head(spec, metadata["weights_id"], root, layer="last", precision="float32")
-    run = client.create_run(experiment_id, run_name=f"backbone-{spec['name']}-{key[:8]}",
-                            tags={"ffx_kind": WEIGHTS_KIND, "ffx_weights_key": key,
-                                  "weights": metadata["weights_id"], "backbone": spec["name"]})
-    run_id = run.info.run_id
+    run_id = create_run_once(client, experiment_id, f"backbone-{spec['name']}-{key[:8]}",
+                             {"ffx_kind": WEIGHTS_KIND, "ffx_weights_key": key, "weights": metadata["weights_id"],
+                              "backbone": spec["name"]})
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{spec['name']}.weights.h5"
         backbone.model.save_weights(path)

@@ -7,6 +7,8 @@ from typing import Callable
 import numpy as np
 from mlflow.entities import Metric, Param
 
+from components.tracking import patiently
+
 # The head's hyperparameters (components.search.space declares them): every trial run logs all of them as params
 # ("inactive" when unused), the search report's columns.
 HP_NAMES = ("units", "dropout", "extra_units")
@@ -35,16 +37,10 @@ class MlflowTrialLogging:
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
-        runs = self._client.search_runs(  # a trial cut short by a kill is re-run in its own run
-            [self._experiment_id],
-            f"tags.mlflow.parentRunId = '{self._parent_run_id}' and tags.ffx_trial_id = '{trial.trial_id}'")
-        if runs:
-            run_id = runs[0].info.run_id
+        run_id, existed = patiently(self._client, trial_run, self._experiment_id, self._parent_run_id,
+                                    trial.trial_id)
+        if existed:  # a trial cut short by a kill is re-run in its own run
             self._client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = self._client.create_run(
-                self._experiment_id, run_name=f"trial-{trial.trial_id}",
-                tags={"mlflow.parentRunId": self._parent_run_id, "ffx_trial_id": trial.trial_id}).info.run_id
         # Logged on a re-run too (same values, so MLflow accepts them): a kill may have come before they were.
         hp = trial.hyperparameters
         values = {name: (hp.values[name] if name in hp.values and hp.is_active(name) else "inactive")
@@ -111,6 +107,17 @@ class MlflowTrialLogging:
             self._client.log_text(run_id, trial.message, "error.txt")
         self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         return seconds
+
+
+def trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str) -> tuple[str, bool]:
+    """(run id, whether it was there) of trial `trial_id`'s run in the search `parent_run_id`: found by the trial's
+    id, made when missing. Run as one step (tracking.patiently): a make whose answer was lost is found, not doubled."""
+    runs = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.ffx_trial_id = '{trial_id}'")
+    if runs:
+        return runs[0].info.run_id, True
+    return client.create_run(experiment_id, run_name=f"trial-{trial_id}",
+                             tags={"mlflow.parentRunId": parent_run_id, "ffx_trial_id": trial_id}).info.run_id, False
 
 
 def close_open_trials(client, experiment_id: str, parent_run_id: str, status: str) -> None:

@@ -30,7 +30,7 @@ from components.search.trial_logging import (
     close_open_trials,
     finish_completed_trials,
 )
-from components.tracking import closed_on_stop, git_commit, setup_mlflow
+from components.tracking import closed_on_stop, create_run_once, git_commit, setup_mlflow
 
 SearchStarted = Callable[[str, str], None]  # (experiment id, parent run id)
 PROJECT_TAG = "ffx_tuner_project"  # on the parent run: the KerasTuner project it records, how a re-run finds it
@@ -151,7 +151,7 @@ def open_parent_run(config: Config, train: FeatureSet, valid: FeatureSet, joinin
             # train rows beyond the images: augmented views (extract.augment), all used for training
             "augment": json.dumps((train.attrs.get("views") or {}).get("augment")),
             "train_rows": str(len(train.labels))}
-    run_id = client.create_run(experiment_id, run_name=project, tags=tags).info.run_id
+    run_id = create_run_once(client, experiment_id, project, tags)
     params = {f"{section}.{k}": v for section in ("tuner", "train", "space")
               for k, v in config.section(section).items() if k != "directory"}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])

@@ -15,7 +15,7 @@ from components.data.dataset import SPLITS
 from components.features.extraction import folder_features
 from components.features.identity import features_content_key, load_split_features
 from components.files import write_json_atomic, write_text_atomic
-from components.tracking import git_commit, setup_mlflow
+from components.tracking import create_run_once, git_commit, setup_mlflow
 
 METRICS_FILE = AUDIT_FILE   # in metrics.dir: counts per kind
 LISTS_FILE = "audit.json"    # in reports.dir: the findings, listed
@@ -55,9 +55,8 @@ def log_audit(config: Config, audit: Audit, files: list[Path]) -> str:
     """An MLflow run in the project's experiment, tagged ffx_kind=audit: the counts as metrics, the files as
     artifacts, the audit settings as params."""
     client, experiment_id = setup_mlflow(config)
-    run = client.create_run(experiment_id, run_name="audit",
-                            tags={"ffx_kind": AUDIT_KIND, "git_commit": git_commit(config.root)})
-    run_id = run.info.run_id
+    run_id = create_run_once(client, experiment_id, "audit",
+                             {"ffx_kind": AUDIT_KIND, "git_commit": git_commit(config.root)})
     for key, value in config.section("audit").items():
         client.log_param(run_id, f"audit.{key}", value)
     for key, value in audit.counts().items():

@@ -35,7 +35,7 @@ from components.finetune.decision import (
     write_decision,
 )
 from components.model.head_file import HEAD_FILE, METADATA_FILE, head_paths, load_head
-from components.tracking import closed_on_stop, setup_mlflow
+from components.tracking import closed_on_stop, create_run_once, setup_mlflow
 
 Say = Callable[[str], None]
 
@@ -187,9 +187,8 @@ def _start_run(client, experiment_id: str, config: Config, boundary: str, monito
     """The stage's MLflow run, a child of the search's parent run, with its params."""
     from mlflow.entities import Metric, Param
 
-    run_id = client.create_run(experiment_id, run_name="finetune",
-                               tags={"mlflow.parentRunId": metadata["search"]["parent_run_id"], "ffx_kind": "finetune",
-                                     "boundary": boundary}).info.run_id
+    run_id = create_run_once(client, experiment_id, "finetune", {
+        "mlflow.parentRunId": metadata["search"]["parent_run_id"], "ffx_kind": "finetune", "boundary": boundary})
     params = {f"finetune.{k}": v for k, v in config.section("finetune").items()}
     params.update({"finetune.boundary": boundary, "objective": monitor, "precision": config.extract.precision,
                    **{f"head.{k}": v for k, v in metadata["search"].get("hyperparameters", {}).items()}})

@@ -63,10 +63,10 @@ def flipped(train, fraction: float, seed: int):
     images = image_rows(train)
     chosen = np.sort(rng.choice(images, int(round(fraction * images)), replace=False))
     new_label = (train.labels[chosen] + rng.integers(1, train.num_classes, len(chosen))) % train.num_classes
-    labels = train.labels.copy()
-    image_of_row = np.arange(len(labels)) if train.source is None else train.source
-    for index, label in zip(chosen, new_label):
-        labels[image_of_row == index] = label  # the image and its augmented views
+    image_labels = train.labels[:images].copy()
+    image_labels[chosen] = new_label
+    # An augmented view carries its image's label: rows 0..images-1 are the images, `source` maps every row to one.
+    labels = image_labels if train.source is None else image_labels[train.source]
     return dataclasses.replace(train, labels=labels), chosen
 
 
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     times = timing(folder, overrides, args.audits)
     log(json.dumps(times))
 
+    from components.audit.findings import image_rows
     from components.config import load_config
     from components.data.dataset import SPLITS
     from components.features.identity import load_split_features
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             log(json.dumps(runs[-1]))
     out = args.out or REPO / "bench" / "figures" / f"audit-labels-{time.strftime('%Y-%m-%d')}.json"
     figures = {"about": header, "data": str(args.data), "settings": args.values, "flip": args.flip,
-               "images": {name: len(s.paths) for name, s in splits.items()}, "timing": times, "runs": runs,
+               "images": {name: image_rows(s) for name, s in splits.items()}, "timing": times, "runs": runs,
                "summary": summary(runs)}
     out.write_text(json.dumps(figures, indent=2) + "\n")
     log(f"wrote {out}")
